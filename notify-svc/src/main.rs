@@ -1,0 +1,12 @@
+//! The notify-svc binary: configuration, telemetry, build, run. Everything else is in the library.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = notify_svc::Config::from_env()?;
+    kopilka_runtime::telemetry::init(&config.telemetry);
+    let service = notify_svc::build(config).await?;
+    service
+        .run_until(kopilka_runtime::shutdown::signal())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! What every service process does around its own gRPC services: open its database and run its
+//! migrations, bind its port, serve health and reflection, keep the overall health status in step
+//! with the database, and drain gracefully on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::Router;
+use tonic_health::ServingStatus;
+
+use crate::db::{Db, DbError, Migrations};
+use crate::server::{self, GrpcServer, ServeError};
+
+/// Settings every service binary reads (`KOPILKA_LISTEN_ADDR`, `KOPILKA_DATABASE_URL`, …).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceSettings {
+    /// Where the gRPC server listens; port 0 picks a free port.
+    pub listen_addr: SocketAddr,
+    /// `postgres://…` or `sqlite://path/file.db` (created when missing).
+    #[serde(serialize_with = "serialize_secret")]
+    pub database_url: SecretString,
+    /// Upper bound of the connection pool.
+    pub max_connections: u32,
+    /// How long health says NOT_SERVING before the server stops accepting calls on shutdown.
+    #[serde(with = "seconds")]
+    pub shutdown_grace: Duration,
+    /// How often the database is pinged to keep the health status true.
+    #[serde(with = "seconds")]
+    pub health_interval: Duration,
+}
+
+impl ServiceSettings {
+    /// Defaults for a service listening on `port` with its SQLite file at `sqlite_path`.
+    pub fn embedded(port: u16, sqlite_path: &str) -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([0, 0, 0, 0], port)),
+            database_url: SecretString::from(format!("sqlite://{sqlite_path}")),
+            max_connections: 8,
+            shutdown_grace: Duration::from_secs(0),
+            health_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database")]
+    Db(#[from] DbError),
+    #[error("gRPC server")]
+    Serve(#[from] ServeError),
+}
+
+/// A started (bound, migrated) service process, ready to run.
+pub struct Host {
+    name: &'static str,
+    db: Db,
+    server: GrpcServer,
+    listener: TcpListener,
+    settings: ServiceSettings,
+}
+
+impl Host {
+    /// Connects and migrates the database, then binds the listener.
+    pub async fn start(
+        name: &'static str,
+        settings: ServiceSettings,
+        migrations: Migrations,
+    ) -> Result<Self, StartError> {
+        let db = Db::connect(
+            settings.database_url.expose_secret(),
+            settings.max_connections,
+            migrations,
+        )
+        .await?;
+        let listener = server::bind(settings.listen_addr).await?;
+        let server = GrpcServer::new()?;
+        tracing::info!(service = name, backend = ?db.backend(), "database ready");
+        Ok(Self {
+            name,
+            db,
+            server,
+            listener,
+            settings,
+        })
+    }
+
+    /// The service's database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The address actually bound (useful when the port was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Adds the service's own gRPC services: `host.route(|r| r.add_service(MyServer::new(svc)))`.
+    pub fn route(mut self, add: impl FnOnce(Router) -> Router) -> Self {
+        self.server.router = add(self.server.router);
+        self
+    }
+
+    /// The health reporter, to publish per-service statuses.
+    pub fn health(&self) -> tonic_health::server::HealthReporter {
+        self.server.health.clone()
+    }
+
+    /// Serves until `shutdown`, then drains and closes the database.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let Host {
+            name,
+            db,
+            server,
+            listener,
+            settings,
+        } = self;
+        let (stop_probe, stopped) = watch::channel(false);
+        let probe = tokio::spawn(probe_database(
+            name,
+            db.clone(),
+            server.health.clone(),
+            settings.health_interval,
+            stopped,
+        ));
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_probe.send(true);
+        };
+        let result = server::serve(server, listener, shutdown, settings.shutdown_grace).await;
+        let _ = probe.await;
+        db.close().await;
+        tracing::info!(service = name, "stopped");
+        result
+    }
+}
+
+/// Keeps the overall health status true to whether the database answers.
+async fn probe_database(
+    name: &'static str,
+    db: Db,
+    health: tonic_health::server::HealthReporter,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let ok = db.ping().await.is_ok();
+        if *stopped.borrow() {
+            return;
+        }
+        if ok != healthy {
+            healthy = ok;
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::warn!(service = name, ?status, "database health changed");
+            health.set_service_status("", status).await;
+        }
+    }
+}
+
+fn serialize_secret<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    // Serialised only in memory, to layer the defaults under the environment; `Debug` still
+    // redacts it, so it never reaches a log line.
+    s.serialize_str(secret.expose_secret())
+}
+
+/// Durations in configuration are whole or fractional seconds (`KOPILKA_SHUTDOWN_GRACE=5`).
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}

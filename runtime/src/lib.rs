@@ -1,0 +1,21 @@
+//! Cross-cutting runtime shared by the five Kopilka services. Business logic never lives here.
+//!
+//! - [`config`]: typed settings layered from defaults and `KOPILKA_*` environment variables.
+//! - [`telemetry`]: `tracing` set-up, human-readable or JSON.
+//! - [`server`]: a gRPC server with health and reflection that drains gracefully on shutdown.
+//! - [`shutdown`]: the SIGTERM / Ctrl-C future a binary hands to its server.
+//! - [`host`]: what every service process does around its own RPCs (DB, port, health, drain).
+//! - [`db`]: one handle over PostgreSQL or SQLite, chosen by URL, with each service's migrations.
+//! - [`status`]: building gRPC statuses with `google.rpc` details (field violations, stable reasons).
+//! - [`redact`]: masking phone numbers, e-mails and keys before they reach a log line.
+
+pub mod config;
+pub mod db;
+pub mod host;
+pub mod redact;
+pub mod server;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+
+pub use db::{Db, Timestamp};

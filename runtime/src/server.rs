@@ -1,0 +1,90 @@
+//! A tonic server with the furniture every Kopilka service carries: `grpc.health.v1` and
+//! reflection (v1 and v1alpha) over the whole Kopilka contract, and a graceful shutdown that
+//! flips health to NOT_SERVING first, waits a grace period so load balancers and probes react,
+//! then stops accepting and lets in-flight calls finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Router;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+/// The overall status name in `grpc.health.v1` (the empty service name).
+const OVERALL: &str = "";
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot bind {0}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+}
+
+/// A router that already serves health and reflection, and the reporter to flip health with.
+pub struct GrpcServer {
+    /// Add the service's own gRPC services to this router.
+    pub router: Router,
+    /// Per-service health; the overall status (`""`) is managed by [`serve`].
+    pub health: HealthReporter,
+}
+
+impl GrpcServer {
+    /// A router with health and reflection; the overall status starts SERVING.
+    pub fn new() -> Result<Self, ServeError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kopilka_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kopilka_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let router = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        Ok(Self { router, health })
+    }
+}
+
+/// Binds `addr` (port 0 picks a free port; read it back with `local_addr`).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServeError::Bind(addr, e))
+}
+
+/// Serves until `shutdown` completes, then drains: NOT_SERVING, wait `grace`, stop accepting,
+/// finish in-flight calls.
+pub async fn serve(
+    server: GrpcServer,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+) -> Result<(), ServeError> {
+    let GrpcServer { router, health } = server;
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "gRPC server listening");
+    let drain = async move {
+        shutdown.await;
+        health
+            .set_service_status(OVERALL, ServingStatus::NotServing)
+            .await;
+        tracing::info!(?addr, ?grace, "draining: health is NOT_SERVING");
+        tokio::time::sleep(grace).await;
+    };
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+        .await?;
+    tracing::info!(?addr, "gRPC server stopped");
+    Ok(())
+}

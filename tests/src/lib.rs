@@ -1,0 +1,36 @@
+//! The end-to-end test harness: real servers on free ports, never ones left running.
+//!
+//! - [`TempPostgres`]: a throw-away PostgreSQL cluster (initdb in a temp dir, free port).
+//! - [`TempRedis`]: a throw-away `redis-server` on a free port.
+//! - [`TestSuite`]: the five Kopilka services on random ports, on SQLite or on PostgreSQL + Redis.
+//!
+//! Missing server binaries are installed with apt (when running as root), so a fresh machine
+//! needs nothing but `cargo test --workspace`.
+
+pub mod install;
+pub mod postgres;
+pub mod redis;
+pub mod suite;
+
+pub use postgres::TempPostgres;
+pub use redis::TempRedis;
+pub use suite::{Backend, TestSuite};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free port")
+}
+
+/// Quiet tracing for tests; `RUST_LOG=info cargo test` shows the services' logs.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,93 @@
+//! The five services on random ports, for one test. Dropping the suite stops it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use kopilka::{Addrs, Ports, Suite, SuiteConfig};
+use secrecy::SecretString;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::{TempPostgres, TempRedis};
+
+/// What the services store their data in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default: SQLite files in a temp dir, in-process cache.
+    Sqlite,
+    /// Production: a temporary PostgreSQL (a database per service) and a temporary Redis.
+    PostgresRedis,
+}
+
+/// A running suite, its temporary servers and data.
+pub struct TestSuite {
+    pub addrs: Addrs,
+    pub postgres: Option<TempPostgres>,
+    pub redis: Option<TempRedis>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestSuite {
+    /// Starts the whole suite on `backend`.
+    pub async fn start(backend: Backend) -> Self {
+        crate::init_tracing();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config =
+            SuiteConfig::embedded(dir.path(), IpAddr::V4(Ipv4Addr::LOCALHOST), Ports::RANDOM);
+        let (postgres, redis) = match backend {
+            Backend::Sqlite => (None, None),
+            Backend::PostgresRedis => {
+                let pg = tokio::task::spawn_blocking(TempPostgres::start)
+                    .await
+                    .expect("start PostgreSQL");
+                let redis = tokio::task::spawn_blocking(TempRedis::start)
+                    .await
+                    .expect("start Redis");
+                let url = |s: String| SecretString::from(s);
+                config.gateway.service.database_url = url(pg.create_database("gateway").await);
+                config.cards.service.database_url = url(pg.create_database("cards").await);
+                config.rules.service.database_url = url(pg.create_database("rules").await);
+                config.ledger.service.database_url = url(pg.create_database("ledger").await);
+                config.notify.service.database_url = url(pg.create_database("notify").await);
+                config.cards.redis_url = Some(url(redis.url()));
+                (Some(pg), Some(redis))
+            }
+        };
+        let suite = Suite::build(config).await.expect("the suite builds");
+        let addrs = suite.addrs();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(suite.run_until(shutdown.clone()));
+        TestSuite {
+            addrs,
+            postgres,
+            redis,
+            shutdown,
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// A channel to one of the services (connects lazily).
+    pub fn channel(&self, addr: SocketAddr) -> Channel {
+        Channel::from_shared(format!("http://{addr}"))
+            .expect("valid URI")
+            .connect_lazy()
+    }
+
+    /// Triggers a graceful shutdown and waits for every service to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestSuite {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
