@@ -7,6 +7,7 @@
 //! The gRPC API (`kopilka.ledger.v1`) is defined in `proto/kopilka/ledger/v1`.
 
 pub mod config;
+pub mod domain;
 
 use kopilka_runtime::db::Migrations;
 use kopilka_runtime::host::{Host, StartError};

@@ -18,4 +18,4 @@ pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 
-pub use db::{Db, Timestamp};
+pub use db::{Amount, Db, Timestamp};

@@ -6,8 +6,10 @@
 //! [`with_db!`](crate::with_db), which expands the same code for each engine. Where the dialects
 //! really differ (DDL, row locks, `BEGIN IMMEDIATE`), the service matches on [`Db`] explicitly.
 
+mod amount;
 mod timestamp;
 
+pub use amount::Amount;
 pub use timestamp::Timestamp;
 
 use std::path::Path;
