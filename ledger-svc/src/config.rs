@@ -17,6 +17,10 @@ pub struct Config {
     /// Log format and filter.
     #[serde(flatten)]
     pub telemetry: TelemetrySettings,
+    /// Seconds between passes of the job that activates and expires lots and releases
+    /// timed-out holds (`KOPILKA_DUE_INTERVAL`).
+    #[serde(with = "seconds")]
+    pub due_interval: std::time::Duration,
 }
 
 impl Default for Config {
@@ -24,6 +28,7 @@ impl Default for Config {
         Self {
             service: ServiceSettings::embedded(DEFAULT_PORT, "data/ledger.db"),
             telemetry: TelemetrySettings::default(),
+            due_interval: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -32,5 +37,19 @@ impl Config {
     /// The defaults overlaid with `KOPILKA_*` environment variables.
     pub fn from_env() -> Result<Self, Box<figment::Error>> {
         kopilka_runtime::config::from_env(Self::default())
+    }
+}
+
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?.max(1)))
     }
 }

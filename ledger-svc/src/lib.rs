@@ -2,18 +2,41 @@
 //! activation and expiry, holds, receipts, refunds and purchase aggregates.
 //!
 //! - [`config`]: settings from the environment.
+//! - [`domain`]: the pure rules — amounts, the clock, the per-customer [`domain::book::Book`].
+//! - [`store`]: the only SQL, one [`store::LedgerTx`] implemented for both engines.
+//! - [`ledger`], [`receipts`], [`reads`]: the operations; [`jobs`]: the background due-work loop.
+//! - [`api`]: the tonic service; [`convert`]: proto conversions; [`error`]: errors → statuses.
+//! - [`settings`]: per-merchant settings with defaults.
+//!
+//! How the ledger works (accounts, lots, debt, refunds, idempotency): `ledger-svc/README.md`.
 //! - [`MIGRATIONS`]: the schema, one migration directory per engine.
 //!
 //! The gRPC API (`kopilka.ledger.v1`) is defined in `proto/kopilka/ledger/v1`.
 
+pub mod api;
 pub mod config;
+pub mod convert;
 pub mod domain;
+pub mod error;
+pub mod jobs;
+pub mod ledger;
+pub mod reads;
+pub mod receipts;
+pub mod settings;
+pub mod store;
 
+use std::sync::Arc;
+
+use kopilka_proto::ledger::ledger_service_server::LedgerServiceServer;
 use kopilka_runtime::db::Migrations;
 use kopilka_runtime::host::{Host, StartError};
 use sqlx::migrate::Migrator;
 
 pub use config::Config;
+
+use api::LedgerApi;
+use domain::clock::{Clock, SystemClock};
+use ledger::Ledger;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -26,5 +49,18 @@ pub const MIGRATIONS: Migrations = Migrations {
 
 /// Opens the database, runs migrations and binds the port; `run_until` then serves.
 pub async fn build(config: Config) -> Result<Host, StartError> {
-    Host::start("ledger-svc", config.service, MIGRATIONS).await
+    build_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// Like [`build`], with the clock injected (tests move time by hand).
+pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Host, StartError> {
+    let interval = config.due_interval;
+    let host = Host::start("ledger-svc", config.service, MIGRATIONS).await?;
+    let ledger = Ledger::new(host.db().clone(), clock);
+    let health = host.health();
+    health.set_serving::<LedgerServiceServer<LedgerApi>>().await;
+    let jobs = ledger.clone();
+    Ok(host
+        .route(|router| router.add_service(LedgerServiceServer::new(LedgerApi::new(ledger))))
+        .spawn_background(async move { jobs::run_due_work(jobs, interval).await }))
 }

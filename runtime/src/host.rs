@@ -63,6 +63,7 @@ pub struct Host {
     server: GrpcServer,
     listener: TcpListener,
     settings: ServiceSettings,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Host {
@@ -87,7 +88,15 @@ impl Host {
             server,
             listener,
             settings,
+            background: Vec::new(),
         })
+    }
+
+    /// Runs a background job (expiry, relays …) for as long as the service runs; it is stopped
+    /// when the server has drained.
+    pub fn spawn_background(mut self, job: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.background.push(tokio::spawn(job));
+        self
     }
 
     /// The service's database.
@@ -124,6 +133,7 @@ impl Host {
             server,
             listener,
             settings,
+            background,
         } = self;
         let (stop_probe, stopped) = watch::channel(false);
         let probe = tokio::spawn(probe_database(
@@ -139,6 +149,10 @@ impl Host {
         };
         let result = server::serve(server, listener, shutdown, settings.shutdown_grace).await;
         let _ = probe.await;
+        for job in background {
+            job.abort();
+            let _ = job.await;
+        }
         db.close().await;
         tracing::info!(service = name, "stopped");
         result

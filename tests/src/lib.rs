@@ -8,6 +8,7 @@
 //! needs nothing but `cargo test --workspace`.
 
 pub mod install;
+pub mod ledger;
 pub mod postgres;
 pub mod redis;
 pub mod suite;

@@ -1,0 +1,665 @@
+//! The ledger's operations: validate, then apply inside one database transaction through
+//! [`LedgerTx`], idempotently by `request_id`. The gRPC layer (`api`) only converts.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use kopilka_proto::ledger as pb;
+use kopilka_proto::types::{LotKind, PointsGrant};
+use prost::Message;
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+
+use crate::convert::{self, opt_instant};
+use crate::domain::amounts::{self, Sign};
+use crate::domain::book::{Account, Book, BookError, NewLot};
+use crate::domain::clock::Clock;
+use crate::error::Error;
+use crate::settings::Settings;
+use crate::store::{Claim, HoldRow, LedgerTx, TxRecord};
+use crate::{in_read_tx, in_write_tx};
+use kopilka_runtime::Db;
+
+/// Hold states (values of `kopilka.ledger.v1.HoldState`).
+pub mod hold_state {
+    pub const ACTIVE: i32 = 1;
+    pub const COMMITTED: i32 = 2;
+    pub const VOIDED: i32 = 3;
+    pub const EXPIRED: i32 = 4;
+}
+
+/// Transaction kinds (values of `kopilka.ledger.v1.TransactionKind`).
+pub mod tx_kind {
+    pub const RECEIPT: i32 = 1;
+    pub const REFUND: i32 = 2;
+    pub const ACCRUAL: i32 = 3;
+    pub const GIFT: i32 = 4;
+    pub const REDEMPTION: i32 = 5;
+    pub const HOLD: i32 = 6;
+    pub const HOLD_RELEASE: i32 = 7;
+    pub const ADJUSTMENT: i32 = 8;
+    pub const ACTIVATION: i32 = 9;
+    pub const EXPIRY: i32 = 10;
+}
+
+const MAX_ID: usize = 128;
+const MAX_TEXT: usize = 500;
+pub(crate) const MAX_LINES: usize = 1000;
+pub(crate) const FUTURE_SKEW_SECS: i64 = 5 * 60;
+
+/// The ledger: a database and a clock.
+#[derive(Clone)]
+pub struct Ledger {
+    db: Db,
+    clock: Arc<dyn Clock>,
+}
+
+/// A customer's account loaded for a write.
+pub(crate) struct Loaded {
+    pub(crate) book: Book,
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub(crate) fn digest(message: &impl Message) -> Vec<u8> {
+    Sha256::digest(message.encode_to_vec()).to_vec()
+}
+
+pub(crate) fn check_id(field: &str, value: &str, violations: &mut Vec<(String, String)>) {
+    if value.is_empty() {
+        violations.push((field.to_owned(), "is required".to_owned()));
+    } else if value.chars().count() > MAX_ID {
+        violations.push((field.to_owned(), format!("must be at most {MAX_ID} characters")));
+    }
+}
+
+pub(crate) fn check_text(field: &str, value: &str, violations: &mut Vec<(String, String)>) {
+    if value.chars().count() > MAX_TEXT {
+        violations.push((field.to_owned(), format!("must be at most {MAX_TEXT} characters")));
+    }
+}
+
+pub(crate) fn parse_into(field: &str, value: &str, scale: u32, sign: Sign, violations: &mut Vec<(String, String)>) -> Decimal {
+    match amounts::parse(value, scale, sign) {
+        Ok(v) => v,
+        Err(e) => {
+            violations.push((field.to_owned(), e));
+            Decimal::ZERO
+        }
+    }
+}
+
+pub(crate) fn done(violations: Vec<(String, String)>) -> Result<(), Error> {
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(violations))
+    }
+}
+
+pub(crate) fn book_error(e: BookError) -> Error {
+    match e {
+        BookError::Insufficient { available, requested } => Error::insufficient(available, requested),
+        BookError::NegativeLimit { limit, would_be } => Error::Precondition(
+            "NEGATIVE_BALANCE_NOT_ALLOWED",
+            format!("the balance would fall to {would_be}, below the allowed -{limit}"),
+        ),
+    }
+}
+
+/// The UTC day number of an instant (purchase_days buckets).
+pub fn day_of(t: DateTime<Utc>) -> i64 {
+    t.timestamp().div_euclid(86_400)
+}
+
+impl Ledger {
+    pub fn new(db: Db, clock: Arc<dyn Clock>) -> Self {
+        Self { db, clock }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub(crate) async fn settings(tx: &mut dyn LedgerTx, merchant: &str) -> Result<Settings, Error> {
+        match tx.settings(merchant).await? {
+            Some(bytes) => Settings::from_proto(&pb::LedgerSettings::decode(bytes.as_slice())?),
+            None => Ok(Settings::default()),
+        }
+    }
+
+    /// Settings for a write; registers the merchant (for the background jobs) on its first one.
+    async fn settings_for_write(tx: &mut dyn LedgerTx, merchant: &str, now: DateTime<Utc>) -> Result<Settings, Error> {
+        match tx.settings(merchant).await? {
+            Some(bytes) => Settings::from_proto(&pb::LedgerSettings::decode(bytes.as_slice())?),
+            None => {
+                let s = Settings::default();
+                tx.put_settings(merchant, &s.to_proto().encode_to_vec(), now).await?;
+                Ok(s)
+            }
+        }
+    }
+
+    pub(crate) async fn load(tx: &mut dyn LedgerTx, merchant: &str, customer: &str, now: DateTime<Utc>) -> Result<Loaded, Error> {
+        let account = tx.lock_account(merchant, customer, now).await?;
+        let lots = tx.open_lots(merchant, customer).await?;
+        let mut book = Book::new(account, lots, now);
+        // Due activations and expiries take effect before anything else reads the balance.
+        book.activate_due();
+        book.expire_due();
+        Ok(Loaded { book })
+    }
+
+    /// Persists a book as one journal transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn save(
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        book: &Book,
+        kind: i32,
+        amount: Decimal,
+        now: DateTime<Utc>,
+        occurred_at: DateTime<Utc>,
+        refs: (&str, &str, &str),
+        request_id: &str,
+        description: &str,
+    ) -> Result<String, Error> {
+        let transaction_id = new_id();
+        let record = TxRecord {
+            transaction_id: transaction_id.clone(),
+            customer_id: book.account.customer_id.clone(),
+            kind,
+            amount,
+            balance_after: book.account.available,
+            occurred_at,
+            recorded_at: now,
+            receipt_id: refs.0.to_owned(),
+            refund_id: refs.1.to_owned(),
+            hold_id: refs.2.to_owned(),
+            request_id: request_id.to_owned(),
+            description: description.to_owned(),
+        };
+        let changed: Vec<_> = book.changed_lots().collect();
+        tx.save(merchant, &book.account, book.new_lots(), &changed, &record, book.entries())
+            .await?;
+        Ok(transaction_id)
+    }
+
+    pub(crate) fn balance(&self, book: &Book, s: &Settings) -> pb::Balance {
+        convert::balance(&book.account, book.lots(), s, book.now(), Duration::days(30))
+    }
+
+    /// Runs a mutation idempotently: a repeat of `request_id` with the same payload returns the
+    /// stored answer; with another payload it is IDEMPOTENCY_KEY_REUSED.
+    async fn mutate<R: Message + Default>(
+        &self,
+        merchant: &str,
+        request_id: &str,
+        operation: &'static str,
+        request_hash: Vec<u8>,
+        command: Command<'_>,
+    ) -> Result<R, Error> {
+        let mut violations = Vec::new();
+        check_id("merchant_id", merchant, &mut violations);
+        check_id("request_id", request_id, &mut violations);
+        done(violations)?;
+        let mut attempt = 0;
+        loop {
+            let now = self.clock.now();
+            let result: Result<Vec<u8>, Error> = in_write_tx!(&self.db, tx => {
+                let tx: &mut dyn LedgerTx = &mut tx;
+                match tx.claim_request(merchant, request_id, operation, &request_hash, now).await {
+                    Err(e) => Err(Error::from(e)),
+                    Ok(Claim::Done { operation: op, request_hash: hash, response }) => {
+                        if op == operation && hash == request_hash {
+                            Ok(response)
+                        } else {
+                            Err(Error::Precondition(
+                                "IDEMPOTENCY_KEY_REUSED",
+                                format!("request_id `{request_id}` was used for a different request"),
+                            ))
+                        }
+                    }
+                    Ok(Claim::New) => match self.apply(tx, merchant, request_id, &command, now).await {
+                        Ok(bytes) => match tx.finish_request(merchant, request_id, &bytes).await {
+                            Ok(()) => Ok(bytes),
+                            Err(e) => Err(e.into()),
+                        },
+                        Err(e) => Err(e),
+                    },
+                }
+            });
+            match result {
+                Err(e) if e.is_retryable_conflict() && attempt < 5 => attempt += 1,
+                Err(e) => return Err(e),
+                Ok(bytes) => return Ok(R::decode(bytes.as_slice())?),
+            }
+        }
+    }
+
+    async fn apply(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, command: &Command<'_>, now: DateTime<Utc>) -> Result<Vec<u8>, Error> {
+        let s = Self::settings_for_write(tx, merchant, now).await?;
+        Ok(match command {
+            Command::Accrue(r) => self.accrue(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
+            Command::Redeem(r) => self.redeem(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
+            Command::Gift(r) => self.gift(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
+            Command::Adjust(r) => self.adjust(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
+            Command::Reserve(r) => self.reserve(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
+            Command::Commit(r) => self.commit_hold(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
+            Command::Void(r) => self.void_hold(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
+            Command::Receipt(r) => self.record_receipt(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
+            Command::Refund(r) => self.refund_receipt(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
+            Command::Settings(r) => self.update_settings(tx, merchant, r, now).await?.encode_to_vec(),
+        })
+    }
+
+    // ---- accrual, gifts, redemption, adjustment ------------------------------------------
+
+    pub(crate) fn new_lot(grant: &PointsGrant, field: &str, s: &Settings, violations: &mut Vec<(String, String)>) -> NewLot {
+        let amount = parse_into(&format!("{field}.amount"), &grant.amount, s.points_scale, Sign::Positive, violations);
+        let activates_at = opt_instant(&grant.activates_at, &format!("{field}.activates_at")).unwrap_or_else(|e| {
+            if let Error::Invalid(v) = e {
+                violations.extend(v);
+            }
+            None
+        });
+        let expires_at = opt_instant(&grant.expires_at, &format!("{field}.expires_at")).unwrap_or_else(|e| {
+            if let Error::Invalid(v) = e {
+                violations.extend(v);
+            }
+            None
+        });
+        if let (Some(a), Some(e)) = (activates_at, expires_at) {
+            if e <= a {
+                violations.push((format!("{field}.expires_at"), "must be after activates_at".to_owned()));
+            }
+        }
+        check_text(&format!("{field}.grant_key"), &grant.grant_key, violations);
+        let kind = match LotKind::try_from(grant.kind) {
+            Ok(LotKind::Unspecified) => LotKind::Purchase as i32,
+            Ok(k) => k as i32,
+            Err(_) => {
+                violations.push((format!("{field}.kind"), "unknown lot kind".to_owned()));
+                0
+            }
+        };
+        NewLot {
+            lot_id: new_id(),
+            kind,
+            action: 0,
+            amount,
+            activates_at,
+            expires_at,
+            receipt_id: None,
+            grant_key: (!grant.grant_key.is_empty()).then(|| grant.grant_key.clone()),
+            rule_ids: grant.rule_ids.clone(),
+        }
+    }
+
+    async fn accrue(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::AccrueRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::AccrueResponse, Error> {
+        let mut v = Vec::new();
+        check_id("customer_id", &r.customer_id, &mut v);
+        check_text("description", &r.description, &mut v);
+        let grant = r.grant.clone().unwrap_or_default();
+        let lot = Self::new_lot(&grant, "grant", s, &mut v);
+        let occurred_at = opt_instant(&r.occurred_at, "occurred_at")?.unwrap_or(now);
+        done(v)?;
+        let mut loaded = Self::load(tx, merchant, &r.customer_id, now).await?;
+        if let Some(key) = &lot.grant_key {
+            if let Some(existing) = tx.lot_by_grant_key(merchant, &r.customer_id, key).await? {
+                return Ok(pb::AccrueResponse {
+                    lot: Some(convert::lot(&existing, s)),
+                    already_granted: true,
+                    transaction_id: String::new(),
+                    balance: Some(self.balance(&loaded.book, s)),
+                });
+            }
+        }
+        let amount = lot.amount;
+        let i = loaded.book.credit(lot, Account::Issued);
+        let lot = loaded.book.lots()[i].clone();
+        let transaction_id = Self::save(tx, merchant, &loaded.book, tx_kind::ACCRUAL, amount, now, occurred_at, ("", "", ""), request_id, &r.description).await?;
+        Ok(pb::AccrueResponse {
+            lot: Some(convert::lot(&lot, s)),
+            already_granted: false,
+            transaction_id,
+            balance: Some(self.balance(&loaded.book, s)),
+        })
+    }
+
+    async fn gift(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::GrantGiftRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::GrantGiftResponse, Error> {
+        let mut v = Vec::new();
+        check_id("customer_id", &r.customer_id, &mut v);
+        check_text("description", &r.description, &mut v);
+        let grant = r.grant.clone().unwrap_or_default();
+        let mut lot = Self::new_lot(&grant, "grant", s, &mut v);
+        if grant.kind == 0 {
+            lot.kind = LotKind::Gift as i32;
+        }
+        lot.action = r.action;
+        let mut beneficiaries = Vec::new();
+        for (i, b) in r.beneficiary_grants.iter().enumerate() {
+            check_id(&format!("beneficiary_grants[{i}].customer_id"), &b.customer_id, &mut v);
+            let mut l = Self::new_lot(&b.grant.clone().unwrap_or_default(), &format!("beneficiary_grants[{i}].grant"), s, &mut v);
+            if b.grant.as_ref().is_none_or(|g| g.kind == 0) {
+                l.kind = LotKind::Referral as i32;
+            }
+            l.action = r.action;
+            beneficiaries.push((b.customer_id.clone(), l));
+        }
+        let occurred_at = opt_instant(&r.occurred_at, "occurred_at")?.unwrap_or(now);
+        done(v)?;
+        // Lock every account involved in one fixed order: no deadlocks between writers.
+        let mut customers: Vec<&str> = beneficiaries.iter().map(|(c, _)| c.as_str()).collect();
+        customers.push(&r.customer_id);
+        customers.sort_unstable();
+        customers.dedup();
+        for c in &customers {
+            tx.lock_account(merchant, c, now).await?;
+        }
+        let (lot, already, balance) = self.grant_one(tx, merchant, request_id, &r.customer_id, lot, s, now, occurred_at, &r.description).await?;
+        let mut beneficiary_lots = Vec::new();
+        for (customer, l) in beneficiaries {
+            let (lot, _, _) = self.grant_one(tx, merchant, request_id, &customer, l, s, now, occurred_at, &r.description).await?;
+            beneficiary_lots.push(lot);
+        }
+        Ok(pb::GrantGiftResponse {
+            lot: Some(lot),
+            already_granted: already,
+            beneficiary_lots,
+            balance: Some(balance),
+        })
+    }
+
+    /// Books one gift lot unless its grant key was used; returns (lot, already_granted, balance).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn grant_one(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, customer: &str, lot: NewLot, s: &Settings, now: DateTime<Utc>, occurred_at: DateTime<Utc>, description: &str) -> Result<(pb::Lot, bool, pb::Balance), Error> {
+        let mut loaded = Self::load(tx, merchant, customer, now).await?;
+        if let Some(key) = &lot.grant_key {
+            if let Some(existing) = tx.lot_by_grant_key(merchant, customer, key).await? {
+                return Ok((convert::lot(&existing, s), true, self.balance(&loaded.book, s)));
+            }
+        }
+        let amount = lot.amount;
+        let i = loaded.book.credit(lot, Account::Issued);
+        let created = loaded.book.lots()[i].clone();
+        Self::save(tx, merchant, &loaded.book, tx_kind::GIFT, amount, now, occurred_at, ("", "", ""), request_id, description).await?;
+        Ok((convert::lot(&created, s), false, self.balance(&loaded.book, s)))
+    }
+
+    async fn redeem(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::RedeemRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::RedeemResponse, Error> {
+        let mut v = Vec::new();
+        check_id("customer_id", &r.customer_id, &mut v);
+        check_text("description", &r.description, &mut v);
+        let amount = parse_into("amount", &r.amount, s.points_scale, Sign::Positive, &mut v);
+        done(v)?;
+        let mut loaded = Self::load(tx, merchant, &r.customer_id, now).await?;
+        let consumed = loaded.book.debit(amount, Account::Redeemed).map_err(book_error)?;
+        let transaction_id = Self::save(tx, merchant, &loaded.book, tx_kind::REDEMPTION, amount, now, now, ("", "", ""), request_id, &r.description).await?;
+        Ok(pb::RedeemResponse {
+            transaction_id,
+            consumed: consumed.into_iter().map(|(lot_id, a)| pb::LotConsumption { lot_id, amount: s.points(a) }).collect(),
+            balance: Some(self.balance(&loaded.book, s)),
+        })
+    }
+
+    async fn adjust(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::AdjustRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::AdjustResponse, Error> {
+        let mut v = Vec::new();
+        check_id("customer_id", &r.customer_id, &mut v);
+        check_id("reason", &r.reason, &mut v);
+        check_text("reason", &r.reason, &mut v);
+        let amount = parse_into("amount", &r.amount, s.points_scale, Sign::NonZero, &mut v);
+        let expires_at = opt_instant(&r.expires_at, "expires_at")?;
+        done(v)?;
+        let mut loaded = Self::load(tx, merchant, &r.customer_id, now).await?;
+        let mut response = pb::AdjustResponse::default();
+        if amount > Decimal::ZERO {
+            let i = loaded.book.credit(
+                NewLot {
+                    lot_id: new_id(),
+                    kind: LotKind::Adjustment as i32,
+                    action: 0,
+                    amount,
+                    activates_at: None,
+                    expires_at,
+                    receipt_id: None,
+                    grant_key: None,
+                    rule_ids: vec![],
+                },
+                Account::Adjusted,
+            );
+            response.lot = Some(convert::lot(&loaded.book.lots()[i], s));
+        } else {
+            let wanted = -amount;
+            let available = loaded.book.account.available.max(Decimal::ZERO);
+            if wanted > available && !r.allow_negative {
+                return Err(Error::insufficient(loaded.book.account.available, wanted));
+            }
+            let from_lots = wanted.min(available);
+            let consumed = loaded.book.debit(from_lots, Account::Adjusted).map_err(book_error)?;
+            if wanted > from_lots {
+                // allow_negative: the rest becomes a debt later accruals pay off.
+                loaded.book.take_back(wanted - from_lots, "", crate::domain::book::Shortfall::AllowNegative(None)).map_err(book_error)?;
+            }
+            response.consumed = consumed.into_iter().map(|(lot_id, a)| pb::LotConsumption { lot_id, amount: s.points(a) }).collect();
+        }
+        let description = format!("{} (by {})", r.reason, if r.operator.is_empty() { "unknown" } else { &r.operator });
+        response.transaction_id = Self::save(tx, merchant, &loaded.book, tx_kind::ADJUSTMENT, amount, now, now, ("", "", ""), request_id, &description).await?;
+        response.balance = Some(self.balance(&loaded.book, s));
+        Ok(response)
+    }
+
+    // ---- holds ---------------------------------------------------------------------------
+
+    async fn reserve(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::ReserveRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::ReserveResponse, Error> {
+        let mut v = Vec::new();
+        check_id("customer_id", &r.customer_id, &mut v);
+        if r.reference.chars().count() > MAX_ID {
+            v.push(("reference".to_owned(), format!("must be at most {MAX_ID} characters")));
+        }
+        let amount = parse_into("amount", &r.amount, s.points_scale, Sign::Positive, &mut v);
+        let ttl = match &r.ttl {
+            None => s.hold_default_ttl,
+            Some(d) if d.seconds < 0 || (d.seconds == 0 && d.nanos <= 0) => {
+                v.push(("ttl".to_owned(), "must be positive".to_owned()));
+                s.hold_default_ttl
+            }
+            Some(d) => std::time::Duration::new(d.seconds as u64, d.nanos.max(0) as u32),
+        };
+        if ttl > s.hold_max_ttl {
+            v.push(("ttl".to_owned(), format!("must be at most {} s", s.hold_max_ttl.as_secs())));
+        }
+        done(v)?;
+        let mut loaded = Self::load(tx, merchant, &r.customer_id, now).await?;
+        let allocations = loaded.book.hold(amount).map_err(book_error)?;
+        let hold = HoldRow {
+            hold_id: new_id(),
+            customer_id: r.customer_id.clone(),
+            amount,
+            committed_amount: Decimal::ZERO,
+            state: hold_state::ACTIVE,
+            reference: r.reference.clone(),
+            created_at: now,
+            expires_at: now + Duration::from_std(ttl).unwrap_or(Duration::minutes(15)),
+            finalized_at: None,
+        };
+        tx.insert_hold(merchant, &hold, &allocations).await?;
+        Self::save(tx, merchant, &loaded.book, tx_kind::HOLD, amount, now, now, ("", "", &hold.hold_id), request_id, &r.reference).await?;
+        Ok(pb::ReserveResponse {
+            hold: Some(convert::hold(&hold, s)),
+            balance: Some(self.balance(&loaded.book, s)),
+        })
+    }
+
+    /// Loads a hold for finishing; expires it first when its time is up.
+    async fn open_hold(&self, tx: &mut dyn LedgerTx, merchant: &str, hold_id: &str, now: DateTime<Utc>) -> Result<(HoldRow, Loaded), Error> {
+        let hold = tx
+            .hold(merchant, hold_id)
+            .await?
+            .ok_or_else(|| Error::NotFound("HOLD_NOT_FOUND", format!("hold `{hold_id}` not found")))?;
+        let loaded = Self::load(tx, merchant, &hold.customer_id, now).await?;
+        // Re-read under the account lock: another writer may have finished it meanwhile.
+        let hold = tx.hold(merchant, hold_id).await?.unwrap_or(hold);
+        Ok((hold, loaded))
+    }
+
+    /// Ends an active hold: commits `commit` points, releases the rest.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn end_hold(&self, tx: &mut dyn LedgerTx, merchant: &str, hold: &mut HoldRow, book: &mut Book, commit: Decimal, state: i32, now: DateTime<Utc>) -> Result<(), Error> {
+        let allocations = tx.hold_allocations(merchant, &hold.hold_id).await?;
+        book.finish_hold(&allocations, commit);
+        tx.finish_hold(merchant, &hold.hold_id, state, commit, now).await?;
+        hold.state = state;
+        hold.committed_amount = commit;
+        hold.finalized_at = Some(now);
+        Ok(())
+    }
+
+    async fn commit_hold(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::CommitHoldRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::CommitHoldResponse, Error> {
+        let mut v = Vec::new();
+        check_id("hold_id", &r.hold_id, &mut v);
+        check_text("description", &r.description, &mut v);
+        let requested = if r.amount.is_empty() { None } else { Some(parse_into("amount", &r.amount, s.points_scale, Sign::Positive, &mut v)) };
+        done(v)?;
+        let (mut hold, mut loaded) = self.open_hold(tx, merchant, &r.hold_id, now).await?;
+        match hold.state {
+            hold_state::ACTIVE if hold.expires_at <= now => {
+                self.end_hold(tx, merchant, &mut hold, &mut loaded.book, Decimal::ZERO, hold_state::EXPIRED, now).await?;
+                Self::save(tx, merchant, &loaded.book, tx_kind::HOLD_RELEASE, hold.amount, now, now, ("", "", &hold.hold_id), request_id, "hold expired").await?;
+                // The release is kept (committing the transaction) and reported via the error.
+                return Err(Error::Precondition("HOLD_EXPIRED", format!("hold `{}` expired at {}", hold.hold_id, hold.expires_at)));
+            }
+            hold_state::ACTIVE => {}
+            hold_state::EXPIRED => return Err(Error::Precondition("HOLD_EXPIRED", format!("hold `{}` expired", hold.hold_id))),
+            _ => return Err(Error::Precondition("HOLD_FINALIZED", format!("hold `{}` is already finished", hold.hold_id))),
+        }
+        let amount = requested.unwrap_or(hold.amount);
+        if amount > hold.amount {
+            return Err(Error::Precondition("HOLD_AMOUNT_EXCEEDED", format!("{amount} exceeds the {} held", hold.amount)));
+        }
+        self.end_hold(tx, merchant, &mut hold, &mut loaded.book, amount, hold_state::COMMITTED, now).await?;
+        let transaction_id = Self::save(tx, merchant, &loaded.book, tx_kind::REDEMPTION, amount, now, now, ("", "", &hold.hold_id), request_id, &r.description).await?;
+        Ok(pb::CommitHoldResponse {
+            hold: Some(convert::hold(&hold, s)),
+            transaction_id,
+            balance: Some(self.balance(&loaded.book, s)),
+        })
+    }
+
+    async fn void_hold(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::VoidHoldRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::VoidHoldResponse, Error> {
+        let mut v = Vec::new();
+        check_id("hold_id", &r.hold_id, &mut v);
+        done(v)?;
+        let (mut hold, mut loaded) = self.open_hold(tx, merchant, &r.hold_id, now).await?;
+        match hold.state {
+            hold_state::ACTIVE => {
+                let state = if hold.expires_at <= now { hold_state::EXPIRED } else { hold_state::VOIDED };
+                self.end_hold(tx, merchant, &mut hold, &mut loaded.book, Decimal::ZERO, state, now).await?;
+                Self::save(tx, merchant, &loaded.book, tx_kind::HOLD_RELEASE, hold.amount, now, now, ("", "", &hold.hold_id), request_id, "hold voided").await?;
+            }
+            hold_state::VOIDED | hold_state::EXPIRED => {}
+            _ => return Err(Error::Precondition("HOLD_FINALIZED", format!("hold `{}` was committed", hold.hold_id))),
+        }
+        Ok(pb::VoidHoldResponse {
+            hold: Some(convert::hold(&hold, s)),
+            balance: Some(self.balance(&loaded.book, s)),
+        })
+    }
+
+    // ---- settings ------------------------------------------------------------------------
+
+    async fn update_settings(&self, tx: &mut dyn LedgerTx, merchant: &str, r: &pb::UpdateLedgerSettingsRequest, now: DateTime<Utc>) -> Result<pb::UpdateLedgerSettingsResponse, Error> {
+        let current = Self::settings(tx, merchant).await?.to_proto();
+        let requested = r.settings.clone().unwrap_or_default();
+        let paths: Vec<String> = r.update_mask.as_ref().map(|m| m.paths.clone()).unwrap_or_default();
+        if paths.is_empty() {
+            return Err(Error::invalid("update_mask", "name the fields to change, or \"*\""));
+        }
+        let mut next = current.clone();
+        for path in &paths {
+            match path.as_str() {
+                "*" => next = requested.clone(),
+                "currency" => next.currency = requested.currency.clone(),
+                "money_scale" => next.money_scale = requested.money_scale,
+                "points_scale" => next.points_scale = requested.points_scale,
+                "shortfall_policy" => next.shortfall_policy = requested.shortfall_policy,
+                "max_negative_balance" => next.max_negative_balance = requested.max_negative_balance.clone(),
+                "hold_default_ttl" => next.hold_default_ttl = requested.hold_default_ttl,
+                "hold_max_ttl" => next.hold_max_ttl = requested.hold_max_ttl,
+                "expiry_notice" => next.expiry_notice = requested.expiry_notice,
+                "idempotency_retention" => next.idempotency_retention = requested.idempotency_retention,
+                "max_receipt_age" => next.max_receipt_age = requested.max_receipt_age,
+                other => return Err(Error::invalid("update_mask", format!("unknown field `{other}`"))),
+            }
+        }
+        let parsed = Settings::from_proto(&next)?;
+        let old = Settings::from_proto(&current)?;
+        if (parsed.points_scale != old.points_scale || parsed.money_scale != old.money_scale) && tx.has_transactions(merchant).await? {
+            return Err(Error::Precondition("VALIDATION_FAILED", "scales cannot change once the merchant has entries".to_owned()));
+        }
+        tx.put_settings(merchant, &parsed.to_proto().encode_to_vec(), now).await?;
+        Ok(pb::UpdateLedgerSettingsResponse { settings: Some(parsed.to_proto()) })
+    }
+}
+
+/// A validated mutation, by RPC.
+pub enum Command<'a> {
+    Accrue(&'a pb::AccrueRequest),
+    Redeem(&'a pb::RedeemRequest),
+    Gift(&'a pb::GrantGiftRequest),
+    Adjust(&'a pb::AdjustRequest),
+    Reserve(&'a pb::ReserveRequest),
+    Commit(&'a pb::CommitHoldRequest),
+    Void(&'a pb::VoidHoldRequest),
+    Receipt(&'a pb::RecordReceiptRequest),
+    Refund(&'a pb::RefundReceiptRequest),
+    Settings(&'a pb::UpdateLedgerSettingsRequest),
+}
+
+// Public entry points: one per mutating RPC.
+impl Ledger {
+    pub async fn accrue_points(&self, r: &pb::AccrueRequest) -> Result<pb::AccrueResponse, Error> {
+        self.mutate(&r.merchant_id, &r.request_id, "Accrue", digest(r), Command::Accrue(r)).await
+    }
+    pub async fn redeem_points(&self, r: &pb::RedeemRequest) -> Result<pb::RedeemResponse, Error> {
+        self.mutate(&r.merchant_id, &r.request_id, "Redeem", digest(r), Command::Redeem(r)).await
+    }
+    pub async fn grant_gift(&self, r: &pb::GrantGiftRequest) -> Result<pb::GrantGiftResponse, Error> {
+        self.mutate(&r.merchant_id, &r.request_id, "GrantGift", digest(r), Command::Gift(r)).await
+    }
+    pub async fn adjust_points(&self, r: &pb::AdjustRequest) -> Result<pb::AdjustResponse, Error> {
+        self.mutate(&r.merchant_id, &r.request_id, "Adjust", digest(r), Command::Adjust(r)).await
+    }
+    pub async fn reserve_points(&self, r: &pb::ReserveRequest) -> Result<pb::ReserveResponse, Error> {
+        self.mutate(&r.merchant_id, &r.request_id, "Reserve", digest(r), Command::Reserve(r)).await
+    }
+    pub async fn commit(&self, r: &pb::CommitHoldRequest) -> Result<pb::CommitHoldResponse, Error> {
+        self.mutate(&r.merchant_id, &r.request_id, "CommitHold", digest(r), Command::Commit(r)).await
+    }
+    pub async fn void(&self, r: &pb::VoidHoldRequest) -> Result<pb::VoidHoldResponse, Error> {
+        self.mutate(&r.merchant_id, &r.request_id, "VoidHold", digest(r), Command::Void(r)).await
+    }
+    pub async fn record(&self, r: &pb::RecordReceiptRequest) -> Result<pb::RecordReceiptResponse, Error> {
+        self.mutate(&r.merchant_id, &r.request_id, "RecordReceipt", digest(r), Command::Receipt(r)).await
+    }
+    pub async fn refund(&self, r: &pb::RefundReceiptRequest) -> Result<pb::RefundReceiptResponse, Error> {
+        self.mutate(&r.merchant_id, &r.request_id, "RefundReceipt", digest(r), Command::Refund(r)).await
+    }
+    pub async fn set_settings(&self, r: &pb::UpdateLedgerSettingsRequest) -> Result<pb::UpdateLedgerSettingsResponse, Error> {
+        self.mutate(&r.merchant_id, &r.request_id, "UpdateLedgerSettings", digest(r), Command::Settings(r)).await
+    }
+
+    /// The merchant's settings with defaults.
+    pub async fn get_settings(&self, merchant: &str) -> Result<pb::LedgerSettings, Error> {
+        in_read_tx!(&self.db, tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            Ok(Self::settings(tx, merchant).await?.to_proto())
+        })
+    }
+}

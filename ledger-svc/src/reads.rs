@@ -1,0 +1,364 @@
+//! Reads (balance, lots, history, aggregates, receipts, totals, verify) and the due-work pass
+//! that activates and expires lots and releases timed-out holds.
+
+use chrono::{DateTime, Duration, Months, Utc};
+use kopilka_proto::ledger as pb;
+use kopilka_proto::types::{self, lookback::Span, Lookback};
+use rust_decimal::Decimal;
+
+use crate::convert::{self, opt_instant, timestamp};
+use crate::domain::book::{lot_state, Account, AccountState, Book};
+use crate::error::Error;
+use crate::ledger::{check_id, day_of, done, hold_state, tx_kind, Ledger};
+use crate::settings::Settings;
+use crate::store::LedgerTx;
+use crate::{in_read_tx, in_write_tx};
+
+const DEFAULT_EXPIRING: i64 = 30;
+
+fn expiring_within(d: &Option<pbjson_types::Duration>) -> Duration {
+    d.as_ref()
+        .filter(|d| d.seconds > 0)
+        .map_or(Duration::days(DEFAULT_EXPIRING), |d| Duration::seconds(d.seconds))
+}
+
+fn page(size: i32, default: i64) -> i64 {
+    if size <= 0 { default } else { i64::from(size).min(1000) }
+}
+
+fn offset_token(token: &str) -> Result<i64, Error> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token.parse().map_err(|_| Error::invalid("page_token", "is not a token from a previous response"))
+}
+
+/// The start of a trailing window ending at `as_of`.
+pub fn window_start(lookback: &Lookback, as_of: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
+    match lookback.span {
+        Some(Span::Days(d)) if (1..=3660).contains(&d) => Ok(as_of - Duration::days(i64::from(d))),
+        Some(Span::Months(m)) if (1..=120).contains(&m) => as_of
+            .checked_sub_months(Months::new(m))
+            .ok_or_else(|| Error::invalid("lookbacks", "window out of range")),
+        _ => Err(Error::invalid("lookbacks", "days 1 to 3660 or months 1 to 120")),
+    }
+}
+
+impl Ledger {
+    /// A customer's balance at `now`, with due activations and expiries applied in memory even
+    /// if the background job has not run yet.
+    pub(crate) async fn read_balance(&self, tx: &mut dyn LedgerTx, merchant: &str, customer: &str, s: &Settings, now: DateTime<Utc>, window: Duration) -> Result<pb::Balance, Error> {
+        let book = Self::read_book(tx, merchant, customer, now).await?;
+        Ok(convert::balance(&book.account, book.lots(), s, now, window))
+    }
+
+    async fn read_book(tx: &mut dyn LedgerTx, merchant: &str, customer: &str, now: DateTime<Utc>) -> Result<Book, Error> {
+        let account = tx.account(merchant, customer).await?.unwrap_or(AccountState { customer_id: customer.to_owned(), ..Default::default() });
+        let lots = tx.open_lots(merchant, customer).await?;
+        let mut book = Book::new(account, lots, now);
+        book.activate_due();
+        book.expire_due();
+        Ok(book)
+    }
+
+    fn ids(merchant: &str, customer: &str) -> Result<(), Error> {
+        let mut v = Vec::new();
+        check_id("merchant_id", merchant, &mut v);
+        check_id("customer_id", customer, &mut v);
+        done(v)
+    }
+
+    pub async fn get_balance(&self, r: &pb::GetBalanceRequest) -> Result<pb::GetBalanceResponse, Error> {
+        Self::ids(&r.merchant_id, &r.customer_id)?;
+        let now = self.now();
+        in_read_tx!(&self.db(), tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            let s = Self::settings(tx, &r.merchant_id).await?;
+            let balance = self.read_balance(tx, &r.merchant_id, &r.customer_id, &s, now, expiring_within(&r.expiring_within)).await?;
+            Ok(pb::GetBalanceResponse { balance: Some(balance) })
+        })
+    }
+
+    async fn aggregates(tx: &mut dyn LedgerTx, merchant: &str, account: &AccountState, lookbacks: &[Lookback], as_of: DateTime<Utc>, s: &Settings) -> Result<types::PurchaseAggregates, Error> {
+        if lookbacks.len() > 10 {
+            return Err(Error::invalid("lookbacks", "at most 10"));
+        }
+        let mut windows = Vec::new();
+        for lookback in lookbacks {
+            let from = window_start(lookback, as_of)?;
+            let (turnover, count) = tx.window_turnover(merchant, &account.customer_id, day_of(from), day_of(as_of)).await?;
+            windows.push(types::WindowAggregate { lookback: Some(*lookback), turnover: s.money(turnover), purchase_count: count.max(0) as u64 });
+        }
+        Ok(types::PurchaseAggregates {
+            as_of: Some(timestamp(as_of)),
+            lifetime_turnover: s.money(account.lifetime_turnover),
+            purchase_count: account.purchase_count.max(0) as u64,
+            first_purchase_at: convert::opt_timestamp(account.first_purchase_at),
+            last_purchase_at: convert::opt_timestamp(account.last_purchase_at),
+            windows,
+            favourite_product_id: String::new(),
+            favourite_product_name: String::new(),
+        })
+    }
+
+    pub async fn get_aggregates(&self, r: &pb::GetPurchaseAggregatesRequest) -> Result<pb::GetPurchaseAggregatesResponse, Error> {
+        Self::ids(&r.merchant_id, &r.customer_id)?;
+        let as_of = opt_instant(&r.as_of, "as_of")?.unwrap_or_else(|| self.now());
+        in_read_tx!(&self.db(), tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            let s = Self::settings(tx, &r.merchant_id).await?;
+            let account = tx.account(&r.merchant_id, &r.customer_id).await?.unwrap_or(AccountState { customer_id: r.customer_id.clone(), ..Default::default() });
+            let aggregates = Self::aggregates(tx, &r.merchant_id, &account, &r.lookbacks, as_of, &s).await?;
+            Ok(pb::GetPurchaseAggregatesResponse { aggregates: Some(aggregates) })
+        })
+    }
+
+    pub async fn get_snapshot(&self, r: &pb::GetAccountSnapshotRequest) -> Result<pb::GetAccountSnapshotResponse, Error> {
+        Self::ids(&r.merchant_id, &r.customer_id)?;
+        let now = self.now();
+        let as_of = opt_instant(&r.as_of, "as_of")?.unwrap_or(now);
+        in_read_tx!(&self.db(), tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            let s = Self::settings(tx, &r.merchant_id).await?;
+            let book = Self::read_book(tx, &r.merchant_id, &r.customer_id, now).await?;
+            let aggregates = Self::aggregates(tx, &r.merchant_id, &book.account, &r.lookbacks, as_of, &s).await?;
+            let balance = convert::balance(&book.account, book.lots(), &s, now, expiring_within(&r.expiring_within));
+            Ok(pb::GetAccountSnapshotResponse { balance: Some(balance), aggregates: Some(aggregates) })
+        })
+    }
+
+    pub async fn list_lots(&self, r: &pb::ListLotsRequest) -> Result<pb::ListLotsResponse, Error> {
+        Self::ids(&r.merchant_id, &r.customer_id)?;
+        let limit = page(r.page_size, 100);
+        let offset = offset_token(&r.page_token)?;
+        let states: Vec<i32> = if r.states.is_empty() { vec![lot_state::PENDING, lot_state::ACTIVE] } else { r.states.clone() };
+        in_read_tx!(&self.db(), tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            let s = Self::settings(tx, &r.merchant_id).await?;
+            let lots = tx.lots_in_states(&r.merchant_id, &r.customer_id, &states, limit + 1, offset).await?;
+            let more = lots.len() as i64 > limit;
+            Ok(pb::ListLotsResponse {
+                lots: lots.iter().take(limit as usize).map(|l| convert::lot(l, &s)).collect(),
+                next_page_token: if more { (offset + limit).to_string() } else { String::new() },
+            })
+        })
+    }
+
+    pub async fn list_history(&self, r: &pb::ListHistoryRequest) -> Result<pb::ListHistoryResponse, Error> {
+        Self::ids(&r.merchant_id, &r.customer_id)?;
+        let limit = page(r.page_size, 50);
+        let period_start = r.period.as_ref().map(|p| opt_instant(&p.start, "period.start")).transpose()?.flatten();
+        let period_end = r.period.as_ref().map(|p| opt_instant(&p.end, "period.end")).transpose()?.flatten();
+        in_read_tx!(&self.db(), tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            let s = Self::settings(tx, &r.merchant_id).await?;
+            let mut before = r.page_token.clone();
+            let mut out = Vec::new();
+            let mut next = String::new();
+            // Filters apply after the page is read, so keep reading until the page is full.
+            'pages: loop {
+                let batch = tx.history(&r.merchant_id, &r.customer_id, (!before.is_empty()).then_some(before.as_str()), limit, r.include_entries).await?;
+                let exhausted = (batch.len() as i64) < limit;
+                for t in batch {
+                    before = t.record.transaction_id.clone();
+                    let rec = &t.record;
+                    let in_period = period_start.is_none_or(|p| rec.occurred_at >= p) && period_end.is_none_or(|p| rec.occurred_at < p);
+                    if !in_period || (!r.kinds.is_empty() && !r.kinds.contains(&rec.kind)) {
+                        continue;
+                    }
+                    out.push(pb::Transaction {
+                        transaction_id: rec.transaction_id.clone(),
+                        customer_id: rec.customer_id.clone(),
+                        kind: rec.kind,
+                        amount: s.points(rec.amount),
+                        balance_after: s.points(rec.balance_after),
+                        occurred_at: Some(timestamp(rec.occurred_at)),
+                        recorded_at: Some(timestamp(rec.recorded_at)),
+                        receipt_id: rec.receipt_id.clone(),
+                        refund_id: rec.refund_id.clone(),
+                        hold_id: rec.hold_id.clone(),
+                        request_id: rec.request_id.clone(),
+                        description: rec.description.clone(),
+                        entries: t.entries.iter().map(|e| pb::Entry {
+                            account: if e.account.is_customer() { format!("customer:{}:{}", e.customer_id, e.account.name()) } else { format!("system:{}", e.account.name()) },
+                            amount: s.points(e.amount),
+                            lot_id: e.lot_id.clone(),
+                        }).collect(),
+                    });
+                    if out.len() as i64 == limit {
+                        next = before.clone();
+                        break 'pages;
+                    }
+                }
+                if exhausted {
+                    break;
+                }
+            }
+            Ok(pb::ListHistoryResponse { transactions: out, next_page_token: next })
+        })
+    }
+
+    pub async fn get_hold(&self, r: &pb::GetHoldRequest) -> Result<pb::GetHoldResponse, Error> {
+        let mut v = Vec::new();
+        check_id("merchant_id", &r.merchant_id, &mut v);
+        check_id("hold_id", &r.hold_id, &mut v);
+        done(v)?;
+        in_read_tx!(&self.db(), tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            let s = Self::settings(tx, &r.merchant_id).await?;
+            let hold = tx.hold(&r.merchant_id, &r.hold_id).await?.ok_or_else(|| Error::NotFound("HOLD_NOT_FOUND", format!("hold `{}` not found", r.hold_id)))?;
+            Ok(pb::GetHoldResponse { hold: Some(convert::hold(&hold, &s)) })
+        })
+    }
+
+    pub async fn get_receipt(&self, r: &pb::GetReceiptRequest) -> Result<pb::GetReceiptResponse, Error> {
+        let mut v = Vec::new();
+        check_id("merchant_id", &r.merchant_id, &mut v);
+        check_id("receipt_id", &r.receipt_id, &mut v);
+        done(v)?;
+        in_read_tx!(&self.db(), tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            let row = tx.receipt(&r.merchant_id, &r.receipt_id).await?.ok_or_else(|| Error::NotFound("RECEIPT_NOT_FOUND", format!("receipt `{}` not found", r.receipt_id)))?;
+            Ok(pb::GetReceiptResponse { receipt: Some(self.receipt_with_refunds(tx, &r.merchant_id, &row).await?) })
+        })
+    }
+
+    pub async fn merchant_totals(&self, r: &pb::GetMerchantTotalsRequest) -> Result<pb::GetMerchantTotalsResponse, Error> {
+        let mut v = Vec::new();
+        check_id("merchant_id", &r.merchant_id, &mut v);
+        done(v)?;
+        let period = r.period.unwrap_or_default();
+        let (Some(from), Some(to)) = (opt_instant(&period.start, "period.start")?, opt_instant(&period.end, "period.end")?) else {
+            return Err(Error::invalid("period", "both start and end are required"));
+        };
+        if to <= from || to - from > Duration::days(3 * 366) {
+            return Err(Error::invalid("period", "end after start, at most 3 years"));
+        }
+        in_read_tx!(&self.db(), tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            let s = Self::settings(tx, &r.merchant_id).await?;
+            let sums = tx.system_totals(&r.merchant_id, from, to).await?;
+            let get = |a: Account| sums.iter().find(|(n, _)| n == a.name()).map_or(Decimal::ZERO, |(_, v)| *v);
+            let (receipts, turnover, discount, customers) = tx.receipt_totals(&r.merchant_id, from, to).await?;
+            let outstanding = tx.outstanding(&r.merchant_id).await?;
+            // System accounts: issued and restored are sources (negative), the rest sinks.
+            let bucket = pb::TotalsBucket {
+                period: Some(types::Period { start: Some(timestamp(from)), end: Some(timestamp(to)) }),
+                points_accrued: s.points(-get(Account::Issued)),
+                points_gifted: s.points(Decimal::ZERO),
+                points_referral: s.points(Decimal::ZERO),
+                points_redeemed: s.points(get(Account::Redeemed)),
+                points_expired: s.points(get(Account::Expired)),
+                points_reversed: s.points(get(Account::Reversed)),
+                points_restored: s.points(-get(Account::Restored)),
+                points_adjusted: s.points(-get(Account::Adjusted)),
+                receipts: receipts.max(0) as u64,
+                turnover: s.money(turnover),
+                discount: s.money(discount),
+                active_customers: customers.max(0) as u64,
+            };
+            Ok(pb::GetMerchantTotalsResponse { buckets: vec![bucket], outstanding_points: s.points(outstanding) })
+        })
+    }
+
+    /// Recomputes every balance from the journal and from the lots and reports differences.
+    pub async fn verify(&self, r: &pb::VerifyRequest) -> Result<pb::VerifyResponse, Error> {
+        let started = std::time::Instant::now();
+        let max = if r.max_differences == 0 { 100 } else { r.max_differences.min(10_000) } as usize;
+        let now = self.now();
+        in_read_tx!(&self.db(), tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            let merchants = if r.merchant_id.is_empty() { tx.merchants().await? } else { vec![r.merchant_id.clone()] };
+            let mut out = pb::VerifyResponse::default();
+            for merchant in merchants {
+                let s = Self::settings(tx, &merchant).await?;
+                let only: Vec<Option<&str>> = if r.customer_ids.is_empty() { vec![None] } else { r.customer_ids.iter().map(|c| Some(c.as_str())).collect() };
+                for customer in only {
+                    let journal = tx.journal_balances(&merchant, customer).await?;
+                    for account in tx.accounts(&merchant, customer).await? {
+                        out.accounts_checked += 1;
+                        let sum = |a: Account| journal.iter().find(|(c, n, _)| c == &account.customer_id && n == a.name()).map_or(Decimal::ZERO, |(_, _, v)| *v);
+                        let mut diff = |field: &str, projected: Decimal, recomputed: Decimal| {
+                            if projected != recomputed {
+                                out.differences.push(pb::BalanceDifference { customer_id: account.customer_id.clone(), field: field.to_owned(), projected: s.points(projected), recomputed: s.points(recomputed) });
+                            }
+                        };
+                        diff("available", account.available, sum(Account::Available));
+                        diff("pending", account.pending, sum(Account::Pending));
+                        diff("held", account.held, sum(Account::Held));
+                        let lots = tx.open_lots(&merchant, &account.customer_id).await?;
+                        let book = Book::new(account.clone(), lots, now);
+                        let free = book.free_points();
+                        let expected_free = account.available.max(Decimal::ZERO);
+                        diff("lots:free", expected_free, free);
+                        let pending: Decimal = book.lots().iter().filter(|l| l.state == lot_state::PENDING).map(|l| l.remaining).sum();
+                        diff("lots:pending", account.pending, pending);
+                        let held: Decimal = book.lots().iter().map(|l| l.held).sum();
+                        diff("lots:held", account.held, held);
+                        if out.differences.len() >= max {
+                            break;
+                        }
+                    }
+                }
+                for (transaction_id, sum) in tx.unbalanced_transactions(&merchant).await? {
+                    out.differences.push(pb::BalanceDifference { customer_id: String::new(), field: format!("transaction:{transaction_id}"), projected: "0".to_owned(), recomputed: s.points(sum) });
+                }
+                out.transactions_checked += tx.transaction_count(&merchant).await?.max(0) as u64;
+            }
+            out.differences.truncate(max);
+            out.ok = out.differences.is_empty();
+            let elapsed = started.elapsed();
+            out.elapsed = Some(pbjson_types::Duration { seconds: elapsed.as_secs() as i64, nanos: elapsed.subsec_nanos() as i32 });
+            Ok(out)
+        })
+    }
+
+    /// Activates, expires and releases what is due for up to `max_items` customers of each
+    /// merchant; each customer in its own short transaction. Safe on several replicas: the
+    /// account lock serialises them and the work is idempotent by nature.
+    pub async fn process_due(&self, merchant: Option<&str>, as_of: Option<DateTime<Utc>>, max_items: u32) -> Result<pb::ProcessDueLotsResponse, Error> {
+        let now = as_of.unwrap_or_else(|| self.now()).min(self.now());
+        let limit = if max_items == 0 { 10_000 } else { max_items.min(100_000) } as i64;
+        let merchants: Vec<String> = match merchant {
+            Some(m) => vec![m.to_owned()],
+            None => in_read_tx!(&self.db(), tx => { let tx: &mut dyn LedgerTx = &mut tx; Ok::<_, Error>(tx.merchants().await?) })?,
+        };
+        let mut out = pb::ProcessDueLotsResponse::default();
+        for merchant in merchants {
+            let customers = in_read_tx!(&self.db(), tx => {
+                let tx: &mut dyn LedgerTx = &mut tx;
+                Ok::<_, Error>(tx.customers_with_due_work(&merchant, now, limit + 1).await?)
+            })?;
+            out.more |= customers.len() as i64 > limit;
+            for customer in customers.iter().take(limit as usize) {
+                let (activated, expired, released) = in_write_tx!(&self.db(), tx => {
+                    let tx: &mut dyn LedgerTx = &mut tx;
+                    self.process_customer(tx, &merchant, customer, now).await
+                })?;
+                out.activated += activated;
+                out.expired += expired;
+                out.holds_released += released;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn process_customer(&self, tx: &mut dyn LedgerTx, merchant: &str, customer: &str, now: DateTime<Utc>) -> Result<(u64, u64, u64), Error> {
+        let account = tx.lock_account(merchant, customer, now).await?;
+        let lots = tx.open_lots(merchant, customer).await?;
+        let mut book = Book::new(account, lots, now);
+        let mut released = 0;
+        for mut hold in tx.expired_holds(merchant, customer, now).await? {
+            self.end_hold(tx, merchant, &mut hold, &mut book, Decimal::ZERO, hold_state::EXPIRED, now).await?;
+            released += 1;
+        }
+        let activated = book.activate_due();
+        let (expired, points) = book.expire_due();
+        if book.entries().is_empty() && released == 0 {
+            return Ok((activated as u64, expired as u64, released));
+        }
+        let kind = if expired > 0 { tx_kind::EXPIRY } else if activated > 0 { tx_kind::ACTIVATION } else { tx_kind::HOLD_RELEASE };
+        Self::save(tx, merchant, &book, kind, points, now, now, ("", "", ""), "", "scheduled: activation, expiry, hold time-outs").await?;
+        Ok((activated as u64, expired as u64, released))
+    }
+}

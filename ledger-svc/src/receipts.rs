@@ -1,0 +1,488 @@
+//! Receipts and refunds: the part of the ledger a checkout touches.
+
+use chrono::{DateTime, Duration, Utc};
+use kopilka_proto::ledger as pb;
+use kopilka_proto::types::{self, event::Payload, LotKind};
+use prost::Message;
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::convert::{self, opt_instant, timestamp};
+use crate::domain::amounts::Sign;
+use crate::domain::book::{Account, NewLot};
+use crate::domain::split::proportional;
+use crate::error::Error;
+use crate::ledger::{
+    book_error, check_id, check_text, day_of, digest, done, hold_state, new_id, parse_into, tx_kind, Ledger,
+    FUTURE_SKEW_SECS, MAX_LINES,
+};
+use crate::settings::Settings;
+use crate::store::{LedgerTx, LineRefunded, ReceiptRow};
+
+/// Refund states (values of `kopilka.ledger.v1.RefundState`).
+pub mod refund_state {
+    pub const NONE: i32 = 1;
+    pub const PARTIAL: i32 = 2;
+    pub const FULL: i32 = 3;
+}
+
+const QUANTITY_SCALE: u32 = 3;
+
+/// One validated receipt line.
+struct Line {
+    proto: pb::ReceiptLine,
+    gross: Decimal,
+    discount: Decimal,
+    redeem: Decimal,
+    accrual: Decimal,
+}
+
+fn opt_amount(field: &str, value: &str, scale: u32, v: &mut Vec<(String, String)>) -> Decimal {
+    if value.is_empty() {
+        Decimal::ZERO
+    } else {
+        parse_into(field, value, scale, Sign::NonNegative, v)
+    }
+}
+
+impl Ledger {
+    async fn event(tx: &mut dyn LedgerTx, merchant: &str, customer: &str, correlation: &str, payload: Payload, now: DateTime<Utc>) -> Result<(), Error> {
+        let event = types::Event {
+            event_id: new_id(),
+            merchant_id: merchant.to_owned(),
+            occurred_at: Some(timestamp(now)),
+            customer_id: customer.to_owned(),
+            producer: "ledger-svc".to_owned(),
+            correlation_id: correlation.to_owned(),
+            payload: Some(payload),
+        };
+        tx.insert_event(merchant, &event.event_id, &event.encode_to_vec(), now).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn record_receipt(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::RecordReceiptRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::RecordReceiptResponse, Error> {
+        let Some(input) = &r.receipt else {
+            return Err(Error::invalid("receipt", "is required"));
+        };
+        let mut v = Vec::new();
+        check_id("receipt.receipt_id", &input.receipt_id, &mut v);
+        for (field, value) in [("receipt.customer_id", &input.customer_id), ("receipt.store_id", &input.store_id), ("receipt.terminal_id", &input.terminal_id), ("receipt.hold_id", &input.hold_id)] {
+            if value.chars().count() > 128 {
+                v.push((field.to_owned(), "must be at most 128 characters".to_owned()));
+            }
+        }
+        let occurred_at = opt_instant(&input.occurred_at, "receipt.occurred_at")?.unwrap_or(now);
+        if !s.currency.is_empty() && !input.currency.is_empty() && input.currency != s.currency {
+            v.push(("receipt.currency".to_owned(), format!("must be the merchant's currency {}", s.currency)));
+        }
+        if input.lines.is_empty() {
+            v.push(("receipt.lines".to_owned(), "a receipt has at least one line".to_owned()));
+        }
+        if input.lines.len() > MAX_LINES {
+            v.push(("receipt.lines".to_owned(), format!("at most {MAX_LINES} lines")));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut lines = Vec::with_capacity(input.lines.len());
+        for (i, l) in input.lines.iter().enumerate() {
+            let f = |name: &str| format!("receipt.lines[{i}].{name}");
+            let basket = l.line.clone().unwrap_or_default();
+            check_id(&f("line.line_id"), &basket.line_id, &mut v);
+            if !seen.insert(basket.line_id.clone()) {
+                v.push((f("line.line_id"), "is repeated in this receipt".to_owned()));
+            }
+            check_id(&f("line.product_id"), &basket.product_id, &mut v);
+            let price = parse_into(&f("line.unit_price"), &basket.unit_price, s.money_scale, Sign::NonNegative, &mut v);
+            let quantity = parse_into(&f("line.quantity"), &basket.quantity, QUANTITY_SCALE, Sign::Positive, &mut v);
+            let full = (price * quantity).round_dp_with_strategy(s.money_scale, RoundingStrategy::MidpointAwayFromZero);
+            let gross = if basket.amount.is_empty() {
+                full
+            } else {
+                let a = parse_into(&f("line.amount"), &basket.amount, s.money_scale, Sign::NonNegative, &mut v);
+                if a > price * quantity {
+                    v.push((f("line.amount"), "must not exceed unit_price × quantity".to_owned()));
+                }
+                a
+            };
+            let discount = opt_amount(&f("discount"), &l.discount, s.money_scale, &mut v);
+            if discount > gross {
+                v.push((f("discount"), "must not exceed the line's amount".to_owned()));
+            }
+            let redeem = opt_amount(&f("redeem_points"), &l.redeem_points, s.points_scale, &mut v);
+            let redeem_money = if l.redeem_money.is_empty() { redeem } else { opt_amount(&f("redeem_money"), &l.redeem_money, s.money_scale, &mut v) };
+            if redeem_money > gross - discount {
+                v.push((f("redeem_money"), "must not exceed the line's amount after discount".to_owned()));
+            }
+            let accrual = opt_amount(&f("accrual_points"), &l.accrual_points, s.points_scale, &mut v);
+            let mut proto = l.clone();
+            proto.gross_amount = s.money(gross);
+            proto.discount = s.money(discount);
+            proto.redeem_points = s.points(redeem);
+            proto.redeem_money = s.money(redeem_money);
+            proto.accrual_points = s.points(accrual);
+            proto.refunded_quantity = "0".to_owned();
+            lines.push(Line { proto, gross, discount, redeem, accrual });
+        }
+        let lines_redeem: Decimal = lines.iter().map(|l| l.redeem).sum();
+        let lines_accrual: Decimal = lines.iter().map(|l| l.accrual).sum();
+        let redeem = if input.redeem_points.is_empty() { lines_redeem } else { parse_into("receipt.redeem_points", &input.redeem_points, s.points_scale, Sign::NonNegative, &mut v) };
+        if redeem != lines_redeem {
+            v.push(("receipt.redeem_points".to_owned(), "must equal the sum of the lines' redeem_points".to_owned()));
+        }
+        let mut lots: Vec<NewLot> = input.accruals.iter().enumerate().map(|(i, g)| Self::new_lot(g, &format!("receipt.accruals[{i}]"), s, &mut v)).collect();
+        if lots.is_empty() && lines_accrual > Decimal::ZERO {
+            lots.push(NewLot { lot_id: new_id(), kind: LotKind::Purchase as i32, action: 0, amount: lines_accrual, activates_at: None, expires_at: None, receipt_id: None, grant_key: None, rule_ids: vec![] });
+        }
+        let lots_total: Decimal = lots.iter().map(|l| l.amount).sum();
+        if lots_total != lines_accrual {
+            v.push(("receipt.accruals".to_owned(), "their amounts must sum to the lines' accrual_points".to_owned()));
+        }
+        let mut beneficiaries = Vec::new();
+        for (i, b) in input.beneficiary_grants.iter().enumerate() {
+            check_id(&format!("receipt.beneficiary_grants[{i}].customer_id"), &b.customer_id, &mut v);
+            let mut l = Self::new_lot(&b.grant.clone().unwrap_or_default(), &format!("receipt.beneficiary_grants[{i}].grant"), s, &mut v);
+            if b.grant.as_ref().is_none_or(|g| g.kind == 0) {
+                l.kind = LotKind::Referral as i32;
+            }
+            beneficiaries.push((b.customer_id.clone(), l));
+        }
+        let anonymous = input.customer_id.is_empty();
+        if anonymous && (redeem > Decimal::ZERO || lots_total > Decimal::ZERO || !input.hold_id.is_empty() || !beneficiaries.is_empty()) {
+            v.push(("receipt.customer_id".to_owned(), "an anonymous receipt can neither redeem nor accrue points".to_owned()));
+        }
+        if input.offline && redeem > Decimal::ZERO {
+            v.push(("receipt.redeem_points".to_owned(), "an offline receipt cannot redeem points".to_owned()));
+        }
+        done(v)?;
+        if occurred_at > now + Duration::seconds(FUTURE_SKEW_SECS) {
+            return Err(Error::Precondition("TIMESTAMP_IN_FUTURE", "the sale time is in the future".to_owned()));
+        }
+        if now - occurred_at > Duration::from_std(s.max_receipt_age).unwrap_or(Duration::days(30)) {
+            return Err(Error::Precondition("RECEIPT_TOO_OLD", "the sale is older than the merchant accepts".to_owned()));
+        }
+
+        let content_hash = digest(input);
+        if let Some(existing) = tx.receipt(merchant, &input.receipt_id).await? {
+            return self.already_recorded(tx, merchant, existing, &content_hash, s, now).await;
+        }
+
+        // Lock every account involved in one fixed order.
+        let mut customers: Vec<&str> = beneficiaries.iter().map(|(c, _)| c.as_str()).collect();
+        if !anonymous {
+            customers.push(&input.customer_id);
+        }
+        customers.sort_unstable();
+        customers.dedup();
+        for c in &customers {
+            tx.lock_account(merchant, c, now).await?;
+        }
+
+        let net: Decimal = lines.iter().map(|l| l.gross - l.discount).sum();
+        let gross: Decimal = lines.iter().map(|l| l.gross).sum();
+        let discount: Decimal = lines.iter().map(|l| l.discount).sum();
+        let redeem_money: Decimal = lines.iter().map(|l| amount_of(&l.proto.redeem_money)).sum();
+        let mut receipt_lots = Vec::new();
+        let mut balance = None;
+        let mut transaction_id = String::new();
+        if !anonymous {
+            let mut loaded = Self::load(tx, merchant, &input.customer_id, now).await?;
+            if !input.hold_id.is_empty() {
+                let mut hold = tx
+                    .hold(merchant, &input.hold_id)
+                    .await?
+                    .filter(|h| h.customer_id == input.customer_id)
+                    .ok_or_else(|| Error::NotFound("HOLD_NOT_FOUND", format!("hold `{}` not found", input.hold_id)))?;
+                if hold.state == hold_state::EXPIRED || (hold.state == hold_state::ACTIVE && hold.expires_at <= now) {
+                    return Err(Error::Precondition("HOLD_EXPIRED", format!("hold `{}` expired", hold.hold_id)));
+                }
+                if hold.state != hold_state::ACTIVE {
+                    return Err(Error::Precondition("HOLD_FINALIZED", format!("hold `{}` is already finished", hold.hold_id)));
+                }
+                if redeem > hold.amount {
+                    return Err(Error::Precondition("HOLD_AMOUNT_EXCEEDED", format!("{redeem} exceeds the {} held", hold.amount)));
+                }
+                self.end_hold(tx, merchant, &mut hold, &mut loaded.book, redeem, hold_state::COMMITTED, now).await?;
+            } else if redeem > Decimal::ZERO {
+                loaded.book.debit(redeem, Account::Redeemed).map_err(book_error)?;
+            }
+            for mut lot in lots {
+                lot.receipt_id = Some(input.receipt_id.clone());
+                let i = loaded.book.credit(lot, Account::Issued);
+                receipt_lots.push(loaded.book.lots()[i].clone());
+            }
+            let account = &mut loaded.book.account;
+            account.lifetime_turnover += net;
+            account.purchase_count += 1;
+            account.first_purchase_at = Some(account.first_purchase_at.map_or(occurred_at, |t| t.min(occurred_at)));
+            account.last_purchase_at = Some(account.last_purchase_at.map_or(occurred_at, |t| t.max(occurred_at)));
+            transaction_id = Self::save(tx, merchant, &loaded.book, tx_kind::RECEIPT, lots_total - redeem, now, occurred_at, (&input.receipt_id, "", &input.hold_id), request_id, "").await?;
+            tx.add_purchase_day(merchant, &input.customer_id, day_of(occurred_at), net, 1).await?;
+            balance = Some(self.balance(&loaded.book, s));
+            for lot in &receipt_lots {
+                let payload = Payload::PointsAccrued(types::PointsAccrued {
+                    amount: s.points(lot.amount),
+                    kind: lot.kind,
+                    action: lot.action,
+                    receipt_id: input.receipt_id.clone(),
+                    activates_at: convert::opt_timestamp(lot.activates_at),
+                    expires_at: convert::opt_timestamp(lot.expires_at),
+                    lot_id: lot.lot_id.clone(),
+                    balance_after: s.points(loaded.book.account.available),
+                });
+                Self::event(tx, merchant, &input.customer_id, &input.receipt_id, payload, now).await?;
+            }
+            if redeem > Decimal::ZERO {
+                let payload = Payload::PointsRedeemed(types::PointsRedeemed {
+                    amount: s.points(redeem),
+                    receipt_id: input.receipt_id.clone(),
+                    balance_after: s.points(loaded.book.account.available),
+                });
+                Self::event(tx, merchant, &input.customer_id, &input.receipt_id, payload, now).await?;
+            }
+        }
+        for (customer, mut lot) in beneficiaries {
+            lot.receipt_id = Some(input.receipt_id.clone());
+            self.grant_one(tx, merchant, request_id, &customer, lot, s, now, occurred_at, "referral reward").await?;
+        }
+
+        let receipt = pb::Receipt {
+            receipt_id: input.receipt_id.clone(),
+            customer_id: input.customer_id.clone(),
+            store_id: input.store_id.clone(),
+            terminal_id: input.terminal_id.clone(),
+            occurred_at: Some(timestamp(occurred_at)),
+            recorded_at: Some(timestamp(now)),
+            currency: if input.currency.is_empty() { s.currency.clone() } else { input.currency.clone() },
+            program_version: input.program_version,
+            lines: lines.iter().map(|l| l.proto.clone()).collect(),
+            summary: Some(pb::ReceiptSummary {
+                gross_amount: s.money(gross),
+                discount: s.money(discount),
+                net_amount: s.money(net),
+                redeem_points: s.points(redeem),
+                redeem_money: s.money(redeem_money),
+                paid_money: s.money(net - redeem_money),
+                points_accrued: s.points(lots_total),
+                referral_points: s.points(input.beneficiary_grants.iter().map(|b| b.grant.as_ref().map_or(Decimal::ZERO, |g| amount_of(&g.amount))).sum()),
+            }),
+            lots: receipt_lots.iter().map(|l| convert::lot(l, s)).collect(),
+            beneficiary_grants: input.beneficiary_grants.clone(),
+            stamp_changes: input.stamp_changes.clone(),
+            promo_codes: input.promo_codes.clone(),
+            offline: input.offline,
+            hold_id: input.hold_id.clone(),
+            refund_state: refund_state::NONE,
+            refunds: vec![],
+        };
+        let row = ReceiptRow {
+            receipt_id: input.receipt_id.clone(),
+            customer_id: input.customer_id.clone(),
+            content_hash,
+            document: receipt.encode_to_vec(),
+            refunded_amount: Decimal::ZERO,
+            refund_state: refund_state::NONE,
+            transaction_id: transaction_id.clone(),
+        };
+        let line_ids: Vec<String> = lines.iter().map(|l| l.proto.line.as_ref().map(|b| b.line_id.clone()).unwrap_or_default()).collect();
+        tx.insert_receipt(merchant, &row, &input.store_id, occurred_at, now, net, discount, &line_ids).await?;
+        let payload = Payload::PurchaseConfirmed(types::PurchaseConfirmed {
+            receipt_id: input.receipt_id.clone(),
+            store_id: input.store_id.clone(),
+            terminal_id: input.terminal_id.clone(),
+            currency: receipt.currency.clone(),
+            gross_amount: s.money(gross),
+            discount: s.money(discount),
+            amount: s.money(net),
+            points_accrued: s.points(lots_total),
+            points_redeemed: s.points(redeem),
+            program_version: input.program_version,
+            line_count: lines.len() as u32,
+            product_ids: lines.iter().filter_map(|l| l.proto.line.as_ref().map(|b| b.product_id.clone())).collect(),
+            offline: input.offline,
+        });
+        Self::event(tx, merchant, &input.customer_id, &input.receipt_id, payload, now).await?;
+        Ok(pb::RecordReceiptResponse { receipt: Some(receipt), already_recorded: false, transaction_id, balance })
+    }
+
+    async fn already_recorded(&self, tx: &mut dyn LedgerTx, merchant: &str, existing: ReceiptRow, content_hash: &[u8], s: &Settings, now: DateTime<Utc>) -> Result<pb::RecordReceiptResponse, Error> {
+        if existing.content_hash != content_hash {
+            return Err(Error::Precondition(
+                "RECEIPT_ALREADY_RECORDED",
+                format!("receipt `{}` was recorded with different content", existing.receipt_id),
+            ));
+        }
+        let receipt = self.receipt_with_refunds(tx, merchant, &existing).await?;
+        let balance = if existing.customer_id.is_empty() {
+            None
+        } else {
+            Some(self.read_balance(tx, merchant, &existing.customer_id, s, now, Duration::days(30)).await?)
+        };
+        Ok(pb::RecordReceiptResponse { receipt: Some(receipt), already_recorded: true, transaction_id: existing.transaction_id, balance })
+    }
+
+    /// A stored receipt with its refunds and per-line refunded quantities.
+    pub(crate) async fn receipt_with_refunds(&self, tx: &mut dyn LedgerTx, merchant: &str, row: &ReceiptRow) -> Result<pb::Receipt, Error> {
+        let mut receipt = pb::Receipt::decode(row.document.as_slice())?;
+        let refunded = tx.lines_refunded(merchant, &row.receipt_id).await?;
+        for line in &mut receipt.lines {
+            let id = line.line.as_ref().map(|b| b.line_id.as_str()).unwrap_or_default();
+            if let Some(r) = refunded.iter().find(|r| r.line_id == id) {
+                line.refunded_quantity = r.quantity.normalize().to_string();
+            }
+        }
+        receipt.refund_state = row.refund_state;
+        for doc in tx.refunds(merchant, &row.receipt_id).await? {
+            receipt.refunds.push(pb::Refund::decode(doc.as_slice())?);
+        }
+        Ok(receipt)
+    }
+
+    pub(crate) async fn refund_receipt(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::RefundReceiptRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::RefundReceiptResponse, Error> {
+        let mut v = Vec::new();
+        check_id("receipt_id", &r.receipt_id, &mut v);
+        check_id("refund_id", &r.refund_id, &mut v);
+        check_text("reason", &r.reason, &mut v);
+        let mut requested = Vec::new();
+        for (i, l) in r.lines.iter().enumerate() {
+            check_id(&format!("lines[{i}].line_id"), &l.line_id, &mut v);
+            let q = parse_into(&format!("lines[{i}].quantity"), &l.quantity, QUANTITY_SCALE, Sign::Positive, &mut v);
+            if requested.iter().any(|(id, _): &(String, Decimal)| id == &l.line_id) {
+                v.push((format!("lines[{i}].line_id"), "is repeated".to_owned()));
+            }
+            requested.push((l.line_id.clone(), q));
+        }
+        let policy = pb::ShortfallPolicy::try_from(r.policy).map_err(|_| Error::invalid("policy", "unknown policy"))?;
+        let occurred_at = opt_instant(&r.occurred_at, "occurred_at")?.unwrap_or(now);
+        done(v)?;
+        let row = tx
+            .receipt(merchant, &r.receipt_id)
+            .await?
+            .ok_or_else(|| Error::NotFound("RECEIPT_NOT_FOUND", format!("receipt `{}` not found", r.receipt_id)))?;
+        let hash = digest(&pb::RefundReceiptRequest { merchant_id: String::new(), request_id: String::new(), ..r.clone() });
+        if let Some((stored_hash, doc)) = tx.refund(merchant, &r.receipt_id, &r.refund_id).await? {
+            if stored_hash != hash {
+                return Err(Error::Precondition("IDEMPOTENCY_KEY_REUSED", format!("refund `{}` was made with different content", r.refund_id)));
+            }
+            let refund = pb::Refund::decode(doc.as_slice())?;
+            let receipt = self.receipt_with_refunds(tx, merchant, &row).await?;
+            let balance = self.read_balance(tx, merchant, &row.customer_id, s, now, Duration::days(30)).await?;
+            return Ok(pb::RefundReceiptResponse { refund: Some(refund), receipt: Some(receipt), balance: Some(balance) });
+        }
+        if row.refund_state == refund_state::FULL {
+            return Err(Error::Precondition("RECEIPT_ALREADY_REFUNDED", format!("receipt `{}` is fully refunded", r.receipt_id)));
+        }
+        if !row.customer_id.is_empty() {
+            tx.lock_account(merchant, &row.customer_id, now).await?;
+        }
+        let receipt = pb::Receipt::decode(row.document.as_slice())?;
+        let mut refunded = tx.lines_refunded(merchant, &r.receipt_id).await?;
+        let sold: Vec<(String, Decimal, Decimal, Decimal, Decimal)> = receipt
+            .lines
+            .iter()
+            .map(|l| {
+                let b = l.line.clone().unwrap_or_default();
+                (b.line_id, amount_of(&b.quantity), amount_of(&l.gross_amount) - amount_of(&l.discount), amount_of(&l.accrual_points), amount_of(&l.redeem_points))
+            })
+            .collect();
+        let wanted: Vec<(String, Decimal)> = if requested.is_empty() {
+            sold.iter()
+                .map(|(id, qty, ..)| {
+                    let done = refunded.iter().find(|x| &x.line_id == id).map_or(Decimal::ZERO, |x| x.quantity);
+                    (id.clone(), *qty - done)
+                })
+                .filter(|(_, q)| *q > Decimal::ZERO)
+                .collect()
+        } else {
+            requested
+        };
+        let mut out_lines = Vec::new();
+        let (mut amount, mut reversed, mut restored) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+        for (i, (line_id, qty)) in wanted.iter().enumerate() {
+            let Some((_, sold_qty, net, accrual, redeem)) = sold.iter().find(|(id, ..)| id == line_id) else {
+                return Err(Error::NotFound("LINE_NOT_FOUND", format!("line `{line_id}` is not on receipt `{}`", r.receipt_id)));
+            };
+            let state = match refunded.iter_mut().find(|x| &x.line_id == line_id) {
+                Some(x) => x,
+                None => {
+                    refunded.push(LineRefunded { line_id: line_id.clone(), ..Default::default() });
+                    refunded.last_mut().expect("just pushed")
+                }
+            };
+            if state.quantity + qty > *sold_qty {
+                return Err(Error::Precondition("REFUND_EXCEEDS_RECEIPT", format!("lines[{i}]: {qty} exceeds the {} not yet refunded", *sold_qty - state.quantity)));
+            }
+            let a = proportional(*net, state.amount, *sold_qty, state.quantity, *qty, s.money_scale);
+            let rv = proportional(*accrual, state.points_reversed, *sold_qty, state.quantity, *qty, s.points_scale);
+            let rs = proportional(*redeem, state.points_restored, *sold_qty, state.quantity, *qty, s.points_scale);
+            state.quantity += qty;
+            state.amount += a;
+            state.points_reversed += rv;
+            state.points_restored += rs;
+            amount += a;
+            reversed += rv;
+            restored += rs;
+            out_lines.push(pb::RefundedLine { line_id: line_id.clone(), quantity: qty.normalize().to_string(), amount: s.money(a), points_reversed: s.points(rv), points_restored: s.points(rs) });
+        }
+        let (shortfall_rule, policy_applied) = s.shortfall(policy);
+        let mut refund = pb::Refund {
+            refund_id: r.refund_id.clone(),
+            receipt_id: r.receipt_id.clone(),
+            lines: out_lines,
+            amount: s.money(amount),
+            points_reversed: s.points(reversed),
+            points_restored: s.points(restored),
+            shortfall: s.points(Decimal::ZERO),
+            shortfall_money: s.money(Decimal::ZERO),
+            negative_balance_created: s.points(Decimal::ZERO),
+            policy_applied: policy_applied as i32,
+            occurred_at: Some(timestamp(occurred_at)),
+            recorded_at: Some(timestamp(now)),
+            ..Default::default()
+        };
+        let mut balance = None;
+        if !row.customer_id.is_empty() {
+            let mut loaded = Self::load(tx, merchant, &row.customer_id, now).await?;
+            let taken = loaded.book.take_back(reversed, &r.receipt_id, shortfall_rule).map_err(book_error)?;
+            refund.shortfall = s.points(taken.shortfall);
+            refund.shortfall_money = s.money(taken.shortfall);
+            refund.negative_balance_created = s.points(taken.debt_created);
+            if restored > Decimal::ZERO {
+                let expires_at = tx.redeemed_from_expiry(merchant, &row.transaction_id).await?;
+                let i = loaded.book.credit(
+                    NewLot { lot_id: new_id(), kind: LotKind::Restored as i32, action: 0, amount: restored, activates_at: None, expires_at, receipt_id: None, grant_key: None, rule_ids: vec![] },
+                    Account::Restored,
+                );
+                refund.restored_lots.push(convert::lot(&loaded.book.lots()[i], s));
+            }
+            loaded.book.account.lifetime_turnover -= amount;
+            Self::save(tx, merchant, &loaded.book, tx_kind::REFUND, restored - reversed, now, occurred_at, (&r.receipt_id, &r.refund_id, ""), request_id, &r.reason).await?;
+            let sold_at = receipt.occurred_at.as_ref().map(|t| convert::instant(t, "occurred_at")).transpose()?.unwrap_or(now);
+            tx.add_purchase_day(merchant, &row.customer_id, day_of(sold_at), -amount, 0).await?;
+            balance = Some(self.balance(&loaded.book, s));
+        }
+        let fully = sold.iter().all(|(id, qty, ..)| refunded.iter().find(|x| &x.line_id == id).is_some_and(|x| x.quantity >= *qty));
+        refund.fully_refunded = fully;
+        for line in &refunded {
+            tx.update_line_refunded(merchant, &r.receipt_id, line).await?;
+        }
+        let state = if fully { refund_state::FULL } else { refund_state::PARTIAL };
+        tx.update_receipt_refund(merchant, &r.receipt_id, row.refunded_amount + amount, state).await?;
+        tx.insert_refund(merchant, &r.receipt_id, &r.refund_id, &hash, &refund.encode_to_vec(), now).await?;
+        let payload = Payload::ReceiptRefunded(types::ReceiptRefunded {
+            receipt_id: r.receipt_id.clone(),
+            refund_id: r.refund_id.clone(),
+            amount: refund.amount.clone(),
+            points_reversed: refund.points_reversed.clone(),
+            points_restored: refund.points_restored.clone(),
+            shortfall: refund.shortfall.clone(),
+            fully_refunded: fully,
+        });
+        Self::event(tx, merchant, &row.customer_id, &r.receipt_id, payload, now).await?;
+        let stored = ReceiptRow { refunded_amount: row.refunded_amount + amount, refund_state: state, ..row };
+        let receipt = self.receipt_with_refunds(tx, merchant, &stored).await?;
+        Ok(pb::RefundReceiptResponse { refund: Some(refund), receipt: Some(receipt), balance })
+    }
+}
+
+/// A stored decimal string (already validated) as a decimal; empty is zero.
+fn amount_of(s: &str) -> Decimal {
+    s.parse().unwrap_or_default()
+}

@@ -1,0 +1,746 @@
+//! The only SQL of ledger-svc. [`LedgerTx`] is what an operation may do inside one database
+//! transaction; it is implemented once, by a macro, for a PostgreSQL and a SQLite transaction,
+//! so every query is written once. The dialects differ only in row locks (`FOR UPDATE` and
+//! `SKIP LOCKED` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already serialises writers).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kopilka_runtime::{Amount, Timestamp};
+use rust_decimal::Decimal;
+use sqlx::{Postgres, QueryBuilder, Sqlite};
+
+use crate::domain::book::{AccountState, Entry, Lot};
+
+/// How a request id was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First time: this transaction performs the operation.
+    New,
+    /// Done before: the operation, the request digest and the stored answer.
+    Done {
+        operation: String,
+        request_hash: Vec<u8>,
+        response: Vec<u8>,
+    },
+}
+
+/// A journal transaction's header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxRecord {
+    pub transaction_id: String,
+    pub customer_id: String,
+    pub kind: i32,
+    pub amount: Decimal,
+    pub balance_after: Decimal,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub receipt_id: String,
+    pub refund_id: String,
+    pub hold_id: String,
+    pub request_id: String,
+    pub description: String,
+}
+
+/// A hold as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRow {
+    pub hold_id: String,
+    pub customer_id: String,
+    pub amount: Decimal,
+    pub committed_amount: Decimal,
+    pub state: i32,
+    pub reference: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub finalized_at: Option<DateTime<Utc>>,
+}
+
+/// A receipt as stored (the document is the encoded `kopilka.ledger.v1.Receipt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRow {
+    pub receipt_id: String,
+    pub customer_id: String,
+    pub content_hash: Vec<u8>,
+    pub document: Vec<u8>,
+    pub refunded_amount: Decimal,
+    pub refund_state: i32,
+    pub transaction_id: String,
+}
+
+/// What has been refunded of a line so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LineRefunded {
+    pub line_id: String,
+    pub quantity: Decimal,
+    pub amount: Decimal,
+    pub points_reversed: Decimal,
+    pub points_restored: Decimal,
+}
+
+/// One journal transaction with its entries (history, verify).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxWithEntries {
+    pub record: TxRecord,
+    pub entries: Vec<Entry>,
+}
+
+/// The database work of one operation, inside one transaction.
+#[async_trait]
+pub trait LedgerTx: Send {
+    /// Registers `request_id` for this operation, or returns what it did before. Concurrent
+    /// duplicates wait here for the first to commit.
+    async fn claim_request(&mut self, merchant: &str, request_id: &str, operation: &str, hash: &[u8], now: DateTime<Utc>) -> sqlx::Result<Claim>;
+    /// Stores the answer of a claimed request.
+    async fn finish_request(&mut self, merchant: &str, request_id: &str, response: &[u8]) -> sqlx::Result<()>;
+
+    /// The merchant's encoded settings, if any were saved.
+    async fn settings(&mut self, merchant: &str) -> sqlx::Result<Option<Vec<u8>>>;
+    /// Saves the merchant's encoded settings.
+    async fn put_settings(&mut self, merchant: &str, settings: &[u8], now: DateTime<Utc>) -> sqlx::Result<()>;
+    /// Whether the merchant has any journal transaction.
+    async fn has_transactions(&mut self, merchant: &str) -> sqlx::Result<bool>;
+
+    /// The customer's account row, created when missing, locked for this transaction.
+    async fn lock_account(&mut self, merchant: &str, customer: &str, now: DateTime<Utc>) -> sqlx::Result<AccountState>;
+    /// The customer's account row without locking (reads); `None` when it never had a movement.
+    async fn account(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Option<AccountState>>;
+    /// The customer's pending and active lots.
+    async fn open_lots(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Vec<Lot>>;
+    /// The lot booked with this grant key, if any.
+    async fn lot_by_grant_key(&mut self, merchant: &str, customer: &str, key: &str) -> sqlx::Result<Option<Lot>>;
+    /// Lots of the customer in the given states, soonest expiry first.
+    async fn lots_in_states(&mut self, merchant: &str, customer: &str, states: &[i32], limit: i64, offset: i64) -> sqlx::Result<Vec<Lot>>;
+
+    /// Persists a write: new lots, changed lots, the account row, the transaction and entries.
+    async fn save(&mut self, merchant: &str, account: &AccountState, new_lots: &[Lot], changed_lots: &[&Lot], tx: &TxRecord, entries: &[Entry]) -> sqlx::Result<()>;
+
+    async fn insert_hold(&mut self, merchant: &str, hold: &HoldRow, allocations: &[(String, Decimal)]) -> sqlx::Result<()>;
+    async fn hold(&mut self, merchant: &str, hold_id: &str) -> sqlx::Result<Option<HoldRow>>;
+    async fn hold_allocations(&mut self, merchant: &str, hold_id: &str) -> sqlx::Result<Vec<(String, Decimal)>>;
+    async fn finish_hold(&mut self, merchant: &str, hold_id: &str, state: i32, committed: Decimal, at: DateTime<Utc>) -> sqlx::Result<()>;
+
+    async fn receipt(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Option<ReceiptRow>>;
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_receipt(&mut self, merchant: &str, row: &ReceiptRow, store_id: &str, occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>, net_amount: Decimal, discount: Decimal, line_ids: &[String]) -> sqlx::Result<()>;
+    async fn lines_refunded(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Vec<LineRefunded>>;
+    async fn update_line_refunded(&mut self, merchant: &str, receipt_id: &str, line: &LineRefunded) -> sqlx::Result<()>;
+    async fn update_receipt_refund(&mut self, merchant: &str, receipt_id: &str, refunded_amount: Decimal, refund_state: i32) -> sqlx::Result<()>;
+    async fn refund(&mut self, merchant: &str, receipt_id: &str, refund_id: &str) -> sqlx::Result<Option<(Vec<u8>, Vec<u8>)>>;
+    async fn refunds(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Vec<Vec<u8>>>;
+    async fn insert_refund(&mut self, merchant: &str, receipt_id: &str, refund_id: &str, hash: &[u8], document: &[u8], at: DateTime<Utc>) -> sqlx::Result<()>;
+    async fn add_purchase_day(&mut self, merchant: &str, customer: &str, day: i64, turnover: Decimal, purchases: i64) -> sqlx::Result<()>;
+    /// Turnover and purchase count of the customer's days in `[from_day, to_day]`.
+    async fn window_turnover(&mut self, merchant: &str, customer: &str, from_day: i64, to_day: i64) -> sqlx::Result<(Decimal, i64)>;
+
+    /// The earliest expiry among the lots a transaction took redeemed points from.
+    async fn redeemed_from_expiry(&mut self, merchant: &str, transaction_id: &str) -> sqlx::Result<Option<DateTime<Utc>>>;
+
+    /// Writes a domain event to the outbox.
+    async fn insert_event(&mut self, merchant: &str, event_id: &str, event: &[u8], now: DateTime<Utc>) -> sqlx::Result<()>;
+
+    /// Customers of the merchant with pending lots due, lots due to expire, or holds timed out.
+    async fn customers_with_due_work(&mut self, merchant: &str, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<String>>;
+    /// Every merchant the ledger knows.
+    async fn merchants(&mut self) -> sqlx::Result<Vec<String>>;
+    /// Active holds of the customer past their time-out.
+    async fn expired_holds(&mut self, merchant: &str, customer: &str, now: DateTime<Utc>) -> sqlx::Result<Vec<HoldRow>>;
+
+    /// Transactions of a customer, newest first, with entries when asked.
+    async fn history(&mut self, merchant: &str, customer: &str, before_id: Option<&str>, limit: i64, with_entries: bool) -> sqlx::Result<Vec<TxWithEntries>>;
+    /// Σ of each customer account over the journal, per customer (Verify).
+    async fn journal_balances(&mut self, merchant: &str, customer: Option<&str>) -> sqlx::Result<Vec<(String, String, Decimal)>>;
+    /// Transactions whose entries do not sum to zero (Verify).
+    async fn unbalanced_transactions(&mut self, merchant: &str) -> sqlx::Result<Vec<(String, Decimal)>>;
+    /// Every account row of the merchant (or one customer) (Verify).
+    async fn accounts(&mut self, merchant: &str, customer: Option<&str>) -> sqlx::Result<Vec<AccountState>>;
+    /// Number of transactions of the merchant.
+    async fn transaction_count(&mut self, merchant: &str) -> sqlx::Result<i64>;
+    /// Σ of system-account entries per account name, for transactions that occurred in `[from, to)`.
+    async fn system_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(String, Decimal)>>;
+    /// Receipts, turnover, discount and distinct customers of receipts sold in `[from, to)`.
+    async fn receipt_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<(i64, Decimal, Decimal, i64)>;
+    /// Σ available + pending of every customer (outstanding points).
+    async fn outstanding(&mut self, merchant: &str) -> sqlx::Result<Decimal>;
+}
+
+#[derive(sqlx::FromRow)]
+struct LotRow {
+    lot_id: String,
+    customer_id: String,
+    kind: i32,
+    action: i32,
+    amount: Amount,
+    remaining: Amount,
+    held: Amount,
+    state: i32,
+    activates_at: Option<Timestamp>,
+    expires_at: Option<Timestamp>,
+    created_at: Timestamp,
+    receipt_id: Option<String>,
+    grant_key: Option<String>,
+    rule_ids: String,
+}
+
+impl From<LotRow> for Lot {
+    fn from(r: LotRow) -> Self {
+        Lot {
+            lot_id: r.lot_id,
+            customer_id: r.customer_id,
+            kind: r.kind,
+            action: r.action,
+            amount: r.amount.0,
+            remaining: r.remaining.0,
+            held: r.held.0,
+            state: r.state,
+            activates_at: r.activates_at.map(|t| t.0),
+            expires_at: r.expires_at.map(|t| t.0),
+            created_at: r.created_at.0,
+            receipt_id: r.receipt_id,
+            grant_key: r.grant_key,
+            rule_ids: r.rule_ids.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AccountRow {
+    customer_id: String,
+    available: Amount,
+    pending: Amount,
+    held: Amount,
+    lifetime_turnover: Amount,
+    purchase_count: i64,
+    first_purchase_at: Option<Timestamp>,
+    last_purchase_at: Option<Timestamp>,
+}
+
+impl From<AccountRow> for AccountState {
+    fn from(r: AccountRow) -> Self {
+        AccountState {
+            customer_id: r.customer_id,
+            available: r.available.0,
+            pending: r.pending.0,
+            held: r.held.0,
+            lifetime_turnover: r.lifetime_turnover.0,
+            purchase_count: r.purchase_count,
+            first_purchase_at: r.first_purchase_at.map(|t| t.0),
+            last_purchase_at: r.last_purchase_at.map(|t| t.0),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct HoldDbRow {
+    hold_id: String,
+    customer_id: String,
+    amount: Amount,
+    committed_amount: Amount,
+    state: i32,
+    reference: String,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+    finalized_at: Option<Timestamp>,
+}
+
+impl From<HoldDbRow> for HoldRow {
+    fn from(r: HoldDbRow) -> Self {
+        HoldRow {
+            hold_id: r.hold_id,
+            customer_id: r.customer_id,
+            amount: r.amount.0,
+            committed_amount: r.committed_amount.0,
+            state: r.state,
+            reference: r.reference,
+            created_at: r.created_at.0,
+            expires_at: r.expires_at.0,
+            finalized_at: r.finalized_at.map(|t| t.0),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct TxDbRow {
+    transaction_id: String,
+    customer_id: String,
+    kind: i32,
+    amount: Amount,
+    balance_after: Amount,
+    occurred_at: Timestamp,
+    recorded_at: Timestamp,
+    receipt_id: String,
+    refund_id: String,
+    hold_id: String,
+    request_id: String,
+    description: String,
+}
+
+impl From<TxDbRow> for TxRecord {
+    fn from(r: TxDbRow) -> Self {
+        TxRecord {
+            transaction_id: r.transaction_id,
+            customer_id: r.customer_id,
+            kind: r.kind,
+            amount: r.amount.0,
+            balance_after: r.balance_after.0,
+            occurred_at: r.occurred_at.0,
+            recorded_at: r.recorded_at.0,
+            receipt_id: r.receipt_id,
+            refund_id: r.refund_id,
+            hold_id: r.hold_id,
+            request_id: r.request_id,
+            description: r.description,
+        }
+    }
+}
+
+const LOT_COLUMNS: &str = "lot_id, customer_id, kind, action, amount, remaining, held, state, activates_at, expires_at, created_at, receipt_id, grant_key, rule_ids";
+const ACCOUNT_COLUMNS: &str = "customer_id, available, pending, held, lifetime_turnover, purchase_count, first_purchase_at, last_purchase_at";
+const HOLD_COLUMNS: &str = "hold_id, customer_id, amount, committed_amount, state, reference, created_at, expires_at, finalized_at";
+const TX_COLUMNS: &str = "transaction_id, customer_id, kind, amount, balance_after, occurred_at, recorded_at, receipt_id, refund_id, hold_id, request_id, description";
+/// Spending order: soonest expiry first, lots without expiry last.
+const LOT_ORDER: &str = "ORDER BY CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END, expires_at, created_at, lot_id";
+
+fn ts(t: DateTime<Utc>) -> Timestamp {
+    Timestamp(t)
+}
+
+fn amt(d: Decimal) -> Amount {
+    Amount(d)
+}
+
+macro_rules! impl_ledger_tx {
+    ($db:ty, $for_update:expr, $skip_locked:expr) => {
+        #[async_trait]
+        impl LedgerTx for sqlx::Transaction<'static, $db> {
+            async fn claim_request(&mut self, merchant: &str, request_id: &str, operation: &str, hash: &[u8], now: DateTime<Utc>) -> sqlx::Result<Claim> {
+                let inserted = sqlx::query(
+                    "INSERT INTO idempotency_keys (merchant_id, request_id, operation, request_hash, created_at)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (merchant_id, request_id) DO NOTHING",
+                )
+                .bind(merchant).bind(request_id).bind(operation).bind(hash).bind(ts(now))
+                .execute(&mut **self).await?.rows_affected();
+                if inserted == 1 {
+                    return Ok(Claim::New);
+                }
+                let (operation, request_hash, response): (String, Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
+                    "SELECT operation, request_hash, response FROM idempotency_keys WHERE merchant_id = $1 AND request_id = $2",
+                )
+                .bind(merchant).bind(request_id)
+                .fetch_one(&mut **self).await?;
+                Ok(Claim::Done { operation, request_hash, response: response.unwrap_or_default() })
+            }
+
+            async fn finish_request(&mut self, merchant: &str, request_id: &str, response: &[u8]) -> sqlx::Result<()> {
+                sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE merchant_id = $1 AND request_id = $2")
+                    .bind(merchant).bind(request_id).bind(response)
+                    .execute(&mut **self).await.map(|_| ())
+            }
+
+            async fn settings(&mut self, merchant: &str) -> sqlx::Result<Option<Vec<u8>>> {
+                sqlx::query_scalar("SELECT settings FROM ledger_settings WHERE merchant_id = $1")
+                    .bind(merchant).fetch_optional(&mut **self).await
+            }
+
+            async fn put_settings(&mut self, merchant: &str, settings: &[u8], now: DateTime<Utc>) -> sqlx::Result<()> {
+                sqlx::query(
+                    "INSERT INTO ledger_settings (merchant_id, settings, updated_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (merchant_id) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
+                )
+                .bind(merchant).bind(settings).bind(ts(now))
+                .execute(&mut **self).await.map(|_| ())
+            }
+
+            async fn has_transactions(&mut self, merchant: &str) -> sqlx::Result<bool> {
+                let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM transactions WHERE merchant_id = $1 LIMIT 1")
+                    .bind(merchant).fetch_optional(&mut **self).await?;
+                Ok(found.is_some())
+            }
+
+            async fn lock_account(&mut self, merchant: &str, customer: &str, now: DateTime<Utc>) -> sqlx::Result<AccountState> {
+                sqlx::query(
+                    "INSERT INTO accounts (merchant_id, customer_id, updated_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (merchant_id, customer_id) DO NOTHING",
+                )
+                .bind(merchant).bind(customer).bind(ts(now))
+                .execute(&mut **self).await?;
+                let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE merchant_id = $1 AND customer_id = $2{}", $for_update);
+                let row: AccountRow = sqlx::query_as(&sql).bind(merchant).bind(customer).fetch_one(&mut **self).await?;
+                Ok(row.into())
+            }
+
+            async fn account(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Option<AccountState>> {
+                let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE merchant_id = $1 AND customer_id = $2");
+                let row: Option<AccountRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).fetch_optional(&mut **self).await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn open_lots(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Vec<Lot>> {
+                let sql = format!("SELECT {LOT_COLUMNS} FROM lots WHERE merchant_id = $1 AND customer_id = $2 AND state IN (1, 2) {LOT_ORDER}");
+                let rows: Vec<LotRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn lot_by_grant_key(&mut self, merchant: &str, customer: &str, key: &str) -> sqlx::Result<Option<Lot>> {
+                let sql = format!("SELECT {LOT_COLUMNS} FROM lots WHERE merchant_id = $1 AND customer_id = $2 AND grant_key = $3");
+                let row: Option<LotRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).bind(key).fetch_optional(&mut **self).await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn lots_in_states(&mut self, merchant: &str, customer: &str, states: &[i32], limit: i64, offset: i64) -> sqlx::Result<Vec<Lot>> {
+                let mut q = QueryBuilder::<$db>::new(format!("SELECT {LOT_COLUMNS} FROM lots WHERE merchant_id = "));
+                q.push_bind(merchant).push(" AND customer_id = ").push_bind(customer).push(" AND state IN (");
+                let mut sep = q.separated(", ");
+                for s in states {
+                    sep.push_bind(*s);
+                }
+                q.push(") ").push(LOT_ORDER).push(" LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
+                let rows: Vec<LotRow> = q.build_query_as().fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn save(&mut self, merchant: &str, account: &AccountState, new_lots: &[Lot], changed_lots: &[&Lot], tx: &TxRecord, entries: &[Entry]) -> sqlx::Result<()> {
+                if !new_lots.is_empty() {
+                    let mut q = QueryBuilder::<$db>::new(format!("INSERT INTO lots (merchant_id, {LOT_COLUMNS}) "));
+                    q.push_values(new_lots, |mut b, l| {
+                        b.push_bind(merchant).push_bind(&l.lot_id).push_bind(&l.customer_id).push_bind(l.kind).push_bind(l.action)
+                            .push_bind(amt(l.amount)).push_bind(amt(l.remaining)).push_bind(amt(l.held)).push_bind(l.state)
+                            .push_bind(l.activates_at.map(ts)).push_bind(l.expires_at.map(ts)).push_bind(ts(l.created_at))
+                            .push_bind(&l.receipt_id).push_bind(&l.grant_key).push_bind(l.rule_ids.join(","));
+                    });
+                    q.build().execute(&mut **self).await?;
+                }
+                for l in changed_lots {
+                    sqlx::query("UPDATE lots SET remaining = $3, held = $4, state = $5 WHERE merchant_id = $1 AND lot_id = $2")
+                        .bind(merchant).bind(&l.lot_id).bind(amt(l.remaining)).bind(amt(l.held)).bind(l.state)
+                        .execute(&mut **self).await?;
+                }
+                sqlx::query(
+                    "UPDATE accounts SET available = $3, pending = $4, held = $5, lifetime_turnover = $6, purchase_count = $7,
+                     first_purchase_at = $8, last_purchase_at = $9, updated_at = $10 WHERE merchant_id = $1 AND customer_id = $2",
+                )
+                .bind(merchant).bind(&account.customer_id).bind(amt(account.available)).bind(amt(account.pending))
+                .bind(amt(account.held)).bind(amt(account.lifetime_turnover)).bind(account.purchase_count)
+                .bind(account.first_purchase_at.map(ts)).bind(account.last_purchase_at.map(ts)).bind(ts(tx.recorded_at))
+                .execute(&mut **self).await?;
+                sqlx::query(&format!(
+                    "INSERT INTO transactions (merchant_id, {TX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                ))
+                .bind(merchant).bind(&tx.transaction_id).bind(&tx.customer_id).bind(tx.kind).bind(amt(tx.amount))
+                .bind(amt(tx.balance_after)).bind(ts(tx.occurred_at)).bind(ts(tx.recorded_at)).bind(&tx.receipt_id)
+                .bind(&tx.refund_id).bind(&tx.hold_id).bind(&tx.request_id).bind(&tx.description)
+                .execute(&mut **self).await?;
+                if !entries.is_empty() {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO entries (merchant_id, transaction_id, entry_no, customer_id, account, amount, lot_id) ",
+                    );
+                    q.push_values(entries.iter().enumerate(), |mut b, (i, e)| {
+                        b.push_bind(merchant).push_bind(&tx.transaction_id).push_bind(i as i32).push_bind(&e.customer_id)
+                            .push_bind(e.account.name()).push_bind(amt(e.amount)).push_bind(&e.lot_id);
+                    });
+                    q.build().execute(&mut **self).await?;
+                }
+                Ok(())
+            }
+
+            async fn insert_hold(&mut self, merchant: &str, h: &HoldRow, allocations: &[(String, Decimal)]) -> sqlx::Result<()> {
+                sqlx::query(&format!("INSERT INTO holds (merchant_id, {HOLD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"))
+                    .bind(merchant).bind(&h.hold_id).bind(&h.customer_id).bind(amt(h.amount)).bind(amt(h.committed_amount))
+                    .bind(h.state).bind(&h.reference).bind(ts(h.created_at)).bind(ts(h.expires_at)).bind(h.finalized_at.map(ts))
+                    .execute(&mut **self).await?;
+                if !allocations.is_empty() {
+                    let mut q = QueryBuilder::<$db>::new("INSERT INTO hold_allocations (merchant_id, hold_id, lot_id, amount) ");
+                    q.push_values(allocations, |mut b, (lot, a)| {
+                        b.push_bind(merchant).push_bind(&h.hold_id).push_bind(lot).push_bind(amt(*a));
+                    });
+                    q.build().execute(&mut **self).await?;
+                }
+                Ok(())
+            }
+
+            async fn hold(&mut self, merchant: &str, hold_id: &str) -> sqlx::Result<Option<HoldRow>> {
+                let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE merchant_id = $1 AND hold_id = $2");
+                let row: Option<HoldDbRow> = sqlx::query_as(&sql).bind(merchant).bind(hold_id).fetch_optional(&mut **self).await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn hold_allocations(&mut self, merchant: &str, hold_id: &str) -> sqlx::Result<Vec<(String, Decimal)>> {
+                let rows: Vec<(String, Amount)> = sqlx::query_as(
+                    "SELECT a.lot_id, a.amount FROM hold_allocations a JOIN lots l ON l.merchant_id = a.merchant_id AND l.lot_id = a.lot_id
+                     WHERE a.merchant_id = $1 AND a.hold_id = $2
+                     ORDER BY CASE WHEN l.expires_at IS NULL THEN 1 ELSE 0 END, l.expires_at, l.created_at, l.lot_id",
+                )
+                .bind(merchant).bind(hold_id).fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(|(l, a)| (l, a.0)).collect())
+            }
+
+            async fn finish_hold(&mut self, merchant: &str, hold_id: &str, state: i32, committed: Decimal, at: DateTime<Utc>) -> sqlx::Result<()> {
+                sqlx::query("UPDATE holds SET state = $3, committed_amount = $4, finalized_at = $5 WHERE merchant_id = $1 AND hold_id = $2")
+                    .bind(merchant).bind(hold_id).bind(state).bind(amt(committed)).bind(ts(at))
+                    .execute(&mut **self).await.map(|_| ())
+            }
+
+            async fn receipt(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Option<ReceiptRow>> {
+                let row: Option<(String, String, Vec<u8>, Vec<u8>, Amount, i32, String)> = sqlx::query_as(
+                    "SELECT receipt_id, customer_id, content_hash, document, refunded_amount, refund_state, transaction_id
+                     FROM receipts WHERE merchant_id = $1 AND receipt_id = $2",
+                )
+                .bind(merchant).bind(receipt_id).fetch_optional(&mut **self).await?;
+                Ok(row.map(|(receipt_id, customer_id, content_hash, document, refunded, refund_state, transaction_id)| ReceiptRow {
+                    receipt_id, customer_id, content_hash, document, refunded_amount: refunded.0, refund_state, transaction_id,
+                }))
+            }
+
+            async fn insert_receipt(&mut self, merchant: &str, r: &ReceiptRow, store_id: &str, occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>, net_amount: Decimal, discount: Decimal, line_ids: &[String]) -> sqlx::Result<()> {
+                sqlx::query(
+                    "INSERT INTO receipts (merchant_id, receipt_id, customer_id, store_id, occurred_at, recorded_at, content_hash, document,
+                     net_amount, discount, refunded_amount, refund_state, transaction_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(merchant).bind(&r.receipt_id).bind(&r.customer_id).bind(store_id).bind(ts(occurred_at)).bind(ts(recorded_at))
+                .bind(&r.content_hash).bind(&r.document).bind(amt(net_amount)).bind(amt(discount)).bind(amt(r.refunded_amount))
+                .bind(r.refund_state).bind(&r.transaction_id)
+                .execute(&mut **self).await?;
+                if !line_ids.is_empty() {
+                    let mut q = QueryBuilder::<$db>::new("INSERT INTO receipt_lines (merchant_id, receipt_id, line_id) ");
+                    q.push_values(line_ids, |mut b, id| {
+                        b.push_bind(merchant).push_bind(&r.receipt_id).push_bind(id);
+                    });
+                    q.build().execute(&mut **self).await?;
+                }
+                Ok(())
+            }
+
+            async fn lines_refunded(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Vec<LineRefunded>> {
+                let rows: Vec<(String, Amount, Amount, Amount, Amount)> = sqlx::query_as(
+                    "SELECT line_id, refunded_quantity, refunded_amount, points_reversed, points_restored
+                     FROM receipt_lines WHERE merchant_id = $1 AND receipt_id = $2",
+                )
+                .bind(merchant).bind(receipt_id).fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(|(line_id, q, a, rv, rs)| LineRefunded {
+                    line_id, quantity: q.0, amount: a.0, points_reversed: rv.0, points_restored: rs.0,
+                }).collect())
+            }
+
+            async fn update_line_refunded(&mut self, merchant: &str, receipt_id: &str, l: &LineRefunded) -> sqlx::Result<()> {
+                sqlx::query(
+                    "UPDATE receipt_lines SET refunded_quantity = $4, refunded_amount = $5, points_reversed = $6, points_restored = $7
+                     WHERE merchant_id = $1 AND receipt_id = $2 AND line_id = $3",
+                )
+                .bind(merchant).bind(receipt_id).bind(&l.line_id).bind(amt(l.quantity)).bind(amt(l.amount))
+                .bind(amt(l.points_reversed)).bind(amt(l.points_restored))
+                .execute(&mut **self).await.map(|_| ())
+            }
+
+            async fn update_receipt_refund(&mut self, merchant: &str, receipt_id: &str, refunded_amount: Decimal, refund_state: i32) -> sqlx::Result<()> {
+                sqlx::query("UPDATE receipts SET refunded_amount = $3, refund_state = $4 WHERE merchant_id = $1 AND receipt_id = $2")
+                    .bind(merchant).bind(receipt_id).bind(amt(refunded_amount)).bind(refund_state)
+                    .execute(&mut **self).await.map(|_| ())
+            }
+
+            async fn refund(&mut self, merchant: &str, receipt_id: &str, refund_id: &str) -> sqlx::Result<Option<(Vec<u8>, Vec<u8>)>> {
+                sqlx::query_as("SELECT content_hash, document FROM refunds WHERE merchant_id = $1 AND receipt_id = $2 AND refund_id = $3")
+                    .bind(merchant).bind(receipt_id).bind(refund_id).fetch_optional(&mut **self).await
+            }
+
+            async fn refunds(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Vec<Vec<u8>>> {
+                sqlx::query_scalar("SELECT document FROM refunds WHERE merchant_id = $1 AND receipt_id = $2 ORDER BY recorded_at, refund_id")
+                    .bind(merchant).bind(receipt_id).fetch_all(&mut **self).await
+            }
+
+            async fn insert_refund(&mut self, merchant: &str, receipt_id: &str, refund_id: &str, hash: &[u8], document: &[u8], at: DateTime<Utc>) -> sqlx::Result<()> {
+                sqlx::query("INSERT INTO refunds (merchant_id, receipt_id, refund_id, content_hash, document, recorded_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(merchant).bind(receipt_id).bind(refund_id).bind(hash).bind(document).bind(ts(at))
+                    .execute(&mut **self).await.map(|_| ())
+            }
+
+            async fn add_purchase_day(&mut self, merchant: &str, customer: &str, day: i64, turnover: Decimal, purchases: i64) -> sqlx::Result<()> {
+                sqlx::query(
+                    "INSERT INTO purchase_days (merchant_id, customer_id, day, turnover, purchases) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (merchant_id, customer_id, day)
+                     DO UPDATE SET turnover = purchase_days.turnover + excluded.turnover, purchases = purchase_days.purchases + excluded.purchases",
+                )
+                .bind(merchant).bind(customer).bind(day as i32).bind(amt(turnover)).bind(purchases)
+                .execute(&mut **self).await.map(|_| ())
+            }
+
+            async fn window_turnover(&mut self, merchant: &str, customer: &str, from_day: i64, to_day: i64) -> sqlx::Result<(Decimal, i64)> {
+                let (turnover, count): (Option<Amount>, Option<i64>) = sqlx::query_as(
+                    "SELECT SUM(turnover), CAST(SUM(purchases) AS BIGINT) FROM purchase_days
+                     WHERE merchant_id = $1 AND customer_id = $2 AND day >= $3 AND day <= $4",
+                )
+                .bind(merchant).bind(customer).bind(from_day as i32).bind(to_day as i32)
+                .fetch_one(&mut **self).await?;
+                Ok((turnover.map(|a| a.0).unwrap_or_default(), count.unwrap_or(0)))
+            }
+
+            async fn redeemed_from_expiry(&mut self, merchant: &str, transaction_id: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
+                let earliest: Option<Timestamp> = sqlx::query_scalar(
+                    "SELECT MIN(l.expires_at) FROM entries e JOIN lots l ON l.merchant_id = e.merchant_id AND l.lot_id = e.lot_id
+                     WHERE e.merchant_id = $1 AND e.transaction_id = $2 AND e.account = 'redeemed'",
+                )
+                .bind(merchant).bind(transaction_id).fetch_one(&mut **self).await?;
+                Ok(earliest.map(|t| t.0))
+            }
+
+            async fn insert_event(&mut self, merchant: &str, event_id: &str, event: &[u8], now: DateTime<Utc>) -> sqlx::Result<()> {
+                sqlx::query("INSERT INTO outbox (merchant_id, event_id, event, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(merchant).bind(event_id).bind(event).bind(ts(now))
+                    .execute(&mut **self).await.map(|_| ())
+            }
+
+            async fn customers_with_due_work(&mut self, merchant: &str, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<String>> {
+                let sql = format!(
+                    "SELECT DISTINCT customer_id FROM (
+                        SELECT customer_id FROM lots WHERE merchant_id = $1 AND state = 1 AND activates_at <= $2
+                        UNION SELECT customer_id FROM lots WHERE merchant_id = $1 AND state = 2 AND expires_at <= $2 AND remaining > held
+                        UNION SELECT customer_id FROM holds WHERE merchant_id = $1 AND state = 1 AND expires_at <= $2
+                     ) due ORDER BY customer_id LIMIT $3"
+                );
+                sqlx::query_scalar(&sql).bind(merchant).bind(ts(now)).bind(limit).fetch_all(&mut **self).await
+            }
+
+            async fn merchants(&mut self) -> sqlx::Result<Vec<String>> {
+                sqlx::query_scalar("SELECT merchant_id FROM ledger_settings ORDER BY merchant_id").fetch_all(&mut **self).await
+            }
+
+            async fn expired_holds(&mut self, merchant: &str, customer: &str, now: DateTime<Utc>) -> sqlx::Result<Vec<HoldRow>> {
+                let sql = format!(
+                    "SELECT {HOLD_COLUMNS} FROM holds WHERE merchant_id = $1 AND customer_id = $2 AND state = 1 AND expires_at <= $3 ORDER BY hold_id{}",
+                    $skip_locked
+                );
+                let rows: Vec<HoldDbRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).bind(ts(now)).fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn history(&mut self, merchant: &str, customer: &str, before_id: Option<&str>, limit: i64, with_entries: bool) -> sqlx::Result<Vec<TxWithEntries>> {
+                let sql = format!(
+                    "SELECT {TX_COLUMNS} FROM transactions WHERE merchant_id = $1 AND customer_id = $2 AND ($3 = '' OR transaction_id < $3)
+                     ORDER BY transaction_id DESC LIMIT $4"
+                );
+                let rows: Vec<TxDbRow> = sqlx::query_as(&sql).bind(merchant).bind(customer)
+                    .bind(before_id.unwrap_or("")).bind(limit).fetch_all(&mut **self).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let record: TxRecord = row.into();
+                    let entries = if with_entries {
+                        let rows: Vec<(String, String, Amount, String)> = sqlx::query_as(
+                            "SELECT customer_id, account, amount, lot_id FROM entries WHERE merchant_id = $1 AND transaction_id = $2 ORDER BY entry_no",
+                        )
+                        .bind(merchant).bind(&record.transaction_id).fetch_all(&mut **self).await?;
+                        rows.into_iter().filter_map(|(customer_id, account, amount, lot_id)| {
+                            Some(Entry { customer_id, account: crate::domain::book::Account::parse(&account)?, amount: amount.0, lot_id })
+                        }).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    out.push(TxWithEntries { record, entries });
+                }
+                Ok(out)
+            }
+
+            async fn journal_balances(&mut self, merchant: &str, customer: Option<&str>) -> sqlx::Result<Vec<(String, String, Decimal)>> {
+                let rows: Vec<(String, String, Amount)> = sqlx::query_as(
+                    "SELECT customer_id, account, SUM(amount) FROM entries
+                     WHERE merchant_id = $1 AND customer_id <> '' AND ($2 = '' OR customer_id = $2)
+                     GROUP BY customer_id, account ORDER BY customer_id, account",
+                )
+                .bind(merchant).bind(customer.unwrap_or("")).fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(|(c, a, s)| (c, a, s.0)).collect())
+            }
+
+            async fn unbalanced_transactions(&mut self, merchant: &str) -> sqlx::Result<Vec<(String, Decimal)>> {
+                let rows: Vec<(String, Amount)> = sqlx::query_as(
+                    "SELECT transaction_id, SUM(amount) FROM entries WHERE merchant_id = $1
+                     GROUP BY transaction_id HAVING SUM(amount) <> 0 ORDER BY transaction_id LIMIT 1000",
+                )
+                .bind(merchant).fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(|(t, s)| (t, s.0)).collect())
+            }
+
+            async fn accounts(&mut self, merchant: &str, customer: Option<&str>) -> sqlx::Result<Vec<AccountState>> {
+                let sql = format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE merchant_id = $1 AND ($2 = '' OR customer_id = $2) ORDER BY customer_id"
+                );
+                let rows: Vec<AccountRow> = sqlx::query_as(&sql).bind(merchant).bind(customer.unwrap_or("")).fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn transaction_count(&mut self, merchant: &str) -> sqlx::Result<i64> {
+                sqlx::query_scalar("SELECT COUNT(*) FROM transactions WHERE merchant_id = $1").bind(merchant).fetch_one(&mut **self).await
+            }
+
+            async fn system_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(String, Decimal)>> {
+                let rows: Vec<(String, Amount)> = sqlx::query_as(
+                    "SELECT e.account, SUM(e.amount) FROM entries e JOIN transactions t
+                       ON t.merchant_id = e.merchant_id AND t.transaction_id = e.transaction_id
+                     WHERE e.merchant_id = $1 AND e.customer_id = '' AND t.occurred_at >= $2 AND t.occurred_at < $3
+                     GROUP BY e.account",
+                )
+                .bind(merchant).bind(ts(from)).bind(ts(to)).fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(|(a, s)| (a, s.0)).collect())
+            }
+
+            async fn receipt_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<(i64, Decimal, Decimal, i64)> {
+                let (n, turnover, discount, customers): (i64, Option<Amount>, Option<Amount>, i64) = sqlx::query_as(
+                    "SELECT COUNT(*), SUM(net_amount - refunded_amount), SUM(discount),
+                            COUNT(DISTINCT CASE WHEN customer_id <> '' THEN customer_id END)
+                     FROM receipts WHERE merchant_id = $1 AND occurred_at >= $2 AND occurred_at < $3",
+                )
+                .bind(merchant).bind(ts(from)).bind(ts(to)).fetch_one(&mut **self).await?;
+                Ok((n, turnover.map(|a| a.0).unwrap_or_default(), discount.map(|a| a.0).unwrap_or_default(), customers))
+            }
+
+            async fn outstanding(&mut self, merchant: &str) -> sqlx::Result<Decimal> {
+                let sum: Option<Amount> = sqlx::query_scalar("SELECT SUM(available + pending + held) FROM accounts WHERE merchant_id = $1")
+                    .bind(merchant).fetch_one(&mut **self).await?;
+                Ok(sum.map(|a| a.0).unwrap_or_default())
+            }
+        }
+    };
+}
+
+impl_ledger_tx!(Postgres, " FOR UPDATE", " FOR UPDATE SKIP LOCKED");
+impl_ledger_tx!(Sqlite, "", "");
+
+/// Runs `work` in one write transaction on either engine (`BEGIN IMMEDIATE` on SQLite, so
+/// writers queue instead of failing), committing when it returns `Ok`.
+#[macro_export]
+macro_rules! in_write_tx {
+    ($db:expr, $tx:ident => $work:expr) => {{
+        match $db {
+            kopilka_runtime::Db::Postgres(pool) => {
+                let mut $tx = pool.begin().await.map_err($crate::error::Error::from)?;
+                let result = $work;
+                if result.is_ok() {
+                    $tx.commit().await.map_err($crate::error::Error::from)?;
+                }
+                result
+            }
+            kopilka_runtime::Db::Sqlite(pool) => {
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err($crate::error::Error::from)?;
+                let result = $work;
+                if result.is_ok() {
+                    $tx.commit().await.map_err($crate::error::Error::from)?;
+                }
+                result
+            }
+        }
+    }};
+}
+
+/// Runs `work` in a read transaction on either engine.
+#[macro_export]
+macro_rules! in_read_tx {
+    ($db:expr, $tx:ident => $work:expr) => {{
+        match $db {
+            kopilka_runtime::Db::Postgres(pool) => {
+                let mut $tx = pool.begin().await.map_err($crate::error::Error::from)?;
+                $work
+            }
+            kopilka_runtime::Db::Sqlite(pool) => {
+                let mut $tx = pool.begin().await.map_err($crate::error::Error::from)?;
+                $work
+            }
+        }
+    }};
+}
