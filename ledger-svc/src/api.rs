@@ -60,8 +60,8 @@ impl LedgerService for LedgerApi {
     async fn get_receipt(&self, r: Request<pb::GetReceiptRequest>) -> Result<Response<pb::GetReceiptResponse>, Status> {
         reply(self.ledger.get_receipt(r.get_ref()).await)
     }
-    async fn list_receipts(&self, _: Request<pb::ListReceiptsRequest>) -> Result<Response<pb::ListReceiptsResponse>, Status> {
-        Err(Status::unimplemented("ListReceipts is not implemented yet (see the ledger-svc issue notes)"))
+    async fn list_receipts(&self, r: Request<pb::ListReceiptsRequest>) -> Result<Response<pb::ListReceiptsResponse>, Status> {
+        reply(self.ledger.list_receipts(r.get_ref()).await)
     }
     async fn get_balance(&self, r: Request<pb::GetBalanceRequest>) -> Result<Response<pb::GetBalanceResponse>, Status> {
         reply(self.ledger.get_balance(r.get_ref()).await)
@@ -87,8 +87,8 @@ impl LedgerService for LedgerApi {
     async fn verify(&self, r: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         reply(self.ledger.verify(r.get_ref()).await)
     }
-    async fn merge_accounts(&self, _: Request<pb::MergeAccountsRequest>) -> Result<Response<pb::MergeAccountsResponse>, Status> {
-        Err(Status::unimplemented("MergeAccounts is not implemented yet (see the ledger-svc issue notes)"))
+    async fn merge_accounts(&self, r: Request<pb::MergeAccountsRequest>) -> Result<Response<pb::MergeAccountsResponse>, Status> {
+        reply(self.ledger.merge(r.get_ref()).await)
     }
     async fn process_due_lots(&self, r: Request<pb::ProcessDueLotsRequest>) -> Result<Response<pb::ProcessDueLotsResponse>, Status> {
         let r = r.into_inner();

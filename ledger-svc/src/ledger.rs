@@ -197,7 +197,7 @@ impl Ledger {
 
     /// Runs a mutation idempotently: a repeat of `request_id` with the same payload returns the
     /// stored answer; with another payload it is IDEMPOTENCY_KEY_REUSED.
-    async fn mutate<R: Message + Default>(
+    pub(crate) async fn mutate<R: Message + Default>(
         &self,
         merchant: &str,
         request_id: &str,
@@ -256,6 +256,7 @@ impl Ledger {
             Command::Receipt(r) => self.record_receipt(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
             Command::Refund(r) => self.refund_receipt(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
             Command::Settings(r) => self.update_settings(tx, merchant, r, now).await?.encode_to_vec(),
+            Command::Merge(r) => self.merge_accounts(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
         })
     }
 
@@ -620,6 +621,7 @@ pub enum Command<'a> {
     Receipt(&'a pb::RecordReceiptRequest),
     Refund(&'a pb::RefundReceiptRequest),
     Settings(&'a pb::UpdateLedgerSettingsRequest),
+    Merge(&'a pb::MergeAccountsRequest),
 }
 
 // Public entry points: one per mutating RPC.

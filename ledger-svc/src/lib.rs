@@ -20,6 +20,7 @@ pub mod domain;
 pub mod error;
 pub mod jobs;
 pub mod ledger;
+pub mod merge;
 pub mod reads;
 pub mod receipts;
 pub mod settings;

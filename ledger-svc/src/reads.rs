@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, Months, Utc};
 use kopilka_proto::ledger as pb;
-use kopilka_proto::types::{self, lookback::Span, Lookback};
+use kopilka_proto::types::{self, lookback::Span, Lookback, LotKind};
 use rust_decimal::Decimal;
 
 use crate::convert::{self, opt_instant, timestamp};
@@ -223,6 +223,30 @@ impl Ledger {
         })
     }
 
+    pub async fn list_receipts(&self, r: &pb::ListReceiptsRequest) -> Result<pb::ListReceiptsResponse, Error> {
+        let mut v = Vec::new();
+        check_id("merchant_id", &r.merchant_id, &mut v);
+        done(v)?;
+        let limit = page(r.page_size, 100);
+        let offset = offset_token(&r.page_token)?;
+        let from = r.period.as_ref().map(|p| opt_instant(&p.start, "period.start")).transpose()?.flatten();
+        let to = r.period.as_ref().map(|p| opt_instant(&p.end, "period.end")).transpose()?.flatten();
+        in_read_tx!(&self.db(), tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            let rows = tx.list_receipts(&r.merchant_id, &r.customer_id, &r.store_id, from, to, limit + 1, offset).await?;
+            let more = rows.len() as i64 > limit;
+            let mut receipts = Vec::new();
+            for row in rows.iter().take(limit as usize) {
+                let mut receipt = self.receipt_with_refunds(tx, &r.merchant_id, row).await?;
+                if !r.include_lines {
+                    receipt.lines.clear();
+                }
+                receipts.push(receipt);
+            }
+            Ok(pb::ListReceiptsResponse { receipts, next_page_token: if more { (offset + limit).to_string() } else { String::new() } })
+        })
+    }
+
     pub async fn merchant_totals(&self, r: &pb::GetMerchantTotalsRequest) -> Result<pb::GetMerchantTotalsResponse, Error> {
         let mut v = Vec::new();
         check_id("merchant_id", &r.merchant_id, &mut v);
@@ -239,14 +263,16 @@ impl Ledger {
             let s = Self::settings(tx, &r.merchant_id).await?;
             let sums = tx.system_totals(&r.merchant_id, from, to).await?;
             let get = |a: Account| sums.iter().find(|(n, _)| n == a.name()).map_or(Decimal::ZERO, |(_, v)| *v);
+            let by_kind = tx.lot_totals(&r.merchant_id, from, to).await?;
+            let kinds = |ks: &[LotKind]| by_kind.iter().filter(|(k, _)| ks.iter().any(|x| *x as i32 == *k)).map(|(_, v)| *v).sum::<Decimal>();
             let (receipts, turnover, discount, customers) = tx.receipt_totals(&r.merchant_id, from, to).await?;
             let outstanding = tx.outstanding(&r.merchant_id).await?;
-            // System accounts: issued and restored are sources (negative), the rest sinks.
+            // Lots say what was given and why; system accounts what was spent, expired, reversed.
             let bucket = pb::TotalsBucket {
                 period: Some(types::Period { start: Some(timestamp(from)), end: Some(timestamp(to)) }),
-                points_accrued: s.points(-get(Account::Issued)),
-                points_gifted: s.points(Decimal::ZERO),
-                points_referral: s.points(Decimal::ZERO),
+                points_accrued: s.points(kinds(&[LotKind::Purchase, LotKind::Cashback, LotKind::Migration])),
+                points_gifted: s.points(kinds(&[LotKind::Gift, LotKind::Action])),
+                points_referral: s.points(kinds(&[LotKind::Referral])),
                 points_redeemed: s.points(get(Account::Redeemed)),
                 points_expired: s.points(get(Account::Expired)),
                 points_reversed: s.points(get(Account::Reversed)),

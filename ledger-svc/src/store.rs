@@ -122,6 +122,9 @@ pub trait LedgerTx: Send {
     async fn receipt(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Option<ReceiptRow>>;
     #[allow(clippy::too_many_arguments)]
     async fn insert_receipt(&mut self, merchant: &str, row: &ReceiptRow, store_id: &str, occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>, net_amount: Decimal, discount: Decimal, line_ids: &[String]) -> sqlx::Result<()>;
+    /// Receipts, newest sale first, filtered by customer, store and sale period.
+    #[allow(clippy::too_many_arguments)]
+    async fn list_receipts(&mut self, merchant: &str, customer: &str, store: &str, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, limit: i64, offset: i64) -> sqlx::Result<Vec<ReceiptRow>>;
     async fn lines_refunded(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Vec<LineRefunded>>;
     async fn update_line_refunded(&mut self, merchant: &str, receipt_id: &str, line: &LineRefunded) -> sqlx::Result<()>;
     async fn update_receipt_refund(&mut self, merchant: &str, receipt_id: &str, refunded_amount: Decimal, refund_state: i32) -> sqlx::Result<()>;
@@ -134,6 +137,12 @@ pub trait LedgerTx: Send {
 
     /// The earliest expiry among the lots a transaction took redeemed points from.
     async fn redeemed_from_expiry(&mut self, merchant: &str, transaction_id: &str) -> sqlx::Result<Option<DateTime<Utc>>>;
+
+    /// The customer this one was merged into, if any.
+    async fn merged_into(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Option<String>>;
+    /// Moves everything of `source` to `target` (lots, holds, receipts, purchase days) and marks
+    /// `source` merged; returns (lots moved, receipts moved).
+    async fn move_customer(&mut self, merchant: &str, source: &str, target: &str) -> sqlx::Result<(u64, u64)>;
 
     /// Writes a domain event to the outbox.
     async fn insert_event(&mut self, merchant: &str, event_id: &str, event: &[u8], now: DateTime<Utc>) -> sqlx::Result<()>;
@@ -157,6 +166,8 @@ pub trait LedgerTx: Send {
     async fn transaction_count(&mut self, merchant: &str) -> sqlx::Result<i64>;
     /// Σ of system-account entries per account name, for transactions that occurred in `[from, to)`.
     async fn system_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(String, Decimal)>>;
+    /// Σ amount of lots created in `[from, to)`, per lot kind.
+    async fn lot_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(i32, Decimal)>>;
     /// Receipts, turnover, discount and distinct customers of receipts sold in `[from, to)`.
     async fn receipt_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<(i64, Decimal, Decimal, i64)>;
     /// Σ available + pending of every customer (outstanding points).
@@ -510,6 +521,30 @@ macro_rules! impl_ledger_tx {
                 Ok(())
             }
 
+            async fn list_receipts(&mut self, merchant: &str, customer: &str, store: &str, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, limit: i64, offset: i64) -> sqlx::Result<Vec<ReceiptRow>> {
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT receipt_id, customer_id, content_hash, document, refunded_amount, refund_state, transaction_id FROM receipts WHERE merchant_id = ",
+                );
+                q.push_bind(merchant);
+                if !customer.is_empty() {
+                    q.push(" AND customer_id = ").push_bind(customer);
+                }
+                if !store.is_empty() {
+                    q.push(" AND store_id = ").push_bind(store);
+                }
+                if let Some(from) = from {
+                    q.push(" AND occurred_at >= ").push_bind(ts(from));
+                }
+                if let Some(to) = to {
+                    q.push(" AND occurred_at < ").push_bind(ts(to));
+                }
+                q.push(" ORDER BY occurred_at DESC, receipt_id DESC LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
+                let rows: Vec<(String, String, Vec<u8>, Vec<u8>, Amount, i32, String)> = q.build_query_as().fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(|(receipt_id, customer_id, content_hash, document, refunded, refund_state, transaction_id)| ReceiptRow {
+                    receipt_id, customer_id, content_hash, document, refunded_amount: refunded.0, refund_state, transaction_id,
+                }).collect())
+            }
+
             async fn lines_refunded(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Vec<LineRefunded>> {
                 let rows: Vec<(String, Amount, Amount, Amount, Amount)> = sqlx::query_as(
                     "SELECT line_id, refunded_quantity, refunded_amount, points_reversed, points_restored
@@ -580,6 +615,43 @@ macro_rules! impl_ledger_tx {
                 )
                 .bind(merchant).bind(transaction_id).fetch_one(&mut **self).await?;
                 Ok(earliest.map(|t| t.0))
+            }
+
+            async fn merged_into(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Option<String>> {
+                let found: Option<Option<String>> = sqlx::query_scalar("SELECT merged_into FROM accounts WHERE merchant_id = $1 AND customer_id = $2")
+                    .bind(merchant).bind(customer).fetch_optional(&mut **self).await?;
+                Ok(found.flatten())
+            }
+
+            async fn move_customer(&mut self, merchant: &str, source: &str, target: &str) -> sqlx::Result<(u64, u64)> {
+                // A grant key the target already used (both got the start bonus) stays once-only.
+                sqlx::query(
+                    "UPDATE lots SET grant_key = grant_key || ':merged:' || customer_id
+                     WHERE merchant_id = $1 AND customer_id = $2 AND grant_key IN
+                       (SELECT grant_key FROM lots WHERE merchant_id = $1 AND customer_id = $3 AND grant_key IS NOT NULL)",
+                )
+                .bind(merchant).bind(source).bind(target).execute(&mut **self).await?;
+                let lots = sqlx::query("UPDATE lots SET customer_id = $3 WHERE merchant_id = $1 AND customer_id = $2")
+                    .bind(merchant).bind(source).bind(target).execute(&mut **self).await?.rows_affected();
+                sqlx::query("UPDATE holds SET customer_id = $3 WHERE merchant_id = $1 AND customer_id = $2")
+                    .bind(merchant).bind(source).bind(target).execute(&mut **self).await?;
+                let receipts = sqlx::query("UPDATE receipts SET customer_id = $3 WHERE merchant_id = $1 AND customer_id = $2")
+                    .bind(merchant).bind(source).bind(target).execute(&mut **self).await?.rows_affected();
+                sqlx::query(
+                    "INSERT INTO purchase_days (merchant_id, customer_id, day, turnover, purchases)
+                     SELECT merchant_id, $3, day, turnover, purchases FROM purchase_days WHERE merchant_id = $1 AND customer_id = $2 AND 1 = 1
+                     ON CONFLICT (merchant_id, customer_id, day)
+                     DO UPDATE SET turnover = purchase_days.turnover + excluded.turnover, purchases = purchase_days.purchases + excluded.purchases",
+                )
+                .bind(merchant).bind(source).bind(target).execute(&mut **self).await?;
+                sqlx::query("DELETE FROM purchase_days WHERE merchant_id = $1 AND customer_id = $2")
+                    .bind(merchant).bind(source).execute(&mut **self).await?;
+                sqlx::query(
+                    "UPDATE accounts SET available = 0, pending = 0, held = 0, lifetime_turnover = 0, purchase_count = 0,
+                     first_purchase_at = NULL, last_purchase_at = NULL, merged_into = $3 WHERE merchant_id = $1 AND customer_id = $2",
+                )
+                .bind(merchant).bind(source).bind(target).execute(&mut **self).await?;
+                Ok((lots, receipts))
             }
 
             async fn insert_event(&mut self, merchant: &str, event_id: &str, event: &[u8], now: DateTime<Utc>) -> sqlx::Result<()> {
@@ -678,6 +750,14 @@ macro_rules! impl_ledger_tx {
                 )
                 .bind(merchant).bind(ts(from)).bind(ts(to)).fetch_all(&mut **self).await?;
                 Ok(rows.into_iter().map(|(a, s)| (a, s.0)).collect())
+            }
+
+            async fn lot_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(i32, Decimal)>> {
+                let rows: Vec<(i32, Amount)> = sqlx::query_as(
+                    "SELECT kind, SUM(amount) FROM lots WHERE merchant_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY kind",
+                )
+                .bind(merchant).bind(ts(from)).bind(ts(to)).fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(|(k, s)| (k, s.0)).collect())
             }
 
             async fn receipt_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<(i64, Decimal, Decimal, i64)> {

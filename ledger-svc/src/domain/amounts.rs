@@ -51,6 +51,9 @@ pub fn parse(value: &str, scale: u32, sign: Sign) -> Result<Decimal, String> {
 /// Formats an amount with exactly `scale` decimals ("100" at scale 2 is "100.00").
 pub fn format(value: Decimal, scale: u32) -> String {
     let mut v = value.round_dp_with_strategy(scale, RoundingStrategy::MidpointAwayFromZero);
+    if v.is_zero() {
+        v.set_sign_positive(true);
+    }
     v.rescale(scale);
     v.to_string()
 }
@@ -90,5 +93,6 @@ mod tests {
         assert_eq!(format(Decimal::from(100), 2), "100.00");
         assert_eq!(format(Decimal::new(125, 1), 0), "13");
         assert_eq!(format(Decimal::ZERO, 0), "0");
+        assert_eq!(format(-Decimal::ZERO, 2), "0.00");
     }
 }

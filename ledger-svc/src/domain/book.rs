@@ -328,6 +328,19 @@ impl Book {
         }
     }
 
+    /// Appends entries computed outside the book (a merge moves balances between customers).
+    pub fn push_entries(&mut self, entries: impl IntoIterator<Item = Entry>) {
+        self.entries.extend(entries);
+    }
+
+    /// Restores the debt invariant after balances were combined (a merge): free points beyond
+    /// a non-negative available balance pay the debt.
+    pub fn settle_all_debt(&mut self) {
+        for i in self.spend_order() {
+            self.settle_debt(i);
+        }
+    }
+
     /// Books a new lot from `source` (issued, restored, adjusted …): pending when it activates
     /// later, else active (paying off any debt first). Returns its index in [`Book::lots`].
     pub fn credit(&mut self, new: NewLot, source: Account) -> usize {
