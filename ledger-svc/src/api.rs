@@ -78,8 +78,8 @@ impl LedgerService for LedgerApi {
     async fn get_purchase_aggregates(&self, r: Request<pb::GetPurchaseAggregatesRequest>) -> Result<Response<pb::GetPurchaseAggregatesResponse>, Status> {
         reply(self.ledger.get_aggregates(r.get_ref()).await)
     }
-    async fn list_customer_activity(&self, _: Request<pb::ListCustomerActivityRequest>) -> Result<Response<pb::ListCustomerActivityResponse>, Status> {
-        Err(Status::unimplemented("ListCustomerActivity is not implemented yet (see the ledger-svc issue notes)"))
+    async fn list_customer_activity(&self, r: Request<pb::ListCustomerActivityRequest>) -> Result<Response<pb::ListCustomerActivityResponse>, Status> {
+        reply(self.ledger.list_activity(r.get_ref()).await)
     }
     async fn get_merchant_totals(&self, r: Request<pb::GetMerchantTotalsRequest>) -> Result<Response<pb::GetMerchantTotalsResponse>, Status> {
         reply(self.ledger.merchant_totals(r.get_ref()).await)

@@ -13,6 +13,7 @@
 //!
 //! The gRPC API (`kopilka.ledger.v1`) is defined in `proto/kopilka/ledger/v1`.
 
+pub mod activity;
 pub mod api;
 pub mod config;
 pub mod convert;

@@ -49,7 +49,9 @@ impl Ledger {
     /// if the background job has not run yet.
     pub(crate) async fn read_balance(&self, tx: &mut dyn LedgerTx, merchant: &str, customer: &str, s: &Settings, now: DateTime<Utc>, window: Duration) -> Result<pb::Balance, Error> {
         let book = Self::read_book(tx, merchant, customer, now).await?;
-        Ok(convert::balance(&book.account, book.lots(), s, now, window))
+        let mut balance = convert::balance(&book.account, book.lots(), s, now, window);
+        balance.stamps = Self::stamp_balances(tx, merchant, customer).await?;
+        Ok(balance)
     }
 
     async fn read_book(tx: &mut dyn LedgerTx, merchant: &str, customer: &str, now: DateTime<Utc>) -> Result<Book, Error> {
@@ -108,7 +110,11 @@ impl Ledger {
             let tx: &mut dyn LedgerTx = &mut tx;
             let s = Self::settings(tx, &r.merchant_id).await?;
             let account = tx.account(&r.merchant_id, &r.customer_id).await?.unwrap_or(AccountState { customer_id: r.customer_id.clone(), ..Default::default() });
-            let aggregates = Self::aggregates(tx, &r.merchant_id, &account, &r.lookbacks, as_of, &s).await?;
+            let mut aggregates = Self::aggregates(tx, &r.merchant_id, &account, &r.lookbacks, as_of, &s).await?;
+            if r.include_favourite_product {
+                let from = as_of - Duration::days(365);
+                aggregates.favourite_product_id = tx.favourite_product(&r.merchant_id, &r.customer_id, from, as_of).await?.unwrap_or_default();
+            }
             Ok(pb::GetPurchaseAggregatesResponse { aggregates: Some(aggregates) })
         })
     }
@@ -122,7 +128,8 @@ impl Ledger {
             let s = Self::settings(tx, &r.merchant_id).await?;
             let book = Self::read_book(tx, &r.merchant_id, &r.customer_id, now).await?;
             let aggregates = Self::aggregates(tx, &r.merchant_id, &book.account, &r.lookbacks, as_of, &s).await?;
-            let balance = convert::balance(&book.account, book.lots(), &s, now, expiring_within(&r.expiring_within));
+            let mut balance = convert::balance(&book.account, book.lots(), &s, now, expiring_within(&r.expiring_within));
+            balance.stamps = Self::stamp_balances(tx, &r.merchant_id, &r.customer_id).await?;
             Ok(pb::GetAccountSnapshotResponse { balance: Some(balance), aggregates: Some(aggregates) })
         })
     }

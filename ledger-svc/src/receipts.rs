@@ -16,7 +16,7 @@ use crate::ledger::{
     FUTURE_SKEW_SECS, MAX_LINES,
 };
 use crate::settings::Settings;
-use crate::store::{LedgerTx, LineRefunded, ReceiptRow};
+use crate::store::{LedgerTx, LineRefunded, ReceiptRow, SoldLine};
 
 /// Refund states (values of `kopilka.ledger.v1.RefundState`).
 pub mod refund_state {
@@ -45,6 +45,15 @@ fn opt_amount(field: &str, value: &str, scale: u32, v: &mut Vec<(String, String)
 }
 
 impl Ledger {
+    pub(crate) async fn stamp_balances(tx: &mut dyn LedgerTx, merchant: &str, customer: &str) -> Result<Vec<types::StampBalance>, Error> {
+        Ok(tx
+            .stamps(merchant, customer)
+            .await?
+            .into_iter()
+            .map(|(stamp_card_id, count)| types::StampBalance { stamp_card_id, count: count.max(0) as u32 })
+            .collect())
+    }
+
     async fn event(tx: &mut dyn LedgerTx, merchant: &str, customer: &str, correlation: &str, payload: Payload, now: DateTime<Utc>) -> Result<(), Error> {
         let event = types::Event {
             event_id: new_id(),
@@ -148,6 +157,12 @@ impl Ledger {
         if anonymous && (redeem > Decimal::ZERO || lots_total > Decimal::ZERO || !input.hold_id.is_empty() || !beneficiaries.is_empty()) {
             v.push(("receipt.customer_id".to_owned(), "an anonymous receipt can neither redeem nor accrue points".to_owned()));
         }
+        for (i, c) in input.stamp_changes.iter().enumerate() {
+            check_id(&format!("receipt.stamp_changes[{i}].stamp_card_id"), &c.stamp_card_id, &mut v);
+        }
+        if anonymous && !input.stamp_changes.is_empty() {
+            v.push(("receipt.stamp_changes".to_owned(), "an anonymous receipt collects no stamps".to_owned()));
+        }
         if input.offline && redeem > Decimal::ZERO {
             v.push(("receipt.redeem_points".to_owned(), "an offline receipt cannot redeem points".to_owned()));
         }
@@ -180,6 +195,7 @@ impl Ledger {
         let discount: Decimal = lines.iter().map(|l| l.discount).sum();
         let redeem_money: Decimal = lines.iter().map(|l| amount_of(&l.proto.redeem_money)).sum();
         let mut receipt_lots = Vec::new();
+        let mut stamp_changes = input.stamp_changes.clone();
         let mut balance = None;
         let mut transaction_id = String::new();
         if !anonymous {
@@ -215,7 +231,16 @@ impl Ledger {
             account.last_purchase_at = Some(account.last_purchase_at.map_or(occurred_at, |t| t.max(occurred_at)));
             transaction_id = Self::save(tx, merchant, &loaded.book, tx_kind::RECEIPT, lots_total - redeem, now, occurred_at, (&input.receipt_id, "", &input.hold_id), request_id, "").await?;
             tx.add_purchase_day(merchant, &input.customer_id, day_of(occurred_at), net, 1).await?;
-            balance = Some(self.balance(&loaded.book, s));
+            let mut b = self.balance(&loaded.book, s);
+            for c in &mut stamp_changes {
+                let count = tx.add_stamps(merchant, &input.customer_id, &c.stamp_card_id, i64::from(c.earned) - i64::from(c.consumed)).await?;
+                if count < 0 {
+                    return Err(Error::Precondition("VALIDATION_FAILED", format!("stamp card `{}` has fewer stamps than consumed", c.stamp_card_id)));
+                }
+                c.balance_after = count as u32;
+            }
+            b.stamps = Self::stamp_balances(tx, merchant, &input.customer_id).await?;
+            balance = Some(b);
             for lot in &receipt_lots {
                 let payload = Payload::PointsAccrued(types::PointsAccrued {
                     amount: s.points(lot.amount),
@@ -265,7 +290,7 @@ impl Ledger {
             }),
             lots: receipt_lots.iter().map(|l| convert::lot(l, s)).collect(),
             beneficiary_grants: input.beneficiary_grants.clone(),
-            stamp_changes: input.stamp_changes.clone(),
+            stamp_changes,
             promo_codes: input.promo_codes.clone(),
             offline: input.offline,
             hold_id: input.hold_id.clone(),
@@ -281,8 +306,14 @@ impl Ledger {
             refund_state: refund_state::NONE,
             transaction_id: transaction_id.clone(),
         };
-        let line_ids: Vec<String> = lines.iter().map(|l| l.proto.line.as_ref().map(|b| b.line_id.clone()).unwrap_or_default()).collect();
-        tx.insert_receipt(merchant, &row, &input.store_id, occurred_at, now, net, discount, &line_ids).await?;
+        let sold: Vec<SoldLine> = lines
+            .iter()
+            .map(|l| {
+                let b = l.proto.line.clone().unwrap_or_default();
+                SoldLine { line_id: b.line_id, product_id: b.product_id, category_ids: b.category_ids }
+            })
+            .collect();
+        tx.insert_receipt(merchant, &row, &input.store_id, occurred_at, now, net, discount, &sold).await?;
         let payload = Payload::PurchaseConfirmed(types::PurchaseConfirmed {
             receipt_id: input.receipt_id.clone(),
             store_id: input.store_id.clone(),

@@ -67,6 +67,23 @@ pub struct ReceiptRow {
     pub transaction_id: String,
 }
 
+/// What a receipt line sold (for segments and favourite products).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoldLine {
+    pub line_id: String,
+    pub product_id: String,
+    pub category_ids: Vec<String>,
+}
+
+/// A customer's purchase activity over a window (segments, RFM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityRow {
+    pub customer_id: String,
+    pub turnover: Decimal,
+    pub purchases: i64,
+    pub last_day: i64,
+}
+
 /// What has been refunded of a line so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LineRefunded {
@@ -121,7 +138,7 @@ pub trait LedgerTx: Send {
 
     async fn receipt(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Option<ReceiptRow>>;
     #[allow(clippy::too_many_arguments)]
-    async fn insert_receipt(&mut self, merchant: &str, row: &ReceiptRow, store_id: &str, occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>, net_amount: Decimal, discount: Decimal, line_ids: &[String]) -> sqlx::Result<()>;
+    async fn insert_receipt(&mut self, merchant: &str, row: &ReceiptRow, store_id: &str, occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>, net_amount: Decimal, discount: Decimal, lines: &[SoldLine]) -> sqlx::Result<()>;
     /// Receipts, newest sale first, filtered by customer, store and sale period.
     #[allow(clippy::too_many_arguments)]
     async fn list_receipts(&mut self, merchant: &str, customer: &str, store: &str, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, limit: i64, offset: i64) -> sqlx::Result<Vec<ReceiptRow>>;
@@ -143,6 +160,17 @@ pub trait LedgerTx: Send {
     /// Moves everything of `source` to `target` (lots, holds, receipts, purchase days) and marks
     /// `source` merged; returns (lots moved, receipts moved).
     async fn move_customer(&mut self, merchant: &str, source: &str, target: &str) -> sqlx::Result<(u64, u64)>;
+
+    /// The customer's stamp card balances.
+    async fn stamps(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Vec<(String, i64)>>;
+    /// Changes a stamp card balance by `delta`; returns the new count.
+    async fn add_stamps(&mut self, merchant: &str, customer: &str, card: &str, delta: i64) -> sqlx::Result<i64>;
+    /// Per customer with purchases on days `>= from_day`: turnover, purchases, last day.
+    async fn activity(&mut self, merchant: &str, from_day: i64) -> sqlx::Result<Vec<ActivityRow>>;
+    /// Customers who bought one of the products or categories in `[from, to)`.
+    async fn buyers(&mut self, merchant: &str, products: &[String], categories: &[String], from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> sqlx::Result<Vec<String>>;
+    /// The customer's most bought product (by line count) in `[from, to)`.
+    async fn favourite_product(&mut self, merchant: &str, customer: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Option<String>>;
 
     /// Writes a domain event to the outbox.
     async fn insert_event(&mut self, merchant: &str, event_id: &str, event: &[u8], now: DateTime<Utc>) -> sqlx::Result<()>;
@@ -501,7 +529,7 @@ macro_rules! impl_ledger_tx {
                 }))
             }
 
-            async fn insert_receipt(&mut self, merchant: &str, r: &ReceiptRow, store_id: &str, occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>, net_amount: Decimal, discount: Decimal, line_ids: &[String]) -> sqlx::Result<()> {
+            async fn insert_receipt(&mut self, merchant: &str, r: &ReceiptRow, store_id: &str, occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>, net_amount: Decimal, discount: Decimal, lines: &[SoldLine]) -> sqlx::Result<()> {
                 sqlx::query(
                     "INSERT INTO receipts (merchant_id, receipt_id, customer_id, store_id, occurred_at, recorded_at, content_hash, document,
                      net_amount, discount, refunded_amount, refund_state, transaction_id)
@@ -511,10 +539,10 @@ macro_rules! impl_ledger_tx {
                 .bind(&r.content_hash).bind(&r.document).bind(amt(net_amount)).bind(amt(discount)).bind(amt(r.refunded_amount))
                 .bind(r.refund_state).bind(&r.transaction_id)
                 .execute(&mut **self).await?;
-                if !line_ids.is_empty() {
-                    let mut q = QueryBuilder::<$db>::new("INSERT INTO receipt_lines (merchant_id, receipt_id, line_id) ");
-                    q.push_values(line_ids, |mut b, id| {
-                        b.push_bind(merchant).push_bind(&r.receipt_id).push_bind(id);
+                if !lines.is_empty() {
+                    let mut q = QueryBuilder::<$db>::new("INSERT INTO receipt_lines (merchant_id, receipt_id, line_id, product_id, category_ids) ");
+                    q.push_values(lines, |mut b, l| {
+                        b.push_bind(merchant).push_bind(&r.receipt_id).push_bind(&l.line_id).push_bind(&l.product_id).push_bind(l.category_ids.join(","));
                     });
                     q.build().execute(&mut **self).await?;
                 }
@@ -652,6 +680,61 @@ macro_rules! impl_ledger_tx {
                 )
                 .bind(merchant).bind(source).bind(target).execute(&mut **self).await?;
                 Ok((lots, receipts))
+            }
+
+            async fn stamps(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Vec<(String, i64)>> {
+                sqlx::query_as("SELECT stamp_card_id, count FROM stamps WHERE merchant_id = $1 AND customer_id = $2 AND count > 0 ORDER BY stamp_card_id")
+                    .bind(merchant).bind(customer).fetch_all(&mut **self).await
+            }
+
+            async fn add_stamps(&mut self, merchant: &str, customer: &str, card: &str, delta: i64) -> sqlx::Result<i64> {
+                sqlx::query_scalar(
+                    "INSERT INTO stamps (merchant_id, customer_id, stamp_card_id, count) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (merchant_id, customer_id, stamp_card_id) DO UPDATE SET count = stamps.count + excluded.count
+                     RETURNING count",
+                )
+                .bind(merchant).bind(customer).bind(card).bind(delta).fetch_one(&mut **self).await
+            }
+
+            async fn activity(&mut self, merchant: &str, from_day: i64) -> sqlx::Result<Vec<ActivityRow>> {
+                let rows: Vec<(String, Amount, i64, i32)> = sqlx::query_as(
+                    "SELECT customer_id, SUM(turnover), CAST(SUM(purchases) AS BIGINT), MAX(day) FROM purchase_days
+                     WHERE merchant_id = $1 AND day >= $2 GROUP BY customer_id ORDER BY customer_id",
+                )
+                .bind(merchant).bind(from_day as i32).fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(|(customer_id, t, p, d)| ActivityRow { customer_id, turnover: t.0, purchases: p, last_day: i64::from(d) }).collect())
+            }
+
+            async fn buyers(&mut self, merchant: &str, products: &[String], categories: &[String], from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> sqlx::Result<Vec<String>> {
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT DISTINCT r.customer_id FROM receipt_lines l JOIN receipts r ON r.merchant_id = l.merchant_id AND r.receipt_id = l.receipt_id
+                     WHERE l.merchant_id = ",
+                );
+                q.push_bind(merchant).push(" AND r.customer_id <> '' AND (1 = 0");
+                for p in products {
+                    q.push(" OR l.product_id = ").push_bind(p);
+                }
+                for c in categories {
+                    // category_ids is a comma-separated list: match a whole element.
+                    q.push(" OR ',' || l.category_ids || ',' LIKE ").push_bind(format!("%,{c},%"));
+                }
+                q.push(")");
+                if let Some(from) = from {
+                    q.push(" AND r.occurred_at >= ").push_bind(ts(from));
+                }
+                if let Some(to) = to {
+                    q.push(" AND r.occurred_at < ").push_bind(ts(to));
+                }
+                q.build_query_scalar().fetch_all(&mut **self).await
+            }
+
+            async fn favourite_product(&mut self, merchant: &str, customer: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Option<String>> {
+                sqlx::query_scalar(
+                    "SELECT l.product_id FROM receipt_lines l JOIN receipts r ON r.merchant_id = l.merchant_id AND r.receipt_id = l.receipt_id
+                     WHERE l.merchant_id = $1 AND r.customer_id = $2 AND r.occurred_at >= $3 AND r.occurred_at <= $4
+                     GROUP BY l.product_id ORDER BY COUNT(*) DESC, l.product_id LIMIT 1",
+                )
+                .bind(merchant).bind(customer).bind(ts(from)).bind(ts(to)).fetch_optional(&mut **self).await
             }
 
             async fn insert_event(&mut self, merchant: &str, event_id: &str, event: &[u8], now: DateTime<Utc>) -> sqlx::Result<()> {
