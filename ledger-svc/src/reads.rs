@@ -372,8 +372,36 @@ impl Ledger {
                 out.expired += expired;
                 out.holds_released += released;
             }
+            let (notices, more) = in_write_tx!(&self.db(), tx => {
+                let tx: &mut dyn LedgerTx = &mut tx;
+                self.expiry_notices(tx, &merchant, now, limit).await
+            })?;
+            out.expiry_notices += notices;
+            out.more |= more;
         }
         Ok(out)
+    }
+
+    /// Emits one PointsExpiring event per lot entering the notice window; prunes idempotency
+    /// records past their retention.
+    async fn expiry_notices(&self, tx: &mut dyn LedgerTx, merchant: &str, now: DateTime<Utc>, limit: i64) -> Result<(u64, bool), Error> {
+        let s = Self::settings(tx, merchant).await?;
+        tx.prune_idempotency(merchant, now - Duration::from_std(s.idempotency_retention).unwrap_or(Duration::days(30))).await?;
+        if s.expiry_notice.is_zero() {
+            return Ok((0, false));
+        }
+        let until = now + Duration::from_std(s.expiry_notice).unwrap_or(Duration::days(7));
+        let claimed = tx.claim_expiry_notices(merchant, until, limit).await?;
+        for (customer, lot_id, remaining, expires_at) in &claimed {
+            let payload = types::event::Payload::PointsExpiring(types::PointsExpiring {
+                amount: s.points(*remaining),
+                expires_at: Some(timestamp(*expires_at)),
+                lot_id: lot_id.clone(),
+                balance: String::new(),
+            });
+            Self::event(tx, merchant, customer, lot_id, payload, now).await?;
+        }
+        Ok((claimed.len() as u64, claimed.len() as i64 >= limit))
     }
 
     async fn process_customer(&self, tx: &mut dyn LedgerTx, merchant: &str, customer: &str, now: DateTime<Utc>) -> Result<(u64, u64, u64), Error> {
@@ -392,6 +420,16 @@ impl Ledger {
         }
         let kind = if expired > 0 { tx_kind::EXPIRY } else if activated > 0 { tx_kind::ACTIVATION } else { tx_kind::HOLD_RELEASE };
         Self::save(tx, merchant, &book, kind, points, now, now, ("", "", ""), "", "scheduled: activation, expiry, hold time-outs").await?;
+        let s = Self::settings(tx, merchant).await?;
+        let expired_lots: Vec<(String, Decimal)> = book.entries().iter().filter(|e| e.account == Account::Expired).map(|e| (e.lot_id.clone(), e.amount)).collect();
+        for (lot_id, amount) in expired_lots {
+            let payload = types::event::Payload::PointsExpired(types::PointsExpired {
+                amount: s.points(amount),
+                lot_id: lot_id.clone(),
+                balance_after: s.points(book.account.available),
+            });
+            Self::event(tx, merchant, customer, &lot_id, payload, now).await?;
+        }
         Ok((activated as u64, expired as u64, released))
     }
 }

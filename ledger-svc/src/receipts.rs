@@ -54,7 +54,7 @@ impl Ledger {
             .collect())
     }
 
-    async fn event(tx: &mut dyn LedgerTx, merchant: &str, customer: &str, correlation: &str, payload: Payload, now: DateTime<Utc>) -> Result<(), Error> {
+    pub(crate) async fn event(tx: &mut dyn LedgerTx, merchant: &str, customer: &str, correlation: &str, payload: Payload, now: DateTime<Utc>) -> Result<(), Error> {
         let event = types::Event {
             event_id: new_id(),
             merchant_id: merchant.to_owned(),
@@ -400,10 +400,17 @@ impl Ledger {
         if row.refund_state == refund_state::FULL {
             return Err(Error::Precondition("RECEIPT_ALREADY_REFUNDED", format!("receipt `{}` is fully refunded", r.receipt_id)));
         }
-        if !row.customer_id.is_empty() {
-            tx.lock_account(merchant, &row.customer_id, now).await?;
-        }
         let receipt = pb::Receipt::decode(row.document.as_slice())?;
+        // Lock the buyer and every referrer rewarded by this receipt, in one fixed order.
+        let mut customers: Vec<&str> = receipt.beneficiary_grants.iter().map(|b| b.customer_id.as_str()).collect();
+        if !row.customer_id.is_empty() {
+            customers.push(&row.customer_id);
+        }
+        customers.sort_unstable();
+        customers.dedup();
+        for c in &customers {
+            tx.lock_account(merchant, c, now).await?;
+        }
         let mut refunded = tx.lines_refunded(merchant, &r.receipt_id).await?;
         let sold: Vec<(String, Decimal, Decimal, Decimal, Decimal)> = receipt
             .lines
@@ -491,6 +498,53 @@ impl Ledger {
         }
         let fully = sold.iter().all(|(id, qty, ..)| refunded.iter().find(|x| &x.line_id == id).is_some_and(|x| x.quantity >= *qty));
         refund.fully_refunded = fully;
+        // Referral rewards shrink with the purchase: each referrer loses the refunded share of
+        // the money (all of it on the last refund), under the same shortfall policy.
+        let net_total: Decimal = sold.iter().map(|(_, _, net, ..)| *net).sum();
+        for b in &receipt.beneficiary_grants {
+            let granted = b.grant.as_ref().map_or(Decimal::ZERO, |g| amount_of(&g.amount));
+            let share = |refunded_money: Decimal| {
+                if net_total <= Decimal::ZERO || refunded_money >= net_total {
+                    granted
+                } else {
+                    (granted * refunded_money / net_total).round_dp_with_strategy(s.points_scale, RoundingStrategy::ToZero)
+                }
+            };
+            let before = row.refunded_amount;
+            let now_reversed = if fully { granted - share(before) } else { share(before + amount) - share(before) };
+            if now_reversed <= Decimal::ZERO {
+                continue;
+            }
+            let mut loaded = Self::load(tx, merchant, &b.customer_id, now).await?;
+            let taken = loaded.book.take_back(now_reversed, &r.receipt_id, shortfall_rule).map_err(book_error)?;
+            Self::save(tx, merchant, &loaded.book, tx_kind::REFUND, -now_reversed, now, occurred_at, (&r.receipt_id, &r.refund_id, ""), request_id, "referral reward reversed").await?;
+            refund.beneficiary_reversals.push(pb::BeneficiaryReversal {
+                customer_id: b.customer_id.clone(),
+                level: b.level,
+                points_reversed: s.points(now_reversed),
+                shortfall: s.points(taken.shortfall),
+            });
+        }
+        // Stamps go back when the whole receipt is returned.
+        if fully && !row.customer_id.is_empty() {
+            for c in &receipt.stamp_changes {
+                let delta = i64::from(c.consumed) - i64::from(c.earned);
+                if delta == 0 {
+                    continue;
+                }
+                let count = tx.add_stamps(merchant, &row.customer_id, &c.stamp_card_id, delta).await?;
+                if count < 0 {
+                    // Stamps already used for a reward: keep the card at zero.
+                    tx.add_stamps(merchant, &row.customer_id, &c.stamp_card_id, -count).await?;
+                }
+                refund.stamp_changes.push(types::StampChange {
+                    stamp_card_id: c.stamp_card_id.clone(),
+                    earned: c.consumed,
+                    consumed: c.earned,
+                    balance_after: count.max(0) as u32,
+                });
+            }
+        }
         for line in &refunded {
             tx.update_line_refunded(merchant, &r.receipt_id, line).await?;
         }

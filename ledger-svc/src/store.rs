@@ -172,6 +172,12 @@ pub trait LedgerTx: Send {
     /// The customer's most bought product (by line count) in `[from, to)`.
     async fn favourite_product(&mut self, merchant: &str, customer: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Option<String>>;
 
+    /// Claims (marks notified) up to `limit` active lots with unspent points expiring by
+    /// `until` whose notice has not gone out; returns (customer, lot id, remaining, expires_at).
+    async fn claim_expiry_notices(&mut self, merchant: &str, until: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<(String, String, Decimal, DateTime<Utc>)>>;
+    /// Deletes idempotency records created before `before`; returns how many.
+    async fn prune_idempotency(&mut self, merchant: &str, before: DateTime<Utc>) -> sqlx::Result<u64>;
+
     /// Writes a domain event to the outbox.
     async fn insert_event(&mut self, merchant: &str, event_id: &str, event: &[u8], now: DateTime<Utc>) -> sqlx::Result<()>;
 
@@ -735,6 +741,24 @@ macro_rules! impl_ledger_tx {
                      GROUP BY l.product_id ORDER BY COUNT(*) DESC, l.product_id LIMIT 1",
                 )
                 .bind(merchant).bind(customer).bind(ts(from)).bind(ts(to)).fetch_optional(&mut **self).await
+            }
+
+            async fn claim_expiry_notices(&mut self, merchant: &str, until: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<(String, String, Decimal, DateTime<Utc>)>> {
+                // One statement claims the rows, so concurrent replicas never notify twice.
+                let rows: Vec<(String, String, Amount, Timestamp)> = sqlx::query_as(
+                    "UPDATE lots SET expiry_notified = 1
+                     WHERE merchant_id = $1 AND lot_id IN (
+                         SELECT lot_id FROM lots WHERE merchant_id = $1 AND state = 2 AND expiry_notified = 0
+                         AND expires_at <= $2 AND remaining > held ORDER BY expires_at LIMIT $3)
+                     RETURNING customer_id, lot_id, remaining, expires_at",
+                )
+                .bind(merchant).bind(ts(until)).bind(limit).fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(|(c, l, r, e)| (c, l, r.0, e.0)).collect())
+            }
+
+            async fn prune_idempotency(&mut self, merchant: &str, before: DateTime<Utc>) -> sqlx::Result<u64> {
+                Ok(sqlx::query("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND created_at < $2")
+                    .bind(merchant).bind(ts(before)).execute(&mut **self).await?.rows_affected())
             }
 
             async fn insert_event(&mut self, merchant: &str, event_id: &str, event: &[u8], now: DateTime<Utc>) -> sqlx::Result<()> {
