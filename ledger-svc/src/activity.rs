@@ -51,13 +51,17 @@ fn in_range(value: Decimal, range: &AmountRange) -> Result<bool, Error> {
         if s.is_empty() {
             Ok(None)
         } else {
-            amounts::parse(s, 4, Sign::NonNegative).map(Some).map_err(|e| Error::invalid(format!("filter.lifetime_turnover.{field}"), e))
+            amounts::parse(s, 4, Sign::NonNegative)
+                .map(Some)
+                .map_err(|e| Error::invalid(format!("filter.lifetime_turnover.{field}"), e))
         }
     };
-    Ok(bound(&range.at_least, "at_least")?.is_none_or(|b| value >= b)
-        && bound(&range.above, "above")?.is_none_or(|b| value > b)
-        && bound(&range.below, "below")?.is_none_or(|b| value < b)
-        && bound(&range.at_most, "at_most")?.is_none_or(|b| value <= b))
+    Ok(
+        bound(&range.at_least, "at_least")?.is_none_or(|b| value >= b)
+            && bound(&range.above, "above")?.is_none_or(|b| value > b)
+            && bound(&range.below, "below")?.is_none_or(|b| value < b)
+            && bound(&range.at_most, "at_most")?.is_none_or(|b| value <= b),
+    )
 }
 
 fn cell_matches(cell: &pb::RfmCell, wanted: &pb::RfmCell) -> bool {
@@ -67,24 +71,60 @@ fn cell_matches(cell: &pb::RfmCell, wanted: &pb::RfmCell) -> bool {
 }
 
 impl Ledger {
-    pub async fn list_activity(&self, r: &pb::ListCustomerActivityRequest) -> Result<pb::ListCustomerActivityResponse, Error> {
+    pub async fn list_activity(
+        &self,
+        r: &pb::ListCustomerActivityRequest,
+    ) -> Result<pb::ListCustomerActivityResponse, Error> {
         let mut v = Vec::new();
         check_id("merchant_id", &r.merchant_id, &mut v);
         done(v)?;
         let f = r.filter.clone().unwrap_or_default();
         if !f.store_ids.is_empty() {
-            return Err(Error::invalid("filter.store_ids", "filtering by store is not supported yet"));
+            return Err(Error::invalid(
+                "filter.store_ids",
+                "filtering by store is not supported yet",
+            ));
         }
         if f.customer_ids.len() > 1000 {
             return Err(Error::invalid("filter.customer_ids", "at most 1000"));
         }
         let as_of = opt_instant(&r.as_of, "as_of")?.unwrap_or_else(|| self.now());
-        let limit = if r.page_size <= 0 { 500 } else { r.page_size.min(1000) } as usize;
-        let offset: usize = if r.page_token.is_empty() { 0 } else { r.page_token.parse().map_err(|_| Error::invalid("page_token", "is not a token from a previous response"))? };
-        let last_from = f.last_purchase.as_ref().map(|p| opt_instant(&p.start, "filter.last_purchase.start")).transpose()?.flatten();
-        let last_to = f.last_purchase.as_ref().map(|p| opt_instant(&p.end, "filter.last_purchase.end")).transpose()?.flatten();
-        let bought_from = f.bought_in.as_ref().map(|p| opt_instant(&p.start, "filter.bought_in.start")).transpose()?.flatten();
-        let bought_to = f.bought_in.as_ref().map(|p| opt_instant(&p.end, "filter.bought_in.end")).transpose()?.flatten();
+        let limit = if r.page_size <= 0 {
+            500
+        } else {
+            r.page_size.min(1000)
+        } as usize;
+        let offset: usize = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token.parse().map_err(|_| {
+                Error::invalid("page_token", "is not a token from a previous response")
+            })?
+        };
+        let last_from = f
+            .last_purchase
+            .as_ref()
+            .map(|p| opt_instant(&p.start, "filter.last_purchase.start"))
+            .transpose()?
+            .flatten();
+        let last_to = f
+            .last_purchase
+            .as_ref()
+            .map(|p| opt_instant(&p.end, "filter.last_purchase.end"))
+            .transpose()?
+            .flatten();
+        let bought_from = f
+            .bought_in
+            .as_ref()
+            .map(|p| opt_instant(&p.start, "filter.bought_in.start"))
+            .transpose()?
+            .flatten();
+        let bought_to = f
+            .bought_in
+            .as_ref()
+            .map(|p| opt_instant(&p.end, "filter.bought_in.end"))
+            .transpose()?
+            .flatten();
         let year_ago: DateTime<Utc> = as_of - Duration::days(365);
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;

@@ -56,13 +56,17 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
             Error::Invalid(violations) => status::invalid_argument(violations),
-            Error::NotFound(reason, message) => status::with_reason(Code::NotFound, reason, message),
+            Error::NotFound(reason, message) => {
+                status::with_reason(Code::NotFound, reason, message)
+            }
             Error::Precondition(reason, message) => {
                 status::with_reason(Code::FailedPrecondition, reason, message)
             }
-            Error::Db(sqlx::Error::PoolTimedOut) => {
-                status::with_reason(Code::Unavailable, "DEPENDENCY_UNAVAILABLE", "the database is not answering")
-            }
+            Error::Db(sqlx::Error::PoolTimedOut) => status::with_reason(
+                Code::Unavailable,
+                "DEPENDENCY_UNAVAILABLE",
+                "the database is not answering",
+            ),
             ref other => status::internal(other),
         }
     }

@@ -16,7 +16,12 @@ pub async fn run_due_work(ledger: Ledger, interval: Duration) {
             match ledger.process_due(None, None, 10_000).await {
                 Ok(done) => {
                     if done.activated + done.expired + done.holds_released > 0 {
-                        tracing::info!(activated = done.activated, expired = done.expired, holds_released = done.holds_released, "due work done");
+                        tracing::info!(
+                            activated = done.activated,
+                            expired = done.expired,
+                            holds_released = done.holds_released,
+                            "due work done"
+                        );
                     }
                     if !done.more {
                         break;

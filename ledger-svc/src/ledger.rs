@@ -47,11 +47,20 @@ const MAX_TEXT: usize = 500;
 pub(crate) const MAX_LINES: usize = 1000;
 pub(crate) const FUTURE_SKEW_SECS: i64 = 5 * 60;
 
-/// The ledger: a database and a clock.
+/// How long a replica trusts its cached copy of a merchant's settings. Scales never change
+/// once a merchant has entries; a policy change reaches other replicas within this time.
+const SETTINGS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+type SettingsCache =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Settings)>>>;
+
+/// The ledger: a database, a clock, and a short-lived cache of merchant settings (read by
+/// every write).
 #[derive(Clone)]
 pub struct Ledger {
     db: Db,
     clock: Arc<dyn Clock>,
+    settings_cache: SettingsCache,
 }
 
 /// A customer's account loaded for a write.
@@ -71,17 +80,29 @@ pub(crate) fn check_id(field: &str, value: &str, violations: &mut Vec<(String, S
     if value.is_empty() {
         violations.push((field.to_owned(), "is required".to_owned()));
     } else if value.chars().count() > MAX_ID {
-        violations.push((field.to_owned(), format!("must be at most {MAX_ID} characters")));
+        violations.push((
+            field.to_owned(),
+            format!("must be at most {MAX_ID} characters"),
+        ));
     }
 }
 
 pub(crate) fn check_text(field: &str, value: &str, violations: &mut Vec<(String, String)>) {
     if value.chars().count() > MAX_TEXT {
-        violations.push((field.to_owned(), format!("must be at most {MAX_TEXT} characters")));
+        violations.push((
+            field.to_owned(),
+            format!("must be at most {MAX_TEXT} characters"),
+        ));
     }
 }
 
-pub(crate) fn parse_into(field: &str, value: &str, scale: u32, sign: Sign, violations: &mut Vec<(String, String)>) -> Decimal {
+pub(crate) fn parse_into(
+    field: &str,
+    value: &str,
+    scale: u32,
+    sign: Sign,
+    violations: &mut Vec<(String, String)>,
+) -> Decimal {
     match amounts::parse(value, scale, sign) {
         Ok(v) => v,
         Err(e) => {
@@ -101,7 +122,10 @@ pub(crate) fn done(violations: Vec<(String, String)>) -> Result<(), Error> {
 
 pub(crate) fn book_error(e: BookError) -> Error {
     match e {
-        BookError::Insufficient { available, requested } => Error::insufficient(available, requested),
+        BookError::Insufficient {
+            available,
+            requested,
+        } => Error::insufficient(available, requested),
         BookError::NegativeLimit { limit, would_be } => Error::Precondition(
             "NEGATIVE_BALANCE_NOT_ALLOWED",
             format!("the balance would fall to {would_be}, below the allowed -{limit}"),
@@ -116,7 +140,11 @@ pub fn day_of(t: DateTime<Utc>) -> i64 {
 
 impl Ledger {
     pub fn new(db: Db, clock: Arc<dyn Clock>) -> Self {
-        Self { db, clock }
+        Self {
+            db,
+            clock,
+            settings_cache: SettingsCache::default(),
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -135,18 +163,47 @@ impl Ledger {
     }
 
     /// Settings for a write; registers the merchant (for the background jobs) on its first one.
-    async fn settings_for_write(tx: &mut dyn LedgerTx, merchant: &str, now: DateTime<Utc>) -> Result<Settings, Error> {
-        match tx.settings(merchant).await? {
-            Some(bytes) => Settings::from_proto(&pb::LedgerSettings::decode(bytes.as_slice())?),
+    async fn settings_for_write(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Settings, Error> {
+        let cached = {
+            let cache = self
+                .settings_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            cache
+                .get(merchant)
+                .filter(|(at, _)| at.elapsed() < SETTINGS_TTL)
+                .map(|(_, s)| s.clone())
+        };
+        if let Some(s) = cached {
+            return Ok(s);
+        }
+        let s = match tx.settings(merchant).await? {
+            Some(bytes) => Settings::from_proto(&pb::LedgerSettings::decode(bytes.as_slice())?)?,
             None => {
                 let s = Settings::default();
-                tx.put_settings(merchant, &s.to_proto().encode_to_vec(), now).await?;
-                Ok(s)
+                tx.put_settings(merchant, &s.to_proto().encode_to_vec(), now)
+                    .await?;
+                s
             }
-        }
+        };
+        self.settings_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(merchant.to_owned(), (std::time::Instant::now(), s.clone()));
+        Ok(s)
     }
 
-    pub(crate) async fn load(tx: &mut dyn LedgerTx, merchant: &str, customer: &str, now: DateTime<Utc>) -> Result<Loaded, Error> {
+    pub(crate) async fn load(
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        customer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Loaded, Error> {
         let account = tx.lock_account(merchant, customer, now).await?;
         let lots = tx.open_lots(merchant, customer).await?;
         let mut book = Book::new(account, lots, now);
@@ -154,6 +211,24 @@ impl Ledger {
         book.activate_due();
         book.expire_due();
         Ok(Loaded { book })
+    }
+
+    /// Locks the accounts of a write touching several customers, in one fixed order (by id), so
+    /// concurrent writers never deadlock. A single customer is locked by [`Ledger::load`].
+    pub(crate) async fn lock_in_order(
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        mut customers: Vec<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        customers.sort_unstable();
+        customers.dedup();
+        if customers.len() > 1 {
+            for c in customers {
+                tx.lock_account(merchant, c, now).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Persists a book as one journal transaction.
@@ -186,13 +261,26 @@ impl Ledger {
             description: description.to_owned(),
         };
         let changed: Vec<_> = book.changed_lots().collect();
-        tx.save(merchant, &book.account, book.new_lots(), &changed, &record, book.entries())
-            .await?;
+        tx.save(
+            merchant,
+            &book.account,
+            book.new_lots(),
+            &changed,
+            &record,
+            book.entries(),
+        )
+        .await?;
         Ok(transaction_id)
     }
 
     pub(crate) fn balance(&self, book: &Book, s: &Settings) -> pb::Balance {
-        convert::balance(&book.account, book.lots(), s, book.now(), Duration::days(30))
+        convert::balance(
+            &book.account,
+            book.lots(),
+            s,
+            book.now(),
+            Duration::days(30),
+        )
     }
 
     /// Runs a mutation idempotently: a repeat of `request_id` with the same payload returns the
@@ -243,42 +331,98 @@ impl Ledger {
         }
     }
 
-    async fn apply(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, command: &Command<'_>, now: DateTime<Utc>) -> Result<Vec<u8>, Error> {
-        let s = Self::settings_for_write(tx, merchant, now).await?;
+    async fn apply(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        command: &Command<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u8>, Error> {
+        let s = self.settings_for_write(tx, merchant, now).await?;
         Ok(match command {
-            Command::Accrue(r) => self.accrue(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
-            Command::Redeem(r) => self.redeem(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
-            Command::Gift(r) => self.gift(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
-            Command::Adjust(r) => self.adjust(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
-            Command::Reserve(r) => self.reserve(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
-            Command::Commit(r) => self.commit_hold(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
-            Command::Void(r) => self.void_hold(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
-            Command::Receipt(r) => self.record_receipt(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
-            Command::Refund(r) => self.refund_receipt(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
-            Command::Settings(r) => self.update_settings(tx, merchant, r, now).await?.encode_to_vec(),
-            Command::Merge(r) => self.merge_accounts(tx, merchant, request_id, r, &s, now).await?.encode_to_vec(),
+            Command::Accrue(r) => self
+                .accrue(tx, merchant, request_id, r, &s, now)
+                .await?
+                .encode_to_vec(),
+            Command::Redeem(r) => self
+                .redeem(tx, merchant, request_id, r, &s, now)
+                .await?
+                .encode_to_vec(),
+            Command::Gift(r) => self
+                .gift(tx, merchant, request_id, r, &s, now)
+                .await?
+                .encode_to_vec(),
+            Command::Adjust(r) => self
+                .adjust(tx, merchant, request_id, r, &s, now)
+                .await?
+                .encode_to_vec(),
+            Command::Reserve(r) => self
+                .reserve(tx, merchant, request_id, r, &s, now)
+                .await?
+                .encode_to_vec(),
+            Command::Commit(r) => self
+                .commit_hold(tx, merchant, request_id, r, &s, now)
+                .await?
+                .encode_to_vec(),
+            Command::Void(r) => self
+                .void_hold(tx, merchant, request_id, r, &s, now)
+                .await?
+                .encode_to_vec(),
+            Command::Receipt(r) => self
+                .record_receipt(tx, merchant, request_id, r, &s, now)
+                .await?
+                .encode_to_vec(),
+            Command::Refund(r) => self
+                .refund_receipt(tx, merchant, request_id, r, &s, now)
+                .await?
+                .encode_to_vec(),
+            Command::Settings(r) => self
+                .update_settings(tx, merchant, r, now)
+                .await?
+                .encode_to_vec(),
+            Command::Merge(r) => self
+                .merge_accounts(tx, merchant, request_id, r, &s, now)
+                .await?
+                .encode_to_vec(),
         })
     }
 
     // ---- accrual, gifts, redemption, adjustment ------------------------------------------
 
-    pub(crate) fn new_lot(grant: &PointsGrant, field: &str, s: &Settings, violations: &mut Vec<(String, String)>) -> NewLot {
-        let amount = parse_into(&format!("{field}.amount"), &grant.amount, s.points_scale, Sign::Positive, violations);
-        let activates_at = opt_instant(&grant.activates_at, &format!("{field}.activates_at")).unwrap_or_else(|e| {
-            if let Error::Invalid(v) = e {
-                violations.extend(v);
-            }
-            None
-        });
-        let expires_at = opt_instant(&grant.expires_at, &format!("{field}.expires_at")).unwrap_or_else(|e| {
-            if let Error::Invalid(v) = e {
-                violations.extend(v);
-            }
-            None
-        });
+    pub(crate) fn new_lot(
+        grant: &PointsGrant,
+        field: &str,
+        s: &Settings,
+        violations: &mut Vec<(String, String)>,
+    ) -> NewLot {
+        let amount = parse_into(
+            &format!("{field}.amount"),
+            &grant.amount,
+            s.points_scale,
+            Sign::Positive,
+            violations,
+        );
+        let activates_at = opt_instant(&grant.activates_at, &format!("{field}.activates_at"))
+            .unwrap_or_else(|e| {
+                if let Error::Invalid(v) = e {
+                    violations.extend(v);
+                }
+                None
+            });
+        let expires_at = opt_instant(&grant.expires_at, &format!("{field}.expires_at"))
+            .unwrap_or_else(|e| {
+                if let Error::Invalid(v) = e {
+                    violations.extend(v);
+                }
+                None
+            });
         if let (Some(a), Some(e)) = (activates_at, expires_at) {
             if e <= a {
-                violations.push((format!("{field}.expires_at"), "must be after activates_at".to_owned()));
+                violations.push((
+                    format!("{field}.expires_at"),
+                    "must be after activates_at".to_owned(),
+                ));
             }
         }
         check_text(&format!("{field}.grant_key"), &grant.grant_key, violations);
@@ -303,7 +447,15 @@ impl Ledger {
         }
     }
 
-    async fn accrue(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::AccrueRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::AccrueResponse, Error> {
+    async fn accrue(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::AccrueRequest,
+        s: &Settings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::AccrueResponse, Error> {
         let mut v = Vec::new();
         check_id("customer_id", &r.customer_id, &mut v);
         check_text("description", &r.description, &mut v);
@@ -325,7 +477,19 @@ impl Ledger {
         let amount = lot.amount;
         let i = loaded.book.credit(lot, Account::Issued);
         let lot = loaded.book.lots()[i].clone();
-        let transaction_id = Self::save(tx, merchant, &loaded.book, tx_kind::ACCRUAL, amount, now, occurred_at, ("", "", ""), request_id, &r.description).await?;
+        let transaction_id = Self::save(
+            tx,
+            merchant,
+            &loaded.book,
+            tx_kind::ACCRUAL,
+            amount,
+            now,
+            occurred_at,
+            ("", "", ""),
+            request_id,
+            &r.description,
+        )
+        .await?;
         Ok(pb::AccrueResponse {
             lot: Some(convert::lot(&lot, s)),
             already_granted: false,
@@ -334,7 +498,15 @@ impl Ledger {
         })
     }
 
-    async fn gift(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::GrantGiftRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::GrantGiftResponse, Error> {
+    async fn gift(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::GrantGiftRequest,
+        s: &Settings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::GrantGiftResponse, Error> {
         let mut v = Vec::new();
         check_id("customer_id", &r.customer_id, &mut v);
         check_text("description", &r.description, &mut v);
@@ -346,8 +518,17 @@ impl Ledger {
         lot.action = r.action;
         let mut beneficiaries = Vec::new();
         for (i, b) in r.beneficiary_grants.iter().enumerate() {
-            check_id(&format!("beneficiary_grants[{i}].customer_id"), &b.customer_id, &mut v);
-            let mut l = Self::new_lot(&b.grant.clone().unwrap_or_default(), &format!("beneficiary_grants[{i}].grant"), s, &mut v);
+            check_id(
+                &format!("beneficiary_grants[{i}].customer_id"),
+                &b.customer_id,
+                &mut v,
+            );
+            let mut l = Self::new_lot(
+                &b.grant.clone().unwrap_or_default(),
+                &format!("beneficiary_grants[{i}].grant"),
+                s,
+                &mut v,
+            );
             if b.grant.as_ref().is_none_or(|g| g.kind == 0) {
                 l.kind = LotKind::Referral as i32;
             }
@@ -359,15 +540,35 @@ impl Ledger {
         // Lock every account involved in one fixed order: no deadlocks between writers.
         let mut customers: Vec<&str> = beneficiaries.iter().map(|(c, _)| c.as_str()).collect();
         customers.push(&r.customer_id);
-        customers.sort_unstable();
-        customers.dedup();
-        for c in &customers {
-            tx.lock_account(merchant, c, now).await?;
-        }
-        let (lot, already, balance) = self.grant_one(tx, merchant, request_id, &r.customer_id, lot, s, now, occurred_at, &r.description).await?;
+        Self::lock_in_order(tx, merchant, customers, now).await?;
+        let (lot, already, balance) = self
+            .grant_one(
+                tx,
+                merchant,
+                request_id,
+                &r.customer_id,
+                lot,
+                s,
+                now,
+                occurred_at,
+                &r.description,
+            )
+            .await?;
         let mut beneficiary_lots = Vec::new();
         for (customer, l) in beneficiaries {
-            let (lot, _, _) = self.grant_one(tx, merchant, request_id, &customer, l, s, now, occurred_at, &r.description).await?;
+            let (lot, _, _) = self
+                .grant_one(
+                    tx,
+                    merchant,
+                    request_id,
+                    &customer,
+                    l,
+                    s,
+                    now,
+                    occurred_at,
+                    &r.description,
+                )
+                .await?;
             beneficiary_lots.push(lot);
         }
         Ok(pb::GrantGiftResponse {
@@ -380,37 +581,105 @@ impl Ledger {
 
     /// Books one gift lot unless its grant key was used; returns (lot, already_granted, balance).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn grant_one(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, customer: &str, lot: NewLot, s: &Settings, now: DateTime<Utc>, occurred_at: DateTime<Utc>, description: &str) -> Result<(pb::Lot, bool, pb::Balance), Error> {
+    pub(crate) async fn grant_one(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        customer: &str,
+        lot: NewLot,
+        s: &Settings,
+        now: DateTime<Utc>,
+        occurred_at: DateTime<Utc>,
+        description: &str,
+    ) -> Result<(pb::Lot, bool, pb::Balance), Error> {
         let mut loaded = Self::load(tx, merchant, customer, now).await?;
         if let Some(key) = &lot.grant_key {
             if let Some(existing) = tx.lot_by_grant_key(merchant, customer, key).await? {
-                return Ok((convert::lot(&existing, s), true, self.balance(&loaded.book, s)));
+                return Ok((
+                    convert::lot(&existing, s),
+                    true,
+                    self.balance(&loaded.book, s),
+                ));
             }
         }
         let amount = lot.amount;
         let i = loaded.book.credit(lot, Account::Issued);
         let created = loaded.book.lots()[i].clone();
-        Self::save(tx, merchant, &loaded.book, tx_kind::GIFT, amount, now, occurred_at, ("", "", ""), request_id, description).await?;
-        Ok((convert::lot(&created, s), false, self.balance(&loaded.book, s)))
+        Self::save(
+            tx,
+            merchant,
+            &loaded.book,
+            tx_kind::GIFT,
+            amount,
+            now,
+            occurred_at,
+            ("", "", ""),
+            request_id,
+            description,
+        )
+        .await?;
+        Ok((
+            convert::lot(&created, s),
+            false,
+            self.balance(&loaded.book, s),
+        ))
     }
 
-    async fn redeem(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::RedeemRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::RedeemResponse, Error> {
+    async fn redeem(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::RedeemRequest,
+        s: &Settings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::RedeemResponse, Error> {
         let mut v = Vec::new();
         check_id("customer_id", &r.customer_id, &mut v);
         check_text("description", &r.description, &mut v);
         let amount = parse_into("amount", &r.amount, s.points_scale, Sign::Positive, &mut v);
         done(v)?;
         let mut loaded = Self::load(tx, merchant, &r.customer_id, now).await?;
-        let consumed = loaded.book.debit(amount, Account::Redeemed).map_err(book_error)?;
-        let transaction_id = Self::save(tx, merchant, &loaded.book, tx_kind::REDEMPTION, amount, now, now, ("", "", ""), request_id, &r.description).await?;
+        let consumed = loaded
+            .book
+            .debit(amount, Account::Redeemed)
+            .map_err(book_error)?;
+        let transaction_id = Self::save(
+            tx,
+            merchant,
+            &loaded.book,
+            tx_kind::REDEMPTION,
+            amount,
+            now,
+            now,
+            ("", "", ""),
+            request_id,
+            &r.description,
+        )
+        .await?;
         Ok(pb::RedeemResponse {
             transaction_id,
-            consumed: consumed.into_iter().map(|(lot_id, a)| pb::LotConsumption { lot_id, amount: s.points(a) }).collect(),
+            consumed: consumed
+                .into_iter()
+                .map(|(lot_id, a)| pb::LotConsumption {
+                    lot_id,
+                    amount: s.points(a),
+                })
+                .collect(),
             balance: Some(self.balance(&loaded.book, s)),
         })
     }
 
-    async fn adjust(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::AdjustRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::AdjustResponse, Error> {
+    async fn adjust(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::AdjustRequest,
+        s: &Settings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::AdjustResponse, Error> {
         let mut v = Vec::new();
         check_id("customer_id", &r.customer_id, &mut v);
         check_id("reason", &r.reason, &mut v);
@@ -443,26 +712,73 @@ impl Ledger {
                 return Err(Error::insufficient(loaded.book.account.available, wanted));
             }
             let from_lots = wanted.min(available);
-            let consumed = loaded.book.debit(from_lots, Account::Adjusted).map_err(book_error)?;
+            let consumed = loaded
+                .book
+                .debit(from_lots, Account::Adjusted)
+                .map_err(book_error)?;
             if wanted > from_lots {
                 // allow_negative: the rest becomes a debt later accruals pay off.
-                loaded.book.take_back(wanted - from_lots, "", crate::domain::book::Shortfall::AllowNegative(None)).map_err(book_error)?;
+                loaded
+                    .book
+                    .take_back(
+                        wanted - from_lots,
+                        "",
+                        crate::domain::book::Shortfall::AllowNegative(None),
+                    )
+                    .map_err(book_error)?;
             }
-            response.consumed = consumed.into_iter().map(|(lot_id, a)| pb::LotConsumption { lot_id, amount: s.points(a) }).collect();
+            response.consumed = consumed
+                .into_iter()
+                .map(|(lot_id, a)| pb::LotConsumption {
+                    lot_id,
+                    amount: s.points(a),
+                })
+                .collect();
         }
-        let description = format!("{} (by {})", r.reason, if r.operator.is_empty() { "unknown" } else { &r.operator });
-        response.transaction_id = Self::save(tx, merchant, &loaded.book, tx_kind::ADJUSTMENT, amount, now, now, ("", "", ""), request_id, &description).await?;
+        let description = format!(
+            "{} (by {})",
+            r.reason,
+            if r.operator.is_empty() {
+                "unknown"
+            } else {
+                &r.operator
+            }
+        );
+        response.transaction_id = Self::save(
+            tx,
+            merchant,
+            &loaded.book,
+            tx_kind::ADJUSTMENT,
+            amount,
+            now,
+            now,
+            ("", "", ""),
+            request_id,
+            &description,
+        )
+        .await?;
         response.balance = Some(self.balance(&loaded.book, s));
         Ok(response)
     }
 
     // ---- holds ---------------------------------------------------------------------------
 
-    async fn reserve(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::ReserveRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::ReserveResponse, Error> {
+    async fn reserve(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::ReserveRequest,
+        s: &Settings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::ReserveResponse, Error> {
         let mut v = Vec::new();
         check_id("customer_id", &r.customer_id, &mut v);
         if r.reference.chars().count() > MAX_ID {
-            v.push(("reference".to_owned(), format!("must be at most {MAX_ID} characters")));
+            v.push((
+                "reference".to_owned(),
+                format!("must be at most {MAX_ID} characters"),
+            ));
         }
         let amount = parse_into("amount", &r.amount, s.points_scale, Sign::Positive, &mut v);
         let ttl = match &r.ttl {
@@ -474,7 +790,10 @@ impl Ledger {
             Some(d) => std::time::Duration::new(d.seconds as u64, d.nanos.max(0) as u32),
         };
         if ttl > s.hold_max_ttl {
-            v.push(("ttl".to_owned(), format!("must be at most {} s", s.hold_max_ttl.as_secs())));
+            v.push((
+                "ttl".to_owned(),
+                format!("must be at most {} s", s.hold_max_ttl.as_secs()),
+            ));
         }
         done(v)?;
         let mut loaded = Self::load(tx, merchant, &r.customer_id, now).await?;
@@ -491,7 +810,19 @@ impl Ledger {
             finalized_at: None,
         };
         tx.insert_hold(merchant, &hold, &allocations).await?;
-        Self::save(tx, merchant, &loaded.book, tx_kind::HOLD, amount, now, now, ("", "", &hold.hold_id), request_id, &r.reference).await?;
+        Self::save(
+            tx,
+            merchant,
+            &loaded.book,
+            tx_kind::HOLD,
+            amount,
+            now,
+            now,
+            ("", "", &hold.hold_id),
+            request_id,
+            &r.reference,
+        )
+        .await?;
         Ok(pb::ReserveResponse {
             hold: Some(convert::hold(&hold, s)),
             balance: Some(self.balance(&loaded.book, s)),
@@ -499,11 +830,16 @@ impl Ledger {
     }
 
     /// Loads a hold for finishing; expires it first when its time is up.
-    async fn open_hold(&self, tx: &mut dyn LedgerTx, merchant: &str, hold_id: &str, now: DateTime<Utc>) -> Result<(HoldRow, Loaded), Error> {
-        let hold = tx
-            .hold(merchant, hold_id)
-            .await?
-            .ok_or_else(|| Error::NotFound("HOLD_NOT_FOUND", format!("hold `{hold_id}` not found")))?;
+    async fn open_hold(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        hold_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(HoldRow, Loaded), Error> {
+        let hold = tx.hold(merchant, hold_id).await?.ok_or_else(|| {
+            Error::NotFound("HOLD_NOT_FOUND", format!("hold `{hold_id}` not found"))
+        })?;
         let loaded = Self::load(tx, merchant, &hold.customer_id, now).await?;
         // Re-read under the account lock: another writer may have finished it meanwhile.
         let hold = tx.hold(merchant, hold_id).await?.unwrap_or(hold);
@@ -512,40 +848,126 @@ impl Ledger {
 
     /// Ends an active hold: commits `commit` points, releases the rest.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn end_hold(&self, tx: &mut dyn LedgerTx, merchant: &str, hold: &mut HoldRow, book: &mut Book, commit: Decimal, state: i32, now: DateTime<Utc>) -> Result<(), Error> {
+    pub(crate) async fn end_hold(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        hold: &mut HoldRow,
+        book: &mut Book,
+        commit: Decimal,
+        state: i32,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
         let allocations = tx.hold_allocations(merchant, &hold.hold_id).await?;
         book.finish_hold(&allocations, commit);
-        tx.finish_hold(merchant, &hold.hold_id, state, commit, now).await?;
+        tx.finish_hold(merchant, &hold.hold_id, state, commit, now)
+            .await?;
         hold.state = state;
         hold.committed_amount = commit;
         hold.finalized_at = Some(now);
         Ok(())
     }
 
-    async fn commit_hold(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::CommitHoldRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::CommitHoldResponse, Error> {
+    async fn commit_hold(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::CommitHoldRequest,
+        s: &Settings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::CommitHoldResponse, Error> {
         let mut v = Vec::new();
         check_id("hold_id", &r.hold_id, &mut v);
         check_text("description", &r.description, &mut v);
-        let requested = if r.amount.is_empty() { None } else { Some(parse_into("amount", &r.amount, s.points_scale, Sign::Positive, &mut v)) };
+        let requested = if r.amount.is_empty() {
+            None
+        } else {
+            Some(parse_into(
+                "amount",
+                &r.amount,
+                s.points_scale,
+                Sign::Positive,
+                &mut v,
+            ))
+        };
         done(v)?;
         let (mut hold, mut loaded) = self.open_hold(tx, merchant, &r.hold_id, now).await?;
         match hold.state {
             hold_state::ACTIVE if hold.expires_at <= now => {
-                self.end_hold(tx, merchant, &mut hold, &mut loaded.book, Decimal::ZERO, hold_state::EXPIRED, now).await?;
-                Self::save(tx, merchant, &loaded.book, tx_kind::HOLD_RELEASE, hold.amount, now, now, ("", "", &hold.hold_id), request_id, "hold expired").await?;
+                self.end_hold(
+                    tx,
+                    merchant,
+                    &mut hold,
+                    &mut loaded.book,
+                    Decimal::ZERO,
+                    hold_state::EXPIRED,
+                    now,
+                )
+                .await?;
+                Self::save(
+                    tx,
+                    merchant,
+                    &loaded.book,
+                    tx_kind::HOLD_RELEASE,
+                    hold.amount,
+                    now,
+                    now,
+                    ("", "", &hold.hold_id),
+                    request_id,
+                    "hold expired",
+                )
+                .await?;
                 // The release is kept (committing the transaction) and reported via the error.
-                return Err(Error::Precondition("HOLD_EXPIRED", format!("hold `{}` expired at {}", hold.hold_id, hold.expires_at)));
+                return Err(Error::Precondition(
+                    "HOLD_EXPIRED",
+                    format!("hold `{}` expired at {}", hold.hold_id, hold.expires_at),
+                ));
             }
             hold_state::ACTIVE => {}
-            hold_state::EXPIRED => return Err(Error::Precondition("HOLD_EXPIRED", format!("hold `{}` expired", hold.hold_id))),
-            _ => return Err(Error::Precondition("HOLD_FINALIZED", format!("hold `{}` is already finished", hold.hold_id))),
+            hold_state::EXPIRED => {
+                return Err(Error::Precondition(
+                    "HOLD_EXPIRED",
+                    format!("hold `{}` expired", hold.hold_id),
+                ))
+            }
+            _ => {
+                return Err(Error::Precondition(
+                    "HOLD_FINALIZED",
+                    format!("hold `{}` is already finished", hold.hold_id),
+                ))
+            }
         }
         let amount = requested.unwrap_or(hold.amount);
         if amount > hold.amount {
-            return Err(Error::Precondition("HOLD_AMOUNT_EXCEEDED", format!("{amount} exceeds the {} held", hold.amount)));
+            return Err(Error::Precondition(
+                "HOLD_AMOUNT_EXCEEDED",
+                format!("{amount} exceeds the {} held", hold.amount),
+            ));
         }
-        self.end_hold(tx, merchant, &mut hold, &mut loaded.book, amount, hold_state::COMMITTED, now).await?;
-        let transaction_id = Self::save(tx, merchant, &loaded.book, tx_kind::REDEMPTION, amount, now, now, ("", "", &hold.hold_id), request_id, &r.description).await?;
+        self.end_hold(
+            tx,
+            merchant,
+            &mut hold,
+            &mut loaded.book,
+            amount,
+            hold_state::COMMITTED,
+            now,
+        )
+        .await?;
+        let transaction_id = Self::save(
+            tx,
+            merchant,
+            &loaded.book,
+            tx_kind::REDEMPTION,
+            amount,
+            now,
+            now,
+            ("", "", &hold.hold_id),
+            request_id,
+            &r.description,
+        )
+        .await?;
         Ok(pb::CommitHoldResponse {
             hold: Some(convert::hold(&hold, s)),
             transaction_id,
@@ -553,19 +975,57 @@ impl Ledger {
         })
     }
 
-    async fn void_hold(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::VoidHoldRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::VoidHoldResponse, Error> {
+    async fn void_hold(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::VoidHoldRequest,
+        s: &Settings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::VoidHoldResponse, Error> {
         let mut v = Vec::new();
         check_id("hold_id", &r.hold_id, &mut v);
         done(v)?;
         let (mut hold, mut loaded) = self.open_hold(tx, merchant, &r.hold_id, now).await?;
         match hold.state {
             hold_state::ACTIVE => {
-                let state = if hold.expires_at <= now { hold_state::EXPIRED } else { hold_state::VOIDED };
-                self.end_hold(tx, merchant, &mut hold, &mut loaded.book, Decimal::ZERO, state, now).await?;
-                Self::save(tx, merchant, &loaded.book, tx_kind::HOLD_RELEASE, hold.amount, now, now, ("", "", &hold.hold_id), request_id, "hold voided").await?;
+                let state = if hold.expires_at <= now {
+                    hold_state::EXPIRED
+                } else {
+                    hold_state::VOIDED
+                };
+                self.end_hold(
+                    tx,
+                    merchant,
+                    &mut hold,
+                    &mut loaded.book,
+                    Decimal::ZERO,
+                    state,
+                    now,
+                )
+                .await?;
+                Self::save(
+                    tx,
+                    merchant,
+                    &loaded.book,
+                    tx_kind::HOLD_RELEASE,
+                    hold.amount,
+                    now,
+                    now,
+                    ("", "", &hold.hold_id),
+                    request_id,
+                    "hold voided",
+                )
+                .await?;
             }
             hold_state::VOIDED | hold_state::EXPIRED => {}
-            _ => return Err(Error::Precondition("HOLD_FINALIZED", format!("hold `{}` was committed", hold.hold_id))),
+            _ => {
+                return Err(Error::Precondition(
+                    "HOLD_FINALIZED",
+                    format!("hold `{}` was committed", hold.hold_id),
+                ))
+            }
         }
         Ok(pb::VoidHoldResponse {
             hold: Some(convert::hold(&hold, s)),
@@ -575,12 +1035,25 @@ impl Ledger {
 
     // ---- settings ------------------------------------------------------------------------
 
-    async fn update_settings(&self, tx: &mut dyn LedgerTx, merchant: &str, r: &pb::UpdateLedgerSettingsRequest, now: DateTime<Utc>) -> Result<pb::UpdateLedgerSettingsResponse, Error> {
+    async fn update_settings(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        r: &pb::UpdateLedgerSettingsRequest,
+        now: DateTime<Utc>,
+    ) -> Result<pb::UpdateLedgerSettingsResponse, Error> {
         let current = Self::settings(tx, merchant).await?.to_proto();
         let requested = r.settings.clone().unwrap_or_default();
-        let paths: Vec<String> = r.update_mask.as_ref().map(|m| m.paths.clone()).unwrap_or_default();
+        let paths: Vec<String> = r
+            .update_mask
+            .as_ref()
+            .map(|m| m.paths.clone())
+            .unwrap_or_default();
         if paths.is_empty() {
-            return Err(Error::invalid("update_mask", "name the fields to change, or \"*\""));
+            return Err(Error::invalid(
+                "update_mask",
+                "name the fields to change, or \"*\"",
+            ));
         }
         let mut next = current.clone();
         for path in &paths {
@@ -590,22 +1063,43 @@ impl Ledger {
                 "money_scale" => next.money_scale = requested.money_scale,
                 "points_scale" => next.points_scale = requested.points_scale,
                 "shortfall_policy" => next.shortfall_policy = requested.shortfall_policy,
-                "max_negative_balance" => next.max_negative_balance = requested.max_negative_balance.clone(),
+                "max_negative_balance" => {
+                    next.max_negative_balance = requested.max_negative_balance.clone()
+                }
                 "hold_default_ttl" => next.hold_default_ttl = requested.hold_default_ttl,
                 "hold_max_ttl" => next.hold_max_ttl = requested.hold_max_ttl,
                 "expiry_notice" => next.expiry_notice = requested.expiry_notice,
-                "idempotency_retention" => next.idempotency_retention = requested.idempotency_retention,
+                "idempotency_retention" => {
+                    next.idempotency_retention = requested.idempotency_retention
+                }
                 "max_receipt_age" => next.max_receipt_age = requested.max_receipt_age,
-                other => return Err(Error::invalid("update_mask", format!("unknown field `{other}`"))),
+                other => {
+                    return Err(Error::invalid(
+                        "update_mask",
+                        format!("unknown field `{other}`"),
+                    ))
+                }
             }
         }
         let parsed = Settings::from_proto(&next)?;
         let old = Settings::from_proto(&current)?;
-        if (parsed.points_scale != old.points_scale || parsed.money_scale != old.money_scale) && tx.has_transactions(merchant).await? {
-            return Err(Error::Precondition("VALIDATION_FAILED", "scales cannot change once the merchant has entries".to_owned()));
+        if (parsed.points_scale != old.points_scale || parsed.money_scale != old.money_scale)
+            && tx.has_transactions(merchant).await?
+        {
+            return Err(Error::Precondition(
+                "VALIDATION_FAILED",
+                "scales cannot change once the merchant has entries".to_owned(),
+            ));
         }
-        tx.put_settings(merchant, &parsed.to_proto().encode_to_vec(), now).await?;
-        Ok(pb::UpdateLedgerSettingsResponse { settings: Some(parsed.to_proto()) })
+        tx.put_settings(merchant, &parsed.to_proto().encode_to_vec(), now)
+            .await?;
+        self.settings_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(merchant);
+        Ok(pb::UpdateLedgerSettingsResponse {
+            settings: Some(parsed.to_proto()),
+        })
     }
 }
 
@@ -627,34 +1121,119 @@ pub enum Command<'a> {
 // Public entry points: one per mutating RPC.
 impl Ledger {
     pub async fn accrue_points(&self, r: &pb::AccrueRequest) -> Result<pb::AccrueResponse, Error> {
-        self.mutate(&r.merchant_id, &r.request_id, "Accrue", digest(r), Command::Accrue(r)).await
+        self.mutate(
+            &r.merchant_id,
+            &r.request_id,
+            "Accrue",
+            digest(r),
+            Command::Accrue(r),
+        )
+        .await
     }
     pub async fn redeem_points(&self, r: &pb::RedeemRequest) -> Result<pb::RedeemResponse, Error> {
-        self.mutate(&r.merchant_id, &r.request_id, "Redeem", digest(r), Command::Redeem(r)).await
+        self.mutate(
+            &r.merchant_id,
+            &r.request_id,
+            "Redeem",
+            digest(r),
+            Command::Redeem(r),
+        )
+        .await
     }
-    pub async fn grant_gift(&self, r: &pb::GrantGiftRequest) -> Result<pb::GrantGiftResponse, Error> {
-        self.mutate(&r.merchant_id, &r.request_id, "GrantGift", digest(r), Command::Gift(r)).await
+    pub async fn grant_gift(
+        &self,
+        r: &pb::GrantGiftRequest,
+    ) -> Result<pb::GrantGiftResponse, Error> {
+        self.mutate(
+            &r.merchant_id,
+            &r.request_id,
+            "GrantGift",
+            digest(r),
+            Command::Gift(r),
+        )
+        .await
     }
     pub async fn adjust_points(&self, r: &pb::AdjustRequest) -> Result<pb::AdjustResponse, Error> {
-        self.mutate(&r.merchant_id, &r.request_id, "Adjust", digest(r), Command::Adjust(r)).await
+        self.mutate(
+            &r.merchant_id,
+            &r.request_id,
+            "Adjust",
+            digest(r),
+            Command::Adjust(r),
+        )
+        .await
     }
-    pub async fn reserve_points(&self, r: &pb::ReserveRequest) -> Result<pb::ReserveResponse, Error> {
-        self.mutate(&r.merchant_id, &r.request_id, "Reserve", digest(r), Command::Reserve(r)).await
+    pub async fn reserve_points(
+        &self,
+        r: &pb::ReserveRequest,
+    ) -> Result<pb::ReserveResponse, Error> {
+        self.mutate(
+            &r.merchant_id,
+            &r.request_id,
+            "Reserve",
+            digest(r),
+            Command::Reserve(r),
+        )
+        .await
     }
     pub async fn commit(&self, r: &pb::CommitHoldRequest) -> Result<pb::CommitHoldResponse, Error> {
-        self.mutate(&r.merchant_id, &r.request_id, "CommitHold", digest(r), Command::Commit(r)).await
+        self.mutate(
+            &r.merchant_id,
+            &r.request_id,
+            "CommitHold",
+            digest(r),
+            Command::Commit(r),
+        )
+        .await
     }
     pub async fn void(&self, r: &pb::VoidHoldRequest) -> Result<pb::VoidHoldResponse, Error> {
-        self.mutate(&r.merchant_id, &r.request_id, "VoidHold", digest(r), Command::Void(r)).await
+        self.mutate(
+            &r.merchant_id,
+            &r.request_id,
+            "VoidHold",
+            digest(r),
+            Command::Void(r),
+        )
+        .await
     }
-    pub async fn record(&self, r: &pb::RecordReceiptRequest) -> Result<pb::RecordReceiptResponse, Error> {
-        self.mutate(&r.merchant_id, &r.request_id, "RecordReceipt", digest(r), Command::Receipt(r)).await
+    pub async fn record(
+        &self,
+        r: &pb::RecordReceiptRequest,
+    ) -> Result<pb::RecordReceiptResponse, Error> {
+        self.mutate(
+            &r.merchant_id,
+            &r.request_id,
+            "RecordReceipt",
+            digest(r),
+            Command::Receipt(r),
+        )
+        .await
     }
-    pub async fn refund(&self, r: &pb::RefundReceiptRequest) -> Result<pb::RefundReceiptResponse, Error> {
-        self.mutate(&r.merchant_id, &r.request_id, "RefundReceipt", digest(r), Command::Refund(r)).await
+    pub async fn refund(
+        &self,
+        r: &pb::RefundReceiptRequest,
+    ) -> Result<pb::RefundReceiptResponse, Error> {
+        self.mutate(
+            &r.merchant_id,
+            &r.request_id,
+            "RefundReceipt",
+            digest(r),
+            Command::Refund(r),
+        )
+        .await
     }
-    pub async fn set_settings(&self, r: &pb::UpdateLedgerSettingsRequest) -> Result<pb::UpdateLedgerSettingsResponse, Error> {
-        self.mutate(&r.merchant_id, &r.request_id, "UpdateLedgerSettings", digest(r), Command::Settings(r)).await
+    pub async fn set_settings(
+        &self,
+        r: &pb::UpdateLedgerSettingsRequest,
+    ) -> Result<pb::UpdateLedgerSettingsResponse, Error> {
+        self.mutate(
+            &r.merchant_id,
+            &r.request_id,
+            "UpdateLedgerSettings",
+            digest(r),
+            Command::Settings(r),
+        )
+        .await
     }
 
     /// The merchant's settings with defaults.

@@ -35,7 +35,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let service = ledger_svc::build(config).await?;
-            service.run_until(kopilka_runtime::shutdown::signal()).await?;
+            service
+                .run_until(kopilka_runtime::shutdown::signal())
+                .await?;
         }
         Command::Verify { merchant } => {
             let db = kopilka_runtime::Db::connect(
@@ -44,7 +46,10 @@ async fn main() -> anyhow::Result<()> {
                 ledger_svc::MIGRATIONS,
             )
             .await?;
-            let ledger = ledger_svc::ledger::Ledger::new(db, Arc::new(ledger_svc::domain::clock::SystemClock));
+            let ledger = ledger_svc::ledger::Ledger::new(
+                db,
+                Arc::new(ledger_svc::domain::clock::SystemClock),
+            );
             let report = ledger
                 .verify(&kopilka_proto::ledger::VerifyRequest {
                     merchant_id: merchant.unwrap_or_default(),
@@ -56,7 +61,11 @@ async fn main() -> anyhow::Result<()> {
                 "checked {} accounts and {} transactions: {}",
                 report.accounts_checked,
                 report.transactions_checked,
-                if report.ok { "no differences" } else { "DIFFERENCES FOUND" }
+                if report.ok {
+                    "no differences"
+                } else {
+                    "DIFFERENCES FOUND"
+                }
             );
             for d in &report.differences {
                 println!(

@@ -16,41 +16,91 @@ use crate::store::LedgerTx;
 const TX_MERGE: i32 = 11;
 
 impl Ledger {
-    pub async fn merge(&self, r: &pb::MergeAccountsRequest) -> Result<pb::MergeAccountsResponse, Error> {
-        self.mutate(&r.merchant_id, &r.request_id, "MergeAccounts", digest(r), Command::Merge(r)).await
+    pub async fn merge(
+        &self,
+        r: &pb::MergeAccountsRequest,
+    ) -> Result<pb::MergeAccountsResponse, Error> {
+        self.mutate(
+            &r.merchant_id,
+            &r.request_id,
+            "MergeAccounts",
+            digest(r),
+            Command::Merge(r),
+        )
+        .await
     }
 
-    pub(crate) async fn merge_accounts(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::MergeAccountsRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::MergeAccountsResponse, Error> {
+    pub(crate) async fn merge_accounts(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::MergeAccountsRequest,
+        s: &Settings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::MergeAccountsResponse, Error> {
         let mut v = Vec::new();
         check_id("source_customer_id", &r.source_customer_id, &mut v);
         check_id("target_customer_id", &r.target_customer_id, &mut v);
         if r.source_customer_id == r.target_customer_id {
-            v.push(("target_customer_id".to_owned(), "must differ from source_customer_id".to_owned()));
+            v.push((
+                "target_customer_id".to_owned(),
+                "must differ from source_customer_id".to_owned(),
+            ));
         }
         done(v)?;
         let (source, target) = (r.source_customer_id.as_str(), r.target_customer_id.as_str());
-        let (first, second) = if source < target { (source, target) } else { (target, source) };
+        let (first, second) = if source < target {
+            (source, target)
+        } else {
+            (target, source)
+        };
         tx.lock_account(merchant, first, now).await?;
         tx.lock_account(merchant, second, now).await?;
         match tx.merged_into(merchant, source).await? {
             Some(into) if into == target => {
-                let balance = self.read_balance(tx, merchant, target, s, now, chrono::Duration::days(30)).await?;
-                return Ok(pb::MergeAccountsResponse { balance: Some(balance), lots_moved: 0, receipts_moved: 0, merged_now: false });
+                let balance = self
+                    .read_balance(tx, merchant, target, s, now, chrono::Duration::days(30))
+                    .await?;
+                return Ok(pb::MergeAccountsResponse {
+                    balance: Some(balance),
+                    lots_moved: 0,
+                    receipts_moved: 0,
+                    merged_now: false,
+                });
             }
             Some(into) => {
-                return Err(Error::Precondition("MERGE_CONFLICT", format!("`{source}` was already merged into `{into}`")));
+                return Err(Error::Precondition(
+                    "MERGE_CONFLICT",
+                    format!("`{source}` was already merged into `{into}`"),
+                ));
             }
             None => {}
         }
         if tx.merged_into(merchant, target).await?.is_some() {
-            return Err(Error::Precondition("MERGE_CONFLICT", format!("`{target}` was itself merged away")));
+            return Err(Error::Precondition(
+                "MERGE_CONFLICT",
+                format!("`{target}` was itself merged away"),
+            ));
         }
         let src = Self::load(tx, merchant, source, now).await?.book;
         let dst = Self::load(tx, merchant, target, now).await?.book;
         // Due activations and expiries of both books are journaled before the move.
         for book in [&src, &dst] {
             if !book.entries().is_empty() {
-                Self::save(tx, merchant, book, crate::ledger::tx_kind::EXPIRY, Decimal::ZERO, now, now, ("", "", ""), request_id, "before merge").await?;
+                Self::save(
+                    tx,
+                    merchant,
+                    book,
+                    crate::ledger::tx_kind::EXPIRY,
+                    Decimal::ZERO,
+                    now,
+                    now,
+                    ("", "", ""),
+                    request_id,
+                    "before merge",
+                )
+                .await?;
             }
         }
         let (lots_moved, receipts_moved) = tx.move_customer(merchant, source, target).await?;
@@ -62,21 +112,53 @@ impl Ledger {
             held: a.held + b.held,
             lifetime_turnover: a.lifetime_turnover + b.lifetime_turnover,
             purchase_count: a.purchase_count + b.purchase_count,
-            first_purchase_at: [a.first_purchase_at, b.first_purchase_at].into_iter().flatten().min(),
-            last_purchase_at: [a.last_purchase_at, b.last_purchase_at].into_iter().flatten().max(),
+            first_purchase_at: [a.first_purchase_at, b.first_purchase_at]
+                .into_iter()
+                .flatten()
+                .min(),
+            last_purchase_at: [a.last_purchase_at, b.last_purchase_at]
+                .into_iter()
+                .flatten()
+                .max(),
         };
         let lots = tx.open_lots(merchant, target).await?;
         let mut book = Book::new(combined, lots, now);
         let mut entries = Vec::new();
-        for (account, amount) in [(Account::Available, a.available), (Account::Pending, a.pending), (Account::Held, a.held)] {
+        for (account, amount) in [
+            (Account::Available, a.available),
+            (Account::Pending, a.pending),
+            (Account::Held, a.held),
+        ] {
             if amount != Decimal::ZERO {
-                entries.push(Entry { customer_id: source.to_owned(), account, amount: -amount, lot_id: String::new() });
-                entries.push(Entry { customer_id: target.to_owned(), account, amount, lot_id: String::new() });
+                entries.push(Entry {
+                    customer_id: source.to_owned(),
+                    account,
+                    amount: -amount,
+                    lot_id: String::new(),
+                });
+                entries.push(Entry {
+                    customer_id: target.to_owned(),
+                    account,
+                    amount,
+                    lot_id: String::new(),
+                });
             }
         }
         book.push_entries(entries);
         book.settle_all_debt();
-        Self::save(tx, merchant, &book, TX_MERGE, a.available, now, now, ("", "", ""), request_id, &format!("merged from {source}")).await?;
+        Self::save(
+            tx,
+            merchant,
+            &book,
+            TX_MERGE,
+            a.available,
+            now,
+            now,
+            ("", "", ""),
+            request_id,
+            &format!("merged from {source}"),
+        )
+        .await?;
         let event = types::Event {
             event_id: crate::ledger::new_id(),
             merchant_id: merchant.to_owned(),
@@ -89,7 +171,15 @@ impl Ledger {
                 merged_customer_id: source.to_owned(),
             })),
         };
-        tx.insert_event(merchant, &event.event_id, &prost::Message::encode_to_vec(&event), now).await?;
+        tx.insert_events(
+            merchant,
+            &[(
+                event.event_id.clone(),
+                prost::Message::encode_to_vec(&event),
+            )],
+            now,
+        )
+        .await?;
         Ok(pb::MergeAccountsResponse {
             balance: Some(self.balance(&book, s)),
             lots_moved,

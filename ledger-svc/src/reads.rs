@@ -19,18 +19,26 @@ const DEFAULT_EXPIRING: i64 = 30;
 fn expiring_within(d: &Option<pbjson_types::Duration>) -> Duration {
     d.as_ref()
         .filter(|d| d.seconds > 0)
-        .map_or(Duration::days(DEFAULT_EXPIRING), |d| Duration::seconds(d.seconds))
+        .map_or(Duration::days(DEFAULT_EXPIRING), |d| {
+            Duration::seconds(d.seconds)
+        })
 }
 
 fn page(size: i32, default: i64) -> i64 {
-    if size <= 0 { default } else { i64::from(size).min(1000) }
+    if size <= 0 {
+        default
+    } else {
+        i64::from(size).min(1000)
+    }
 }
 
 fn offset_token(token: &str) -> Result<i64, Error> {
     if token.is_empty() {
         return Ok(0);
     }
-    token.parse().map_err(|_| Error::invalid("page_token", "is not a token from a previous response"))
+    token
+        .parse()
+        .map_err(|_| Error::invalid("page_token", "is not a token from a previous response"))
 }
 
 /// The start of a trailing window ending at `as_of`.
@@ -40,22 +48,44 @@ pub fn window_start(lookback: &Lookback, as_of: DateTime<Utc>) -> Result<DateTim
         Some(Span::Months(m)) if (1..=120).contains(&m) => as_of
             .checked_sub_months(Months::new(m))
             .ok_or_else(|| Error::invalid("lookbacks", "window out of range")),
-        _ => Err(Error::invalid("lookbacks", "days 1 to 3660 or months 1 to 120")),
+        _ => Err(Error::invalid(
+            "lookbacks",
+            "days 1 to 3660 or months 1 to 120",
+        )),
     }
 }
 
 impl Ledger {
     /// A customer's balance at `now`, with due activations and expiries applied in memory even
     /// if the background job has not run yet.
-    pub(crate) async fn read_balance(&self, tx: &mut dyn LedgerTx, merchant: &str, customer: &str, s: &Settings, now: DateTime<Utc>, window: Duration) -> Result<pb::Balance, Error> {
+    pub(crate) async fn read_balance(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        customer: &str,
+        s: &Settings,
+        now: DateTime<Utc>,
+        window: Duration,
+    ) -> Result<pb::Balance, Error> {
         let book = Self::read_book(tx, merchant, customer, now).await?;
         let mut balance = convert::balance(&book.account, book.lots(), s, now, window);
         balance.stamps = Self::stamp_balances(tx, merchant, customer).await?;
         Ok(balance)
     }
 
-    async fn read_book(tx: &mut dyn LedgerTx, merchant: &str, customer: &str, now: DateTime<Utc>) -> Result<Book, Error> {
-        let account = tx.account(merchant, customer).await?.unwrap_or(AccountState { customer_id: customer.to_owned(), ..Default::default() });
+    async fn read_book(
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        customer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Book, Error> {
+        let account = tx
+            .account(merchant, customer)
+            .await?
+            .unwrap_or(AccountState {
+                customer_id: customer.to_owned(),
+                ..Default::default()
+            });
         let lots = tx.open_lots(merchant, customer).await?;
         let mut book = Book::new(account, lots, now);
         book.activate_due();
@@ -70,7 +100,10 @@ impl Ledger {
         done(v)
     }
 
-    pub async fn get_balance(&self, r: &pb::GetBalanceRequest) -> Result<pb::GetBalanceResponse, Error> {
+    pub async fn get_balance(
+        &self,
+        r: &pb::GetBalanceRequest,
+    ) -> Result<pb::GetBalanceResponse, Error> {
         Self::ids(&r.merchant_id, &r.customer_id)?;
         let now = self.now();
         in_read_tx!(&self.db(), tx => {
@@ -81,15 +114,28 @@ impl Ledger {
         })
     }
 
-    async fn aggregates(tx: &mut dyn LedgerTx, merchant: &str, account: &AccountState, lookbacks: &[Lookback], as_of: DateTime<Utc>, s: &Settings) -> Result<types::PurchaseAggregates, Error> {
+    async fn aggregates(
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        account: &AccountState,
+        lookbacks: &[Lookback],
+        as_of: DateTime<Utc>,
+        s: &Settings,
+    ) -> Result<types::PurchaseAggregates, Error> {
         if lookbacks.len() > 10 {
             return Err(Error::invalid("lookbacks", "at most 10"));
         }
         let mut windows = Vec::new();
         for lookback in lookbacks {
             let from = window_start(lookback, as_of)?;
-            let (turnover, count) = tx.window_turnover(merchant, &account.customer_id, day_of(from), day_of(as_of)).await?;
-            windows.push(types::WindowAggregate { lookback: Some(*lookback), turnover: s.money(turnover), purchase_count: count.max(0) as u64 });
+            let (turnover, count) = tx
+                .window_turnover(merchant, &account.customer_id, day_of(from), day_of(as_of))
+                .await?;
+            windows.push(types::WindowAggregate {
+                lookback: Some(*lookback),
+                turnover: s.money(turnover),
+                purchase_count: count.max(0) as u64,
+            });
         }
         Ok(types::PurchaseAggregates {
             as_of: Some(timestamp(as_of)),
@@ -103,7 +149,10 @@ impl Ledger {
         })
     }
 
-    pub async fn get_aggregates(&self, r: &pb::GetPurchaseAggregatesRequest) -> Result<pb::GetPurchaseAggregatesResponse, Error> {
+    pub async fn get_aggregates(
+        &self,
+        r: &pb::GetPurchaseAggregatesRequest,
+    ) -> Result<pb::GetPurchaseAggregatesResponse, Error> {
         Self::ids(&r.merchant_id, &r.customer_id)?;
         let as_of = opt_instant(&r.as_of, "as_of")?.unwrap_or_else(|| self.now());
         in_read_tx!(&self.db(), tx => {
@@ -119,7 +168,10 @@ impl Ledger {
         })
     }
 
-    pub async fn get_snapshot(&self, r: &pb::GetAccountSnapshotRequest) -> Result<pb::GetAccountSnapshotResponse, Error> {
+    pub async fn get_snapshot(
+        &self,
+        r: &pb::GetAccountSnapshotRequest,
+    ) -> Result<pb::GetAccountSnapshotResponse, Error> {
         Self::ids(&r.merchant_id, &r.customer_id)?;
         let now = self.now();
         let as_of = opt_instant(&r.as_of, "as_of")?.unwrap_or(now);
@@ -138,7 +190,11 @@ impl Ledger {
         Self::ids(&r.merchant_id, &r.customer_id)?;
         let limit = page(r.page_size, 100);
         let offset = offset_token(&r.page_token)?;
-        let states: Vec<i32> = if r.states.is_empty() { vec![lot_state::PENDING, lot_state::ACTIVE] } else { r.states.clone() };
+        let states: Vec<i32> = if r.states.is_empty() {
+            vec![lot_state::PENDING, lot_state::ACTIVE]
+        } else {
+            r.states.clone()
+        };
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
             let s = Self::settings(tx, &r.merchant_id).await?;
@@ -151,11 +207,24 @@ impl Ledger {
         })
     }
 
-    pub async fn list_history(&self, r: &pb::ListHistoryRequest) -> Result<pb::ListHistoryResponse, Error> {
+    pub async fn list_history(
+        &self,
+        r: &pb::ListHistoryRequest,
+    ) -> Result<pb::ListHistoryResponse, Error> {
         Self::ids(&r.merchant_id, &r.customer_id)?;
         let limit = page(r.page_size, 50);
-        let period_start = r.period.as_ref().map(|p| opt_instant(&p.start, "period.start")).transpose()?.flatten();
-        let period_end = r.period.as_ref().map(|p| opt_instant(&p.end, "period.end")).transpose()?.flatten();
+        let period_start = r
+            .period
+            .as_ref()
+            .map(|p| opt_instant(&p.start, "period.start"))
+            .transpose()?
+            .flatten();
+        let period_end = r
+            .period
+            .as_ref()
+            .map(|p| opt_instant(&p.end, "period.end"))
+            .transpose()?
+            .flatten();
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
             let s = Self::settings(tx, &r.merchant_id).await?;
@@ -218,7 +287,10 @@ impl Ledger {
         })
     }
 
-    pub async fn get_receipt(&self, r: &pb::GetReceiptRequest) -> Result<pb::GetReceiptResponse, Error> {
+    pub async fn get_receipt(
+        &self,
+        r: &pb::GetReceiptRequest,
+    ) -> Result<pb::GetReceiptResponse, Error> {
         let mut v = Vec::new();
         check_id("merchant_id", &r.merchant_id, &mut v);
         check_id("receipt_id", &r.receipt_id, &mut v);
@@ -230,14 +302,27 @@ impl Ledger {
         })
     }
 
-    pub async fn list_receipts(&self, r: &pb::ListReceiptsRequest) -> Result<pb::ListReceiptsResponse, Error> {
+    pub async fn list_receipts(
+        &self,
+        r: &pb::ListReceiptsRequest,
+    ) -> Result<pb::ListReceiptsResponse, Error> {
         let mut v = Vec::new();
         check_id("merchant_id", &r.merchant_id, &mut v);
         done(v)?;
         let limit = page(r.page_size, 100);
         let offset = offset_token(&r.page_token)?;
-        let from = r.period.as_ref().map(|p| opt_instant(&p.start, "period.start")).transpose()?.flatten();
-        let to = r.period.as_ref().map(|p| opt_instant(&p.end, "period.end")).transpose()?.flatten();
+        let from = r
+            .period
+            .as_ref()
+            .map(|p| opt_instant(&p.start, "period.start"))
+            .transpose()?
+            .flatten();
+        let to = r
+            .period
+            .as_ref()
+            .map(|p| opt_instant(&p.end, "period.end"))
+            .transpose()?
+            .flatten();
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
             let rows = tx.list_receipts(&r.merchant_id, &r.customer_id, &r.store_id, from, to, limit + 1, offset).await?;
@@ -254,12 +339,18 @@ impl Ledger {
         })
     }
 
-    pub async fn merchant_totals(&self, r: &pb::GetMerchantTotalsRequest) -> Result<pb::GetMerchantTotalsResponse, Error> {
+    pub async fn merchant_totals(
+        &self,
+        r: &pb::GetMerchantTotalsRequest,
+    ) -> Result<pb::GetMerchantTotalsResponse, Error> {
         let mut v = Vec::new();
         check_id("merchant_id", &r.merchant_id, &mut v);
         done(v)?;
         let period = r.period.unwrap_or_default();
-        let (Some(from), Some(to)) = (opt_instant(&period.start, "period.start")?, opt_instant(&period.end, "period.end")?) else {
+        let (Some(from), Some(to)) = (
+            opt_instant(&period.start, "period.start")?,
+            opt_instant(&period.end, "period.end")?,
+        ) else {
             return Err(Error::invalid("period", "both start and end are required"));
         };
         if to <= from || to - from > Duration::days(3 * 366) {
@@ -297,7 +388,11 @@ impl Ledger {
     /// Recomputes every balance from the journal and from the lots and reports differences.
     pub async fn verify(&self, r: &pb::VerifyRequest) -> Result<pb::VerifyResponse, Error> {
         let started = std::time::Instant::now();
-        let max = if r.max_differences == 0 { 100 } else { r.max_differences.min(10_000) } as usize;
+        let max = if r.max_differences == 0 {
+            100
+        } else {
+            r.max_differences.min(10_000)
+        } as usize;
         let now = self.now();
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
@@ -349,12 +444,23 @@ impl Ledger {
     /// Activates, expires and releases what is due for up to `max_items` customers of each
     /// merchant; each customer in its own short transaction. Safe on several replicas: the
     /// account lock serialises them and the work is idempotent by nature.
-    pub async fn process_due(&self, merchant: Option<&str>, as_of: Option<DateTime<Utc>>, max_items: u32) -> Result<pb::ProcessDueLotsResponse, Error> {
+    pub async fn process_due(
+        &self,
+        merchant: Option<&str>,
+        as_of: Option<DateTime<Utc>>,
+        max_items: u32,
+    ) -> Result<pb::ProcessDueLotsResponse, Error> {
         let now = as_of.unwrap_or_else(|| self.now()).min(self.now());
-        let limit = if max_items == 0 { 10_000 } else { max_items.min(100_000) } as i64;
+        let limit = if max_items == 0 {
+            10_000
+        } else {
+            max_items.min(100_000)
+        } as i64;
         let merchants: Vec<String> = match merchant {
             Some(m) => vec![m.to_owned()],
-            None => in_read_tx!(&self.db(), tx => { let tx: &mut dyn LedgerTx = &mut tx; Ok::<_, Error>(tx.merchants().await?) })?,
+            None => {
+                in_read_tx!(&self.db(), tx => { let tx: &mut dyn LedgerTx = &mut tx; Ok::<_, Error>(tx.merchants().await?) })?
+            }
         };
         let mut out = pb::ProcessDueLotsResponse::default();
         for merchant in merchants {
@@ -384,14 +490,25 @@ impl Ledger {
 
     /// Emits one PointsExpiring event per lot entering the notice window; prunes idempotency
     /// records past their retention.
-    async fn expiry_notices(&self, tx: &mut dyn LedgerTx, merchant: &str, now: DateTime<Utc>, limit: i64) -> Result<(u64, bool), Error> {
+    async fn expiry_notices(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<(u64, bool), Error> {
         let s = Self::settings(tx, merchant).await?;
-        tx.prune_idempotency(merchant, now - Duration::from_std(s.idempotency_retention).unwrap_or(Duration::days(30))).await?;
+        tx.prune_idempotency(
+            merchant,
+            now - Duration::from_std(s.idempotency_retention).unwrap_or(Duration::days(30)),
+        )
+        .await?;
         if s.expiry_notice.is_zero() {
             return Ok((0, false));
         }
         let until = now + Duration::from_std(s.expiry_notice).unwrap_or(Duration::days(7));
         let claimed = tx.claim_expiry_notices(merchant, until, limit).await?;
+        let mut events = Vec::with_capacity(claimed.len());
         for (customer, lot_id, remaining, expires_at) in &claimed {
             let payload = types::event::Payload::PointsExpiring(types::PointsExpiring {
                 amount: s.points(*remaining),
@@ -399,18 +516,34 @@ impl Ledger {
                 lot_id: lot_id.clone(),
                 balance: String::new(),
             });
-            Self::event(tx, merchant, customer, lot_id, payload, now).await?;
+            events.push(Self::event(merchant, customer, lot_id, payload, now));
         }
+        tx.insert_events(merchant, &events, now).await?;
         Ok((claimed.len() as u64, claimed.len() as i64 >= limit))
     }
 
-    async fn process_customer(&self, tx: &mut dyn LedgerTx, merchant: &str, customer: &str, now: DateTime<Utc>) -> Result<(u64, u64, u64), Error> {
+    async fn process_customer(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        customer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(u64, u64, u64), Error> {
         let account = tx.lock_account(merchant, customer, now).await?;
         let lots = tx.open_lots(merchant, customer).await?;
         let mut book = Book::new(account, lots, now);
         let mut released = 0;
         for mut hold in tx.expired_holds(merchant, customer, now).await? {
-            self.end_hold(tx, merchant, &mut hold, &mut book, Decimal::ZERO, hold_state::EXPIRED, now).await?;
+            self.end_hold(
+                tx,
+                merchant,
+                &mut hold,
+                &mut book,
+                Decimal::ZERO,
+                hold_state::EXPIRED,
+                now,
+            )
+            .await?;
             released += 1;
         }
         let activated = book.activate_due();
@@ -418,18 +551,43 @@ impl Ledger {
         if book.entries().is_empty() && released == 0 {
             return Ok((activated as u64, expired as u64, released));
         }
-        let kind = if expired > 0 { tx_kind::EXPIRY } else if activated > 0 { tx_kind::ACTIVATION } else { tx_kind::HOLD_RELEASE };
-        Self::save(tx, merchant, &book, kind, points, now, now, ("", "", ""), "", "scheduled: activation, expiry, hold time-outs").await?;
+        let kind = if expired > 0 {
+            tx_kind::EXPIRY
+        } else if activated > 0 {
+            tx_kind::ACTIVATION
+        } else {
+            tx_kind::HOLD_RELEASE
+        };
+        Self::save(
+            tx,
+            merchant,
+            &book,
+            kind,
+            points,
+            now,
+            now,
+            ("", "", ""),
+            "",
+            "scheduled: activation, expiry, hold time-outs",
+        )
+        .await?;
         let s = Self::settings(tx, merchant).await?;
-        let expired_lots: Vec<(String, Decimal)> = book.entries().iter().filter(|e| e.account == Account::Expired).map(|e| (e.lot_id.clone(), e.amount)).collect();
+        let mut events = Vec::new();
+        let expired_lots: Vec<(String, Decimal)> = book
+            .entries()
+            .iter()
+            .filter(|e| e.account == Account::Expired)
+            .map(|e| (e.lot_id.clone(), e.amount))
+            .collect();
         for (lot_id, amount) in expired_lots {
             let payload = types::event::Payload::PointsExpired(types::PointsExpired {
                 amount: s.points(amount),
                 lot_id: lot_id.clone(),
                 balance_after: s.points(book.account.available),
             });
-            Self::event(tx, merchant, customer, &lot_id, payload, now).await?;
+            events.push(Self::event(merchant, customer, &lot_id, payload, now));
         }
+        tx.insert_events(merchant, &events, now).await?;
         Ok((activated as u64, expired as u64, released))
     }
 }

@@ -12,8 +12,8 @@ use crate::domain::book::{Account, NewLot};
 use crate::domain::split::proportional;
 use crate::error::Error;
 use crate::ledger::{
-    book_error, check_id, check_text, day_of, digest, done, hold_state, new_id, parse_into, tx_kind, Ledger,
-    FUTURE_SKEW_SECS, MAX_LINES,
+    book_error, check_id, check_text, day_of, digest, done, hold_state, new_id, parse_into,
+    tx_kind, Ledger, FUTURE_SKEW_SECS, MAX_LINES,
 };
 use crate::settings::Settings;
 use crate::store::{LedgerTx, LineRefunded, ReceiptRow, SoldLine};
@@ -45,16 +45,30 @@ fn opt_amount(field: &str, value: &str, scale: u32, v: &mut Vec<(String, String)
 }
 
 impl Ledger {
-    pub(crate) async fn stamp_balances(tx: &mut dyn LedgerTx, merchant: &str, customer: &str) -> Result<Vec<types::StampBalance>, Error> {
+    pub(crate) async fn stamp_balances(
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        customer: &str,
+    ) -> Result<Vec<types::StampBalance>, Error> {
         Ok(tx
             .stamps(merchant, customer)
             .await?
             .into_iter()
-            .map(|(stamp_card_id, count)| types::StampBalance { stamp_card_id, count: count.max(0) as u32 })
+            .map(|(stamp_card_id, count)| types::StampBalance {
+                stamp_card_id,
+                count: count.max(0) as u32,
+            })
             .collect())
     }
 
-    pub(crate) async fn event(tx: &mut dyn LedgerTx, merchant: &str, customer: &str, correlation: &str, payload: Payload, now: DateTime<Utc>) -> Result<(), Error> {
+    /// An outbox event, encoded with its id; callers write their events in one statement.
+    pub(crate) fn event(
+        merchant: &str,
+        customer: &str,
+        correlation: &str,
+        payload: Payload,
+        now: DateTime<Utc>,
+    ) -> (String, Vec<u8>) {
         let event = types::Event {
             event_id: new_id(),
             merchant_id: merchant.to_owned(),
@@ -64,30 +78,54 @@ impl Ledger {
             correlation_id: correlation.to_owned(),
             payload: Some(payload),
         };
-        tx.insert_event(merchant, &event.event_id, &event.encode_to_vec(), now).await?;
-        Ok(())
+        (event.event_id.clone(), event.encode_to_vec())
     }
 
-    pub(crate) async fn record_receipt(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::RecordReceiptRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::RecordReceiptResponse, Error> {
+    pub(crate) async fn record_receipt(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::RecordReceiptRequest,
+        s: &Settings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::RecordReceiptResponse, Error> {
         let Some(input) = &r.receipt else {
             return Err(Error::invalid("receipt", "is required"));
         };
         let mut v = Vec::new();
         check_id("receipt.receipt_id", &input.receipt_id, &mut v);
-        for (field, value) in [("receipt.customer_id", &input.customer_id), ("receipt.store_id", &input.store_id), ("receipt.terminal_id", &input.terminal_id), ("receipt.hold_id", &input.hold_id)] {
+        for (field, value) in [
+            ("receipt.customer_id", &input.customer_id),
+            ("receipt.store_id", &input.store_id),
+            ("receipt.terminal_id", &input.terminal_id),
+            ("receipt.hold_id", &input.hold_id),
+        ] {
             if value.chars().count() > 128 {
-                v.push((field.to_owned(), "must be at most 128 characters".to_owned()));
+                v.push((
+                    field.to_owned(),
+                    "must be at most 128 characters".to_owned(),
+                ));
             }
         }
         let occurred_at = opt_instant(&input.occurred_at, "receipt.occurred_at")?.unwrap_or(now);
         if !s.currency.is_empty() && !input.currency.is_empty() && input.currency != s.currency {
-            v.push(("receipt.currency".to_owned(), format!("must be the merchant's currency {}", s.currency)));
+            v.push((
+                "receipt.currency".to_owned(),
+                format!("must be the merchant's currency {}", s.currency),
+            ));
         }
         if input.lines.is_empty() {
-            v.push(("receipt.lines".to_owned(), "a receipt has at least one line".to_owned()));
+            v.push((
+                "receipt.lines".to_owned(),
+                "a receipt has at least one line".to_owned(),
+            ));
         }
         if input.lines.len() > MAX_LINES {
-            v.push(("receipt.lines".to_owned(), format!("at most {MAX_LINES} lines")));
+            v.push((
+                "receipt.lines".to_owned(),
+                format!("at most {MAX_LINES} lines"),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         let mut lines = Vec::with_capacity(input.lines.len());
@@ -99,28 +137,70 @@ impl Ledger {
                 v.push((f("line.line_id"), "is repeated in this receipt".to_owned()));
             }
             check_id(&f("line.product_id"), &basket.product_id, &mut v);
-            let price = parse_into(&f("line.unit_price"), &basket.unit_price, s.money_scale, Sign::NonNegative, &mut v);
-            let quantity = parse_into(&f("line.quantity"), &basket.quantity, QUANTITY_SCALE, Sign::Positive, &mut v);
-            let full = (price * quantity).round_dp_with_strategy(s.money_scale, RoundingStrategy::MidpointAwayFromZero);
+            let price = parse_into(
+                &f("line.unit_price"),
+                &basket.unit_price,
+                s.money_scale,
+                Sign::NonNegative,
+                &mut v,
+            );
+            let quantity = parse_into(
+                &f("line.quantity"),
+                &basket.quantity,
+                QUANTITY_SCALE,
+                Sign::Positive,
+                &mut v,
+            );
+            let full = (price * quantity)
+                .round_dp_with_strategy(s.money_scale, RoundingStrategy::MidpointAwayFromZero);
             let gross = if basket.amount.is_empty() {
                 full
             } else {
-                let a = parse_into(&f("line.amount"), &basket.amount, s.money_scale, Sign::NonNegative, &mut v);
+                let a = parse_into(
+                    &f("line.amount"),
+                    &basket.amount,
+                    s.money_scale,
+                    Sign::NonNegative,
+                    &mut v,
+                );
                 if a > price * quantity {
-                    v.push((f("line.amount"), "must not exceed unit_price × quantity".to_owned()));
+                    v.push((
+                        f("line.amount"),
+                        "must not exceed unit_price × quantity".to_owned(),
+                    ));
                 }
                 a
             };
             let discount = opt_amount(&f("discount"), &l.discount, s.money_scale, &mut v);
             if discount > gross {
-                v.push((f("discount"), "must not exceed the line's amount".to_owned()));
+                v.push((
+                    f("discount"),
+                    "must not exceed the line's amount".to_owned(),
+                ));
             }
-            let redeem = opt_amount(&f("redeem_points"), &l.redeem_points, s.points_scale, &mut v);
-            let redeem_money = if l.redeem_money.is_empty() { redeem } else { opt_amount(&f("redeem_money"), &l.redeem_money, s.money_scale, &mut v) };
+            let redeem = opt_amount(
+                &f("redeem_points"),
+                &l.redeem_points,
+                s.points_scale,
+                &mut v,
+            );
+            let redeem_money = if l.redeem_money.is_empty() {
+                redeem
+            } else {
+                opt_amount(&f("redeem_money"), &l.redeem_money, s.money_scale, &mut v)
+            };
             if redeem_money > gross - discount {
-                v.push((f("redeem_money"), "must not exceed the line's amount after discount".to_owned()));
+                v.push((
+                    f("redeem_money"),
+                    "must not exceed the line's amount after discount".to_owned(),
+                ));
             }
-            let accrual = opt_amount(&f("accrual_points"), &l.accrual_points, s.points_scale, &mut v);
+            let accrual = opt_amount(
+                &f("accrual_points"),
+                &l.accrual_points,
+                s.points_scale,
+                &mut v,
+            );
             let mut proto = l.clone();
             proto.gross_amount = s.money(gross);
             proto.discount = s.money(discount);
@@ -128,55 +208,127 @@ impl Ledger {
             proto.redeem_money = s.money(redeem_money);
             proto.accrual_points = s.points(accrual);
             proto.refunded_quantity = "0".to_owned();
-            lines.push(Line { proto, gross, discount, redeem, accrual });
+            lines.push(Line {
+                proto,
+                gross,
+                discount,
+                redeem,
+                accrual,
+            });
         }
         let lines_redeem: Decimal = lines.iter().map(|l| l.redeem).sum();
         let lines_accrual: Decimal = lines.iter().map(|l| l.accrual).sum();
-        let redeem = if input.redeem_points.is_empty() { lines_redeem } else { parse_into("receipt.redeem_points", &input.redeem_points, s.points_scale, Sign::NonNegative, &mut v) };
+        let redeem = if input.redeem_points.is_empty() {
+            lines_redeem
+        } else {
+            parse_into(
+                "receipt.redeem_points",
+                &input.redeem_points,
+                s.points_scale,
+                Sign::NonNegative,
+                &mut v,
+            )
+        };
         if redeem != lines_redeem {
-            v.push(("receipt.redeem_points".to_owned(), "must equal the sum of the lines' redeem_points".to_owned()));
+            v.push((
+                "receipt.redeem_points".to_owned(),
+                "must equal the sum of the lines' redeem_points".to_owned(),
+            ));
         }
-        let mut lots: Vec<NewLot> = input.accruals.iter().enumerate().map(|(i, g)| Self::new_lot(g, &format!("receipt.accruals[{i}]"), s, &mut v)).collect();
+        let mut lots: Vec<NewLot> = input
+            .accruals
+            .iter()
+            .enumerate()
+            .map(|(i, g)| Self::new_lot(g, &format!("receipt.accruals[{i}]"), s, &mut v))
+            .collect();
         if lots.is_empty() && lines_accrual > Decimal::ZERO {
-            lots.push(NewLot { lot_id: new_id(), kind: LotKind::Purchase as i32, action: 0, amount: lines_accrual, activates_at: None, expires_at: None, receipt_id: None, grant_key: None, rule_ids: vec![] });
+            lots.push(NewLot {
+                lot_id: new_id(),
+                kind: LotKind::Purchase as i32,
+                action: 0,
+                amount: lines_accrual,
+                activates_at: None,
+                expires_at: None,
+                receipt_id: None,
+                grant_key: None,
+                rule_ids: vec![],
+            });
         }
         let lots_total: Decimal = lots.iter().map(|l| l.amount).sum();
         if lots_total != lines_accrual {
-            v.push(("receipt.accruals".to_owned(), "their amounts must sum to the lines' accrual_points".to_owned()));
+            v.push((
+                "receipt.accruals".to_owned(),
+                "their amounts must sum to the lines' accrual_points".to_owned(),
+            ));
         }
         let mut beneficiaries = Vec::new();
         for (i, b) in input.beneficiary_grants.iter().enumerate() {
-            check_id(&format!("receipt.beneficiary_grants[{i}].customer_id"), &b.customer_id, &mut v);
-            let mut l = Self::new_lot(&b.grant.clone().unwrap_or_default(), &format!("receipt.beneficiary_grants[{i}].grant"), s, &mut v);
+            check_id(
+                &format!("receipt.beneficiary_grants[{i}].customer_id"),
+                &b.customer_id,
+                &mut v,
+            );
+            let mut l = Self::new_lot(
+                &b.grant.clone().unwrap_or_default(),
+                &format!("receipt.beneficiary_grants[{i}].grant"),
+                s,
+                &mut v,
+            );
             if b.grant.as_ref().is_none_or(|g| g.kind == 0) {
                 l.kind = LotKind::Referral as i32;
             }
             beneficiaries.push((b.customer_id.clone(), l));
         }
         let anonymous = input.customer_id.is_empty();
-        if anonymous && (redeem > Decimal::ZERO || lots_total > Decimal::ZERO || !input.hold_id.is_empty() || !beneficiaries.is_empty()) {
-            v.push(("receipt.customer_id".to_owned(), "an anonymous receipt can neither redeem nor accrue points".to_owned()));
+        if anonymous
+            && (redeem > Decimal::ZERO
+                || lots_total > Decimal::ZERO
+                || !input.hold_id.is_empty()
+                || !beneficiaries.is_empty())
+        {
+            v.push((
+                "receipt.customer_id".to_owned(),
+                "an anonymous receipt can neither redeem nor accrue points".to_owned(),
+            ));
         }
         for (i, c) in input.stamp_changes.iter().enumerate() {
-            check_id(&format!("receipt.stamp_changes[{i}].stamp_card_id"), &c.stamp_card_id, &mut v);
+            check_id(
+                &format!("receipt.stamp_changes[{i}].stamp_card_id"),
+                &c.stamp_card_id,
+                &mut v,
+            );
         }
         if anonymous && !input.stamp_changes.is_empty() {
-            v.push(("receipt.stamp_changes".to_owned(), "an anonymous receipt collects no stamps".to_owned()));
+            v.push((
+                "receipt.stamp_changes".to_owned(),
+                "an anonymous receipt collects no stamps".to_owned(),
+            ));
         }
         if input.offline && redeem > Decimal::ZERO {
-            v.push(("receipt.redeem_points".to_owned(), "an offline receipt cannot redeem points".to_owned()));
+            v.push((
+                "receipt.redeem_points".to_owned(),
+                "an offline receipt cannot redeem points".to_owned(),
+            ));
         }
         done(v)?;
         if occurred_at > now + Duration::seconds(FUTURE_SKEW_SECS) {
-            return Err(Error::Precondition("TIMESTAMP_IN_FUTURE", "the sale time is in the future".to_owned()));
+            return Err(Error::Precondition(
+                "TIMESTAMP_IN_FUTURE",
+                "the sale time is in the future".to_owned(),
+            ));
         }
         if now - occurred_at > Duration::from_std(s.max_receipt_age).unwrap_or(Duration::days(30)) {
-            return Err(Error::Precondition("RECEIPT_TOO_OLD", "the sale is older than the merchant accepts".to_owned()));
+            return Err(Error::Precondition(
+                "RECEIPT_TOO_OLD",
+                "the sale is older than the merchant accepts".to_owned(),
+            ));
         }
 
         let content_hash = digest(input);
         if let Some(existing) = tx.receipt(merchant, &input.receipt_id).await? {
-            return self.already_recorded(tx, merchant, existing, &content_hash, s, now).await;
+            return self
+                .already_recorded(tx, merchant, existing, &content_hash, s, now)
+                .await;
         }
 
         // Lock every account involved in one fixed order.
@@ -184,11 +336,7 @@ impl Ledger {
         if !anonymous {
             customers.push(&input.customer_id);
         }
-        customers.sort_unstable();
-        customers.dedup();
-        for c in &customers {
-            tx.lock_account(merchant, c, now).await?;
-        }
+        Self::lock_in_order(tx, merchant, customers, now).await?;
 
         let net: Decimal = lines.iter().map(|l| l.gross - l.discount).sum();
         let gross: Decimal = lines.iter().map(|l| l.gross).sum();
@@ -196,6 +344,7 @@ impl Ledger {
         let redeem_money: Decimal = lines.iter().map(|l| amount_of(&l.proto.redeem_money)).sum();
         let mut receipt_lots = Vec::new();
         let mut stamp_changes = input.stamp_changes.clone();
+        let mut events = Vec::new();
         let mut balance = None;
         let mut transaction_id = String::new();
         if !anonymous {
@@ -205,19 +354,47 @@ impl Ledger {
                     .hold(merchant, &input.hold_id)
                     .await?
                     .filter(|h| h.customer_id == input.customer_id)
-                    .ok_or_else(|| Error::NotFound("HOLD_NOT_FOUND", format!("hold `{}` not found", input.hold_id)))?;
-                if hold.state == hold_state::EXPIRED || (hold.state == hold_state::ACTIVE && hold.expires_at <= now) {
-                    return Err(Error::Precondition("HOLD_EXPIRED", format!("hold `{}` expired", hold.hold_id)));
+                    .ok_or_else(|| {
+                        Error::NotFound(
+                            "HOLD_NOT_FOUND",
+                            format!("hold `{}` not found", input.hold_id),
+                        )
+                    })?;
+                if hold.state == hold_state::EXPIRED
+                    || (hold.state == hold_state::ACTIVE && hold.expires_at <= now)
+                {
+                    return Err(Error::Precondition(
+                        "HOLD_EXPIRED",
+                        format!("hold `{}` expired", hold.hold_id),
+                    ));
                 }
                 if hold.state != hold_state::ACTIVE {
-                    return Err(Error::Precondition("HOLD_FINALIZED", format!("hold `{}` is already finished", hold.hold_id)));
+                    return Err(Error::Precondition(
+                        "HOLD_FINALIZED",
+                        format!("hold `{}` is already finished", hold.hold_id),
+                    ));
                 }
                 if redeem > hold.amount {
-                    return Err(Error::Precondition("HOLD_AMOUNT_EXCEEDED", format!("{redeem} exceeds the {} held", hold.amount)));
+                    return Err(Error::Precondition(
+                        "HOLD_AMOUNT_EXCEEDED",
+                        format!("{redeem} exceeds the {} held", hold.amount),
+                    ));
                 }
-                self.end_hold(tx, merchant, &mut hold, &mut loaded.book, redeem, hold_state::COMMITTED, now).await?;
+                self.end_hold(
+                    tx,
+                    merchant,
+                    &mut hold,
+                    &mut loaded.book,
+                    redeem,
+                    hold_state::COMMITTED,
+                    now,
+                )
+                .await?;
             } else if redeem > Decimal::ZERO {
-                loaded.book.debit(redeem, Account::Redeemed).map_err(book_error)?;
+                loaded
+                    .book
+                    .debit(redeem, Account::Redeemed)
+                    .map_err(book_error)?;
             }
             for mut lot in lots {
                 lot.receipt_id = Some(input.receipt_id.clone());
@@ -227,15 +404,49 @@ impl Ledger {
             let account = &mut loaded.book.account;
             account.lifetime_turnover += net;
             account.purchase_count += 1;
-            account.first_purchase_at = Some(account.first_purchase_at.map_or(occurred_at, |t| t.min(occurred_at)));
-            account.last_purchase_at = Some(account.last_purchase_at.map_or(occurred_at, |t| t.max(occurred_at)));
-            transaction_id = Self::save(tx, merchant, &loaded.book, tx_kind::RECEIPT, lots_total - redeem, now, occurred_at, (&input.receipt_id, "", &input.hold_id), request_id, "").await?;
-            tx.add_purchase_day(merchant, &input.customer_id, day_of(occurred_at), net, 1).await?;
+            account.first_purchase_at = Some(
+                account
+                    .first_purchase_at
+                    .map_or(occurred_at, |t| t.min(occurred_at)),
+            );
+            account.last_purchase_at = Some(
+                account
+                    .last_purchase_at
+                    .map_or(occurred_at, |t| t.max(occurred_at)),
+            );
+            transaction_id = Self::save(
+                tx,
+                merchant,
+                &loaded.book,
+                tx_kind::RECEIPT,
+                lots_total - redeem,
+                now,
+                occurred_at,
+                (&input.receipt_id, "", &input.hold_id),
+                request_id,
+                "",
+            )
+            .await?;
+            tx.add_purchase_day(merchant, &input.customer_id, day_of(occurred_at), net, 1)
+                .await?;
             let mut b = self.balance(&loaded.book, s);
             for c in &mut stamp_changes {
-                let count = tx.add_stamps(merchant, &input.customer_id, &c.stamp_card_id, i64::from(c.earned) - i64::from(c.consumed)).await?;
+                let count = tx
+                    .add_stamps(
+                        merchant,
+                        &input.customer_id,
+                        &c.stamp_card_id,
+                        i64::from(c.earned) - i64::from(c.consumed),
+                    )
+                    .await?;
                 if count < 0 {
-                    return Err(Error::Precondition("VALIDATION_FAILED", format!("stamp card `{}` has fewer stamps than consumed", c.stamp_card_id)));
+                    return Err(Error::Precondition(
+                        "VALIDATION_FAILED",
+                        format!(
+                            "stamp card `{}` has fewer stamps than consumed",
+                            c.stamp_card_id
+                        ),
+                    ));
                 }
                 c.balance_after = count as u32;
             }
@@ -252,7 +463,13 @@ impl Ledger {
                     lot_id: lot.lot_id.clone(),
                     balance_after: s.points(loaded.book.account.available),
                 });
-                Self::event(tx, merchant, &input.customer_id, &input.receipt_id, payload, now).await?;
+                events.push(Self::event(
+                    merchant,
+                    &input.customer_id,
+                    &input.receipt_id,
+                    payload,
+                    now,
+                ));
             }
             if redeem > Decimal::ZERO {
                 let payload = Payload::PointsRedeemed(types::PointsRedeemed {
@@ -260,12 +477,29 @@ impl Ledger {
                     receipt_id: input.receipt_id.clone(),
                     balance_after: s.points(loaded.book.account.available),
                 });
-                Self::event(tx, merchant, &input.customer_id, &input.receipt_id, payload, now).await?;
+                events.push(Self::event(
+                    merchant,
+                    &input.customer_id,
+                    &input.receipt_id,
+                    payload,
+                    now,
+                ));
             }
         }
         for (customer, mut lot) in beneficiaries {
             lot.receipt_id = Some(input.receipt_id.clone());
-            self.grant_one(tx, merchant, request_id, &customer, lot, s, now, occurred_at, "referral reward").await?;
+            self.grant_one(
+                tx,
+                merchant,
+                request_id,
+                &customer,
+                lot,
+                s,
+                now,
+                occurred_at,
+                "referral reward",
+            )
+            .await?;
         }
 
         let receipt = pb::Receipt {
@@ -275,7 +509,11 @@ impl Ledger {
             terminal_id: input.terminal_id.clone(),
             occurred_at: Some(timestamp(occurred_at)),
             recorded_at: Some(timestamp(now)),
-            currency: if input.currency.is_empty() { s.currency.clone() } else { input.currency.clone() },
+            currency: if input.currency.is_empty() {
+                s.currency.clone()
+            } else {
+                input.currency.clone()
+            },
             program_version: input.program_version,
             lines: lines.iter().map(|l| l.proto.clone()).collect(),
             summary: Some(pb::ReceiptSummary {
@@ -286,7 +524,17 @@ impl Ledger {
                 redeem_money: s.money(redeem_money),
                 paid_money: s.money(net - redeem_money),
                 points_accrued: s.points(lots_total),
-                referral_points: s.points(input.beneficiary_grants.iter().map(|b| b.grant.as_ref().map_or(Decimal::ZERO, |g| amount_of(&g.amount))).sum()),
+                referral_points: s.points(
+                    input
+                        .beneficiary_grants
+                        .iter()
+                        .map(|b| {
+                            b.grant
+                                .as_ref()
+                                .map_or(Decimal::ZERO, |g| amount_of(&g.amount))
+                        })
+                        .sum(),
+                ),
             }),
             lots: receipt_lots.iter().map(|l| convert::lot(l, s)).collect(),
             beneficiary_grants: input.beneficiary_grants.clone(),
@@ -310,10 +558,24 @@ impl Ledger {
             .iter()
             .map(|l| {
                 let b = l.proto.line.clone().unwrap_or_default();
-                SoldLine { line_id: b.line_id, product_id: b.product_id, category_ids: b.category_ids }
+                SoldLine {
+                    line_id: b.line_id,
+                    product_id: b.product_id,
+                    category_ids: b.category_ids,
+                }
             })
             .collect();
-        tx.insert_receipt(merchant, &row, &input.store_id, occurred_at, now, net, discount, &sold).await?;
+        tx.insert_receipt(
+            merchant,
+            &row,
+            &input.store_id,
+            occurred_at,
+            now,
+            net,
+            discount,
+            &sold,
+        )
+        .await?;
         let payload = Payload::PurchaseConfirmed(types::PurchaseConfirmed {
             receipt_id: input.receipt_id.clone(),
             store_id: input.store_id.clone(),
@@ -326,35 +588,85 @@ impl Ledger {
             points_redeemed: s.points(redeem),
             program_version: input.program_version,
             line_count: lines.len() as u32,
-            product_ids: lines.iter().filter_map(|l| l.proto.line.as_ref().map(|b| b.product_id.clone())).collect(),
+            product_ids: lines
+                .iter()
+                .filter_map(|l| l.proto.line.as_ref().map(|b| b.product_id.clone()))
+                .collect(),
             offline: input.offline,
         });
-        Self::event(tx, merchant, &input.customer_id, &input.receipt_id, payload, now).await?;
-        Ok(pb::RecordReceiptResponse { receipt: Some(receipt), already_recorded: false, transaction_id, balance })
+        events.push(Self::event(
+            merchant,
+            &input.customer_id,
+            &input.receipt_id,
+            payload,
+            now,
+        ));
+        tx.insert_events(merchant, &events, now).await?;
+        Ok(pb::RecordReceiptResponse {
+            receipt: Some(receipt),
+            already_recorded: false,
+            transaction_id,
+            balance,
+        })
     }
 
-    async fn already_recorded(&self, tx: &mut dyn LedgerTx, merchant: &str, existing: ReceiptRow, content_hash: &[u8], s: &Settings, now: DateTime<Utc>) -> Result<pb::RecordReceiptResponse, Error> {
+    async fn already_recorded(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        existing: ReceiptRow,
+        content_hash: &[u8],
+        s: &Settings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::RecordReceiptResponse, Error> {
         if existing.content_hash != content_hash {
             return Err(Error::Precondition(
                 "RECEIPT_ALREADY_RECORDED",
-                format!("receipt `{}` was recorded with different content", existing.receipt_id),
+                format!(
+                    "receipt `{}` was recorded with different content",
+                    existing.receipt_id
+                ),
             ));
         }
         let receipt = self.receipt_with_refunds(tx, merchant, &existing).await?;
         let balance = if existing.customer_id.is_empty() {
             None
         } else {
-            Some(self.read_balance(tx, merchant, &existing.customer_id, s, now, Duration::days(30)).await?)
+            Some(
+                self.read_balance(
+                    tx,
+                    merchant,
+                    &existing.customer_id,
+                    s,
+                    now,
+                    Duration::days(30),
+                )
+                .await?,
+            )
         };
-        Ok(pb::RecordReceiptResponse { receipt: Some(receipt), already_recorded: true, transaction_id: existing.transaction_id, balance })
+        Ok(pb::RecordReceiptResponse {
+            receipt: Some(receipt),
+            already_recorded: true,
+            transaction_id: existing.transaction_id,
+            balance,
+        })
     }
 
     /// A stored receipt with its refunds and per-line refunded quantities.
-    pub(crate) async fn receipt_with_refunds(&self, tx: &mut dyn LedgerTx, merchant: &str, row: &ReceiptRow) -> Result<pb::Receipt, Error> {
+    pub(crate) async fn receipt_with_refunds(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        row: &ReceiptRow,
+    ) -> Result<pb::Receipt, Error> {
         let mut receipt = pb::Receipt::decode(row.document.as_slice())?;
         let refunded = tx.lines_refunded(merchant, &row.receipt_id).await?;
         for line in &mut receipt.lines {
-            let id = line.line.as_ref().map(|b| b.line_id.as_str()).unwrap_or_default();
+            let id = line
+                .line
+                .as_ref()
+                .map(|b| b.line_id.as_str())
+                .unwrap_or_default();
             if let Some(r) = refunded.iter().find(|r| r.line_id == id) {
                 line.refunded_quantity = r.quantity.normalize().to_string();
             }
@@ -366,7 +678,15 @@ impl Ledger {
         Ok(receipt)
     }
 
-    pub(crate) async fn refund_receipt(&self, tx: &mut dyn LedgerTx, merchant: &str, request_id: &str, r: &pb::RefundReceiptRequest, s: &Settings, now: DateTime<Utc>) -> Result<pb::RefundReceiptResponse, Error> {
+    pub(crate) async fn refund_receipt(
+        &self,
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::RefundReceiptRequest,
+        s: &Settings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::RefundReceiptResponse, Error> {
         let mut v = Vec::new();
         check_id("receipt_id", &r.receipt_id, &mut v);
         check_id("refund_id", &r.refund_id, &mut v);
@@ -374,56 +694,96 @@ impl Ledger {
         let mut requested = Vec::new();
         for (i, l) in r.lines.iter().enumerate() {
             check_id(&format!("lines[{i}].line_id"), &l.line_id, &mut v);
-            let q = parse_into(&format!("lines[{i}].quantity"), &l.quantity, QUANTITY_SCALE, Sign::Positive, &mut v);
-            if requested.iter().any(|(id, _): &(String, Decimal)| id == &l.line_id) {
+            let q = parse_into(
+                &format!("lines[{i}].quantity"),
+                &l.quantity,
+                QUANTITY_SCALE,
+                Sign::Positive,
+                &mut v,
+            );
+            if requested
+                .iter()
+                .any(|(id, _): &(String, Decimal)| id == &l.line_id)
+            {
                 v.push((format!("lines[{i}].line_id"), "is repeated".to_owned()));
             }
             requested.push((l.line_id.clone(), q));
         }
-        let policy = pb::ShortfallPolicy::try_from(r.policy).map_err(|_| Error::invalid("policy", "unknown policy"))?;
+        let policy = pb::ShortfallPolicy::try_from(r.policy)
+            .map_err(|_| Error::invalid("policy", "unknown policy"))?;
         let occurred_at = opt_instant(&r.occurred_at, "occurred_at")?.unwrap_or(now);
         done(v)?;
         let row = tx
-            .receipt(merchant, &r.receipt_id)
+            .lock_receipt(merchant, &r.receipt_id)
             .await?
-            .ok_or_else(|| Error::NotFound("RECEIPT_NOT_FOUND", format!("receipt `{}` not found", r.receipt_id)))?;
-        let hash = digest(&pb::RefundReceiptRequest { merchant_id: String::new(), request_id: String::new(), ..r.clone() });
+            .ok_or_else(|| {
+                Error::NotFound(
+                    "RECEIPT_NOT_FOUND",
+                    format!("receipt `{}` not found", r.receipt_id),
+                )
+            })?;
+        let hash = digest(&pb::RefundReceiptRequest {
+            merchant_id: String::new(),
+            request_id: String::new(),
+            ..r.clone()
+        });
         if let Some((stored_hash, doc)) = tx.refund(merchant, &r.receipt_id, &r.refund_id).await? {
             if stored_hash != hash {
-                return Err(Error::Precondition("IDEMPOTENCY_KEY_REUSED", format!("refund `{}` was made with different content", r.refund_id)));
+                return Err(Error::Precondition(
+                    "IDEMPOTENCY_KEY_REUSED",
+                    format!("refund `{}` was made with different content", r.refund_id),
+                ));
             }
             let refund = pb::Refund::decode(doc.as_slice())?;
             let receipt = self.receipt_with_refunds(tx, merchant, &row).await?;
-            let balance = self.read_balance(tx, merchant, &row.customer_id, s, now, Duration::days(30)).await?;
-            return Ok(pb::RefundReceiptResponse { refund: Some(refund), receipt: Some(receipt), balance: Some(balance) });
+            let balance = self
+                .read_balance(tx, merchant, &row.customer_id, s, now, Duration::days(30))
+                .await?;
+            return Ok(pb::RefundReceiptResponse {
+                refund: Some(refund),
+                receipt: Some(receipt),
+                balance: Some(balance),
+            });
         }
         if row.refund_state == refund_state::FULL {
-            return Err(Error::Precondition("RECEIPT_ALREADY_REFUNDED", format!("receipt `{}` is fully refunded", r.receipt_id)));
+            return Err(Error::Precondition(
+                "RECEIPT_ALREADY_REFUNDED",
+                format!("receipt `{}` is fully refunded", r.receipt_id),
+            ));
         }
         let receipt = pb::Receipt::decode(row.document.as_slice())?;
         // Lock the buyer and every referrer rewarded by this receipt, in one fixed order.
-        let mut customers: Vec<&str> = receipt.beneficiary_grants.iter().map(|b| b.customer_id.as_str()).collect();
+        let mut customers: Vec<&str> = receipt
+            .beneficiary_grants
+            .iter()
+            .map(|b| b.customer_id.as_str())
+            .collect();
         if !row.customer_id.is_empty() {
             customers.push(&row.customer_id);
         }
-        customers.sort_unstable();
-        customers.dedup();
-        for c in &customers {
-            tx.lock_account(merchant, c, now).await?;
-        }
+        Self::lock_in_order(tx, merchant, customers, now).await?;
         let mut refunded = tx.lines_refunded(merchant, &r.receipt_id).await?;
         let sold: Vec<(String, Decimal, Decimal, Decimal, Decimal)> = receipt
             .lines
             .iter()
             .map(|l| {
                 let b = l.line.clone().unwrap_or_default();
-                (b.line_id, amount_of(&b.quantity), amount_of(&l.gross_amount) - amount_of(&l.discount), amount_of(&l.accrual_points), amount_of(&l.redeem_points))
+                (
+                    b.line_id,
+                    amount_of(&b.quantity),
+                    amount_of(&l.gross_amount) - amount_of(&l.discount),
+                    amount_of(&l.accrual_points),
+                    amount_of(&l.redeem_points),
+                )
             })
             .collect();
         let wanted: Vec<(String, Decimal)> = if requested.is_empty() {
             sold.iter()
                 .map(|(id, qty, ..)| {
-                    let done = refunded.iter().find(|x| &x.line_id == id).map_or(Decimal::ZERO, |x| x.quantity);
+                    let done = refunded
+                        .iter()
+                        .find(|x| &x.line_id == id)
+                        .map_or(Decimal::ZERO, |x| x.quantity);
                     (id.clone(), *qty - done)
                 })
                 .filter(|(_, q)| *q > Decimal::ZERO)
@@ -432,24 +792,60 @@ impl Ledger {
             requested
         };
         let mut out_lines = Vec::new();
-        let (mut amount, mut reversed, mut restored) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+        let (mut amount, mut reversed, mut restored) =
+            (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
         for (i, (line_id, qty)) in wanted.iter().enumerate() {
-            let Some((_, sold_qty, net, accrual, redeem)) = sold.iter().find(|(id, ..)| id == line_id) else {
-                return Err(Error::NotFound("LINE_NOT_FOUND", format!("line `{line_id}` is not on receipt `{}`", r.receipt_id)));
+            let Some((_, sold_qty, net, accrual, redeem)) =
+                sold.iter().find(|(id, ..)| id == line_id)
+            else {
+                return Err(Error::NotFound(
+                    "LINE_NOT_FOUND",
+                    format!("line `{line_id}` is not on receipt `{}`", r.receipt_id),
+                ));
             };
             let state = match refunded.iter_mut().find(|x| &x.line_id == line_id) {
                 Some(x) => x,
                 None => {
-                    refunded.push(LineRefunded { line_id: line_id.clone(), ..Default::default() });
+                    refunded.push(LineRefunded {
+                        line_id: line_id.clone(),
+                        ..Default::default()
+                    });
                     refunded.last_mut().expect("just pushed")
                 }
             };
             if state.quantity + qty > *sold_qty {
-                return Err(Error::Precondition("REFUND_EXCEEDS_RECEIPT", format!("lines[{i}]: {qty} exceeds the {} not yet refunded", *sold_qty - state.quantity)));
+                return Err(Error::Precondition(
+                    "REFUND_EXCEEDS_RECEIPT",
+                    format!(
+                        "lines[{i}]: {qty} exceeds the {} not yet refunded",
+                        *sold_qty - state.quantity
+                    ),
+                ));
             }
-            let a = proportional(*net, state.amount, *sold_qty, state.quantity, *qty, s.money_scale);
-            let rv = proportional(*accrual, state.points_reversed, *sold_qty, state.quantity, *qty, s.points_scale);
-            let rs = proportional(*redeem, state.points_restored, *sold_qty, state.quantity, *qty, s.points_scale);
+            let a = proportional(
+                *net,
+                state.amount,
+                *sold_qty,
+                state.quantity,
+                *qty,
+                s.money_scale,
+            );
+            let rv = proportional(
+                *accrual,
+                state.points_reversed,
+                *sold_qty,
+                state.quantity,
+                *qty,
+                s.points_scale,
+            );
+            let rs = proportional(
+                *redeem,
+                state.points_restored,
+                *sold_qty,
+                state.quantity,
+                *qty,
+                s.points_scale,
+            );
             state.quantity += qty;
             state.amount += a;
             state.points_reversed += rv;
@@ -457,7 +853,13 @@ impl Ledger {
             amount += a;
             reversed += rv;
             restored += rs;
-            out_lines.push(pb::RefundedLine { line_id: line_id.clone(), quantity: qty.normalize().to_string(), amount: s.money(a), points_reversed: s.points(rv), points_restored: s.points(rs) });
+            out_lines.push(pb::RefundedLine {
+                line_id: line_id.clone(),
+                quantity: qty.normalize().to_string(),
+                amount: s.money(a),
+                points_reversed: s.points(rv),
+                points_restored: s.points(rs),
+            });
         }
         let (shortfall_rule, policy_applied) = s.shortfall(policy);
         let mut refund = pb::Refund {
@@ -478,46 +880,109 @@ impl Ledger {
         let mut balance = None;
         if !row.customer_id.is_empty() {
             let mut loaded = Self::load(tx, merchant, &row.customer_id, now).await?;
-            let taken = loaded.book.take_back(reversed, &r.receipt_id, shortfall_rule).map_err(book_error)?;
+            let taken = loaded
+                .book
+                .take_back(reversed, &r.receipt_id, shortfall_rule)
+                .map_err(book_error)?;
             refund.shortfall = s.points(taken.shortfall);
             refund.shortfall_money = s.money(taken.shortfall);
             refund.negative_balance_created = s.points(taken.debt_created);
             if restored > Decimal::ZERO {
-                let expires_at = tx.redeemed_from_expiry(merchant, &row.transaction_id).await?;
+                let expires_at = tx
+                    .redeemed_from_expiry(merchant, &row.transaction_id)
+                    .await?;
                 let i = loaded.book.credit(
-                    NewLot { lot_id: new_id(), kind: LotKind::Restored as i32, action: 0, amount: restored, activates_at: None, expires_at, receipt_id: None, grant_key: None, rule_ids: vec![] },
+                    NewLot {
+                        lot_id: new_id(),
+                        kind: LotKind::Restored as i32,
+                        action: 0,
+                        amount: restored,
+                        activates_at: None,
+                        expires_at,
+                        receipt_id: None,
+                        grant_key: None,
+                        rule_ids: vec![],
+                    },
                     Account::Restored,
                 );
-                refund.restored_lots.push(convert::lot(&loaded.book.lots()[i], s));
+                refund
+                    .restored_lots
+                    .push(convert::lot(&loaded.book.lots()[i], s));
             }
             loaded.book.account.lifetime_turnover -= amount;
-            Self::save(tx, merchant, &loaded.book, tx_kind::REFUND, restored - reversed, now, occurred_at, (&r.receipt_id, &r.refund_id, ""), request_id, &r.reason).await?;
-            let sold_at = receipt.occurred_at.as_ref().map(|t| convert::instant(t, "occurred_at")).transpose()?.unwrap_or(now);
-            tx.add_purchase_day(merchant, &row.customer_id, day_of(sold_at), -amount, 0).await?;
+            Self::save(
+                tx,
+                merchant,
+                &loaded.book,
+                tx_kind::REFUND,
+                restored - reversed,
+                now,
+                occurred_at,
+                (&r.receipt_id, &r.refund_id, ""),
+                request_id,
+                &r.reason,
+            )
+            .await?;
+            let sold_at = receipt
+                .occurred_at
+                .as_ref()
+                .map(|t| convert::instant(t, "occurred_at"))
+                .transpose()?
+                .unwrap_or(now);
+            tx.add_purchase_day(merchant, &row.customer_id, day_of(sold_at), -amount, 0)
+                .await?;
             balance = Some(self.balance(&loaded.book, s));
         }
-        let fully = sold.iter().all(|(id, qty, ..)| refunded.iter().find(|x| &x.line_id == id).is_some_and(|x| x.quantity >= *qty));
+        let fully = sold.iter().all(|(id, qty, ..)| {
+            refunded
+                .iter()
+                .find(|x| &x.line_id == id)
+                .is_some_and(|x| x.quantity >= *qty)
+        });
         refund.fully_refunded = fully;
         // Referral rewards shrink with the purchase: each referrer loses the refunded share of
         // the money (all of it on the last refund), under the same shortfall policy.
         let net_total: Decimal = sold.iter().map(|(_, _, net, ..)| *net).sum();
         for b in &receipt.beneficiary_grants {
-            let granted = b.grant.as_ref().map_or(Decimal::ZERO, |g| amount_of(&g.amount));
+            let granted = b
+                .grant
+                .as_ref()
+                .map_or(Decimal::ZERO, |g| amount_of(&g.amount));
             let share = |refunded_money: Decimal| {
                 if net_total <= Decimal::ZERO || refunded_money >= net_total {
                     granted
                 } else {
-                    (granted * refunded_money / net_total).round_dp_with_strategy(s.points_scale, RoundingStrategy::ToZero)
+                    (granted * refunded_money / net_total)
+                        .round_dp_with_strategy(s.points_scale, RoundingStrategy::ToZero)
                 }
             };
             let before = row.refunded_amount;
-            let now_reversed = if fully { granted - share(before) } else { share(before + amount) - share(before) };
+            let now_reversed = if fully {
+                granted - share(before)
+            } else {
+                share(before + amount) - share(before)
+            };
             if now_reversed <= Decimal::ZERO {
                 continue;
             }
             let mut loaded = Self::load(tx, merchant, &b.customer_id, now).await?;
-            let taken = loaded.book.take_back(now_reversed, &r.receipt_id, shortfall_rule).map_err(book_error)?;
-            Self::save(tx, merchant, &loaded.book, tx_kind::REFUND, -now_reversed, now, occurred_at, (&r.receipt_id, &r.refund_id, ""), request_id, "referral reward reversed").await?;
+            let taken = loaded
+                .book
+                .take_back(now_reversed, &r.receipt_id, shortfall_rule)
+                .map_err(book_error)?;
+            Self::save(
+                tx,
+                merchant,
+                &loaded.book,
+                tx_kind::REFUND,
+                -now_reversed,
+                now,
+                occurred_at,
+                (&r.receipt_id, &r.refund_id, ""),
+                request_id,
+                "referral reward reversed",
+            )
+            .await?;
             refund.beneficiary_reversals.push(pb::BeneficiaryReversal {
                 customer_id: b.customer_id.clone(),
                 level: b.level,
@@ -532,10 +997,13 @@ impl Ledger {
                 if delta == 0 {
                     continue;
                 }
-                let count = tx.add_stamps(merchant, &row.customer_id, &c.stamp_card_id, delta).await?;
+                let count = tx
+                    .add_stamps(merchant, &row.customer_id, &c.stamp_card_id, delta)
+                    .await?;
                 if count < 0 {
                     // Stamps already used for a reward: keep the card at zero.
-                    tx.add_stamps(merchant, &row.customer_id, &c.stamp_card_id, -count).await?;
+                    tx.add_stamps(merchant, &row.customer_id, &c.stamp_card_id, -count)
+                        .await?;
                 }
                 refund.stamp_changes.push(types::StampChange {
                     stamp_card_id: c.stamp_card_id.clone(),
@@ -546,11 +1014,25 @@ impl Ledger {
             }
         }
         for line in &refunded {
-            tx.update_line_refunded(merchant, &r.receipt_id, line).await?;
+            tx.update_line_refunded(merchant, &r.receipt_id, line)
+                .await?;
         }
-        let state = if fully { refund_state::FULL } else { refund_state::PARTIAL };
-        tx.update_receipt_refund(merchant, &r.receipt_id, row.refunded_amount + amount, state).await?;
-        tx.insert_refund(merchant, &r.receipt_id, &r.refund_id, &hash, &refund.encode_to_vec(), now).await?;
+        let state = if fully {
+            refund_state::FULL
+        } else {
+            refund_state::PARTIAL
+        };
+        tx.update_receipt_refund(merchant, &r.receipt_id, row.refunded_amount + amount, state)
+            .await?;
+        tx.insert_refund(
+            merchant,
+            &r.receipt_id,
+            &r.refund_id,
+            &hash,
+            &refund.encode_to_vec(),
+            now,
+        )
+        .await?;
         let payload = Payload::ReceiptRefunded(types::ReceiptRefunded {
             receipt_id: r.receipt_id.clone(),
             refund_id: r.refund_id.clone(),
@@ -560,10 +1042,19 @@ impl Ledger {
             shortfall: refund.shortfall.clone(),
             fully_refunded: fully,
         });
-        Self::event(tx, merchant, &row.customer_id, &r.receipt_id, payload, now).await?;
-        let stored = ReceiptRow { refunded_amount: row.refunded_amount + amount, refund_state: state, ..row };
+        let event = Self::event(merchant, &row.customer_id, &r.receipt_id, payload, now);
+        tx.insert_events(merchant, &[event], now).await?;
+        let stored = ReceiptRow {
+            refunded_amount: row.refunded_amount + amount,
+            refund_state: state,
+            ..row
+        };
         let receipt = self.receipt_with_refunds(tx, merchant, &stored).await?;
-        Ok(pb::RefundReceiptResponse { refund: Some(refund), receipt: Some(receipt), balance })
+        Ok(pb::RefundReceiptResponse {
+            refund: Some(refund),
+            receipt: Some(receipt),
+            balance,
+        })
     }
 }
 

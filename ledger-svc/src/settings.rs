@@ -60,10 +60,16 @@ impl Settings {
         let d = Settings::default();
         let mut violations = Vec::new();
         if p.money_scale > 4 {
-            violations.push(("settings.money_scale".to_owned(), "must be 0 to 4".to_owned()));
+            violations.push((
+                "settings.money_scale".to_owned(),
+                "must be 0 to 4".to_owned(),
+            ));
         }
         if p.points_scale > 4 {
-            violations.push(("settings.points_scale".to_owned(), "must be 0 to 4".to_owned()));
+            violations.push((
+                "settings.points_scale".to_owned(),
+                "must be 0 to 4".to_owned(),
+            ));
         }
         let max_negative_balance = if p.max_negative_balance.is_empty() {
             None
@@ -78,14 +84,21 @@ impl Settings {
         };
         let retention = duration(&p.idempotency_retention).unwrap_or(d.idempotency_retention);
         if retention < Duration::from_secs(24 * 3600) {
-            violations.push(("settings.idempotency_retention".to_owned(), "must be at least 1 day".to_owned()));
+            violations.push((
+                "settings.idempotency_retention".to_owned(),
+                "must be at least 1 day".to_owned(),
+            ));
         }
         if !violations.is_empty() {
             return Err(Error::Invalid(violations));
         }
         Ok(Settings {
             currency: p.currency.clone(),
-            money_scale: if p.money_scale == 0 && p.currency.is_empty() { d.money_scale } else { p.money_scale },
+            money_scale: if p.money_scale == 0 && p.currency.is_empty() {
+                d.money_scale
+            } else {
+                p.money_scale
+            },
             points_scale: p.points_scale,
             shortfall_policy: match ShortfallPolicy::try_from(p.shortfall_policy) {
                 Ok(ShortfallPolicy::ReportShortfall) => ShortfallPolicy::ReportShortfall,
@@ -126,7 +139,10 @@ impl Settings {
         };
         match policy {
             ShortfallPolicy::ReportShortfall => (Shortfall::Report, policy),
-            _ => (Shortfall::AllowNegative(self.max_negative_balance), ShortfallPolicy::AllowNegative),
+            _ => (
+                Shortfall::AllowNegative(self.max_negative_balance),
+                ShortfallPolicy::AllowNegative,
+            ),
         }
     }
 

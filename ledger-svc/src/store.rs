@@ -106,104 +106,323 @@ pub struct TxWithEntries {
 pub trait LedgerTx: Send {
     /// Registers `request_id` for this operation, or returns what it did before. Concurrent
     /// duplicates wait here for the first to commit.
-    async fn claim_request(&mut self, merchant: &str, request_id: &str, operation: &str, hash: &[u8], now: DateTime<Utc>) -> sqlx::Result<Claim>;
+    async fn claim_request(
+        &mut self,
+        merchant: &str,
+        request_id: &str,
+        operation: &str,
+        hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Claim>;
     /// Stores the answer of a claimed request.
-    async fn finish_request(&mut self, merchant: &str, request_id: &str, response: &[u8]) -> sqlx::Result<()>;
+    async fn finish_request(
+        &mut self,
+        merchant: &str,
+        request_id: &str,
+        response: &[u8],
+    ) -> sqlx::Result<()>;
 
     /// The merchant's encoded settings, if any were saved.
     async fn settings(&mut self, merchant: &str) -> sqlx::Result<Option<Vec<u8>>>;
     /// Saves the merchant's encoded settings.
-    async fn put_settings(&mut self, merchant: &str, settings: &[u8], now: DateTime<Utc>) -> sqlx::Result<()>;
+    async fn put_settings(
+        &mut self,
+        merchant: &str,
+        settings: &[u8],
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<()>;
     /// Whether the merchant has any journal transaction.
     async fn has_transactions(&mut self, merchant: &str) -> sqlx::Result<bool>;
 
     /// The customer's account row, created when missing, locked for this transaction.
-    async fn lock_account(&mut self, merchant: &str, customer: &str, now: DateTime<Utc>) -> sqlx::Result<AccountState>;
+    async fn lock_account(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<AccountState>;
     /// The customer's account row without locking (reads); `None` when it never had a movement.
-    async fn account(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Option<AccountState>>;
+    async fn account(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+    ) -> sqlx::Result<Option<AccountState>>;
     /// The customer's pending and active lots.
     async fn open_lots(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Vec<Lot>>;
     /// The lot booked with this grant key, if any.
-    async fn lot_by_grant_key(&mut self, merchant: &str, customer: &str, key: &str) -> sqlx::Result<Option<Lot>>;
+    async fn lot_by_grant_key(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+        key: &str,
+    ) -> sqlx::Result<Option<Lot>>;
     /// Lots of the customer in the given states, soonest expiry first.
-    async fn lots_in_states(&mut self, merchant: &str, customer: &str, states: &[i32], limit: i64, offset: i64) -> sqlx::Result<Vec<Lot>>;
+    async fn lots_in_states(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+        states: &[i32],
+        limit: i64,
+        offset: i64,
+    ) -> sqlx::Result<Vec<Lot>>;
 
     /// Persists a write: new lots, changed lots, the account row, the transaction and entries.
-    async fn save(&mut self, merchant: &str, account: &AccountState, new_lots: &[Lot], changed_lots: &[&Lot], tx: &TxRecord, entries: &[Entry]) -> sqlx::Result<()>;
+    async fn save(
+        &mut self,
+        merchant: &str,
+        account: &AccountState,
+        new_lots: &[Lot],
+        changed_lots: &[&Lot],
+        tx: &TxRecord,
+        entries: &[Entry],
+    ) -> sqlx::Result<()>;
 
-    async fn insert_hold(&mut self, merchant: &str, hold: &HoldRow, allocations: &[(String, Decimal)]) -> sqlx::Result<()>;
+    async fn insert_hold(
+        &mut self,
+        merchant: &str,
+        hold: &HoldRow,
+        allocations: &[(String, Decimal)],
+    ) -> sqlx::Result<()>;
     async fn hold(&mut self, merchant: &str, hold_id: &str) -> sqlx::Result<Option<HoldRow>>;
-    async fn hold_allocations(&mut self, merchant: &str, hold_id: &str) -> sqlx::Result<Vec<(String, Decimal)>>;
-    async fn finish_hold(&mut self, merchant: &str, hold_id: &str, state: i32, committed: Decimal, at: DateTime<Utc>) -> sqlx::Result<()>;
+    async fn hold_allocations(
+        &mut self,
+        merchant: &str,
+        hold_id: &str,
+    ) -> sqlx::Result<Vec<(String, Decimal)>>;
+    async fn finish_hold(
+        &mut self,
+        merchant: &str,
+        hold_id: &str,
+        state: i32,
+        committed: Decimal,
+        at: DateTime<Utc>,
+    ) -> sqlx::Result<()>;
 
-    async fn receipt(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Option<ReceiptRow>>;
+    async fn receipt(
+        &mut self,
+        merchant: &str,
+        receipt_id: &str,
+    ) -> sqlx::Result<Option<ReceiptRow>>;
+    /// Like [`LedgerTx::receipt`], locking the row for this transaction (refunds of one receipt
+    /// run one at a time).
+    async fn lock_receipt(
+        &mut self,
+        merchant: &str,
+        receipt_id: &str,
+    ) -> sqlx::Result<Option<ReceiptRow>>;
     #[allow(clippy::too_many_arguments)]
-    async fn insert_receipt(&mut self, merchant: &str, row: &ReceiptRow, store_id: &str, occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>, net_amount: Decimal, discount: Decimal, lines: &[SoldLine]) -> sqlx::Result<()>;
+    async fn insert_receipt(
+        &mut self,
+        merchant: &str,
+        row: &ReceiptRow,
+        store_id: &str,
+        occurred_at: DateTime<Utc>,
+        recorded_at: DateTime<Utc>,
+        net_amount: Decimal,
+        discount: Decimal,
+        lines: &[SoldLine],
+    ) -> sqlx::Result<()>;
     /// Receipts, newest sale first, filtered by customer, store and sale period.
     #[allow(clippy::too_many_arguments)]
-    async fn list_receipts(&mut self, merchant: &str, customer: &str, store: &str, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, limit: i64, offset: i64) -> sqlx::Result<Vec<ReceiptRow>>;
-    async fn lines_refunded(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Vec<LineRefunded>>;
-    async fn update_line_refunded(&mut self, merchant: &str, receipt_id: &str, line: &LineRefunded) -> sqlx::Result<()>;
-    async fn update_receipt_refund(&mut self, merchant: &str, receipt_id: &str, refunded_amount: Decimal, refund_state: i32) -> sqlx::Result<()>;
-    async fn refund(&mut self, merchant: &str, receipt_id: &str, refund_id: &str) -> sqlx::Result<Option<(Vec<u8>, Vec<u8>)>>;
+    async fn list_receipts(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+        store: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        limit: i64,
+        offset: i64,
+    ) -> sqlx::Result<Vec<ReceiptRow>>;
+    async fn lines_refunded(
+        &mut self,
+        merchant: &str,
+        receipt_id: &str,
+    ) -> sqlx::Result<Vec<LineRefunded>>;
+    async fn update_line_refunded(
+        &mut self,
+        merchant: &str,
+        receipt_id: &str,
+        line: &LineRefunded,
+    ) -> sqlx::Result<()>;
+    async fn update_receipt_refund(
+        &mut self,
+        merchant: &str,
+        receipt_id: &str,
+        refunded_amount: Decimal,
+        refund_state: i32,
+    ) -> sqlx::Result<()>;
+    async fn refund(
+        &mut self,
+        merchant: &str,
+        receipt_id: &str,
+        refund_id: &str,
+    ) -> sqlx::Result<Option<(Vec<u8>, Vec<u8>)>>;
     async fn refunds(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Vec<Vec<u8>>>;
-    async fn insert_refund(&mut self, merchant: &str, receipt_id: &str, refund_id: &str, hash: &[u8], document: &[u8], at: DateTime<Utc>) -> sqlx::Result<()>;
-    async fn add_purchase_day(&mut self, merchant: &str, customer: &str, day: i64, turnover: Decimal, purchases: i64) -> sqlx::Result<()>;
+    async fn insert_refund(
+        &mut self,
+        merchant: &str,
+        receipt_id: &str,
+        refund_id: &str,
+        hash: &[u8],
+        document: &[u8],
+        at: DateTime<Utc>,
+    ) -> sqlx::Result<()>;
+    async fn add_purchase_day(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+        day: i64,
+        turnover: Decimal,
+        purchases: i64,
+    ) -> sqlx::Result<()>;
     /// Turnover and purchase count of the customer's days in `[from_day, to_day]`.
-    async fn window_turnover(&mut self, merchant: &str, customer: &str, from_day: i64, to_day: i64) -> sqlx::Result<(Decimal, i64)>;
+    async fn window_turnover(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+        from_day: i64,
+        to_day: i64,
+    ) -> sqlx::Result<(Decimal, i64)>;
 
     /// The earliest expiry among the lots a transaction took redeemed points from.
-    async fn redeemed_from_expiry(&mut self, merchant: &str, transaction_id: &str) -> sqlx::Result<Option<DateTime<Utc>>>;
+    async fn redeemed_from_expiry(
+        &mut self,
+        merchant: &str,
+        transaction_id: &str,
+    ) -> sqlx::Result<Option<DateTime<Utc>>>;
 
     /// The customer this one was merged into, if any.
-    async fn merged_into(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Option<String>>;
+    async fn merged_into(&mut self, merchant: &str, customer: &str)
+        -> sqlx::Result<Option<String>>;
     /// Moves everything of `source` to `target` (lots, holds, receipts, purchase days) and marks
     /// `source` merged; returns (lots moved, receipts moved).
-    async fn move_customer(&mut self, merchant: &str, source: &str, target: &str) -> sqlx::Result<(u64, u64)>;
+    async fn move_customer(
+        &mut self,
+        merchant: &str,
+        source: &str,
+        target: &str,
+    ) -> sqlx::Result<(u64, u64)>;
 
     /// The customer's stamp card balances.
     async fn stamps(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Vec<(String, i64)>>;
     /// Changes a stamp card balance by `delta`; returns the new count.
-    async fn add_stamps(&mut self, merchant: &str, customer: &str, card: &str, delta: i64) -> sqlx::Result<i64>;
+    async fn add_stamps(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+        card: &str,
+        delta: i64,
+    ) -> sqlx::Result<i64>;
     /// Per customer with purchases on days `>= from_day`: turnover, purchases, last day.
     async fn activity(&mut self, merchant: &str, from_day: i64) -> sqlx::Result<Vec<ActivityRow>>;
     /// Customers who bought one of the products or categories in `[from, to)`.
-    async fn buyers(&mut self, merchant: &str, products: &[String], categories: &[String], from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> sqlx::Result<Vec<String>>;
+    async fn buyers(
+        &mut self,
+        merchant: &str,
+        products: &[String],
+        categories: &[String],
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> sqlx::Result<Vec<String>>;
     /// The customer's most bought product (by line count) in `[from, to)`.
-    async fn favourite_product(&mut self, merchant: &str, customer: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Option<String>>;
+    async fn favourite_product(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> sqlx::Result<Option<String>>;
 
     /// Claims (marks notified) up to `limit` active lots with unspent points expiring by
     /// `until` whose notice has not gone out; returns (customer, lot id, remaining, expires_at).
-    async fn claim_expiry_notices(&mut self, merchant: &str, until: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<(String, String, Decimal, DateTime<Utc>)>>;
+    async fn claim_expiry_notices(
+        &mut self,
+        merchant: &str,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<(String, String, Decimal, DateTime<Utc>)>>;
     /// Deletes idempotency records created before `before`; returns how many.
-    async fn prune_idempotency(&mut self, merchant: &str, before: DateTime<Utc>) -> sqlx::Result<u64>;
+    async fn prune_idempotency(
+        &mut self,
+        merchant: &str,
+        before: DateTime<Utc>,
+    ) -> sqlx::Result<u64>;
 
-    /// Writes a domain event to the outbox.
-    async fn insert_event(&mut self, merchant: &str, event_id: &str, event: &[u8], now: DateTime<Utc>) -> sqlx::Result<()>;
+    /// Writes domain events `(event id, encoded event)` to the outbox.
+    async fn insert_events(
+        &mut self,
+        merchant: &str,
+        events: &[(String, Vec<u8>)],
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<()>;
 
     /// Customers of the merchant with pending lots due, lots due to expire, or holds timed out.
-    async fn customers_with_due_work(&mut self, merchant: &str, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<String>>;
+    async fn customers_with_due_work(
+        &mut self,
+        merchant: &str,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<String>>;
     /// Every merchant the ledger knows.
     async fn merchants(&mut self) -> sqlx::Result<Vec<String>>;
     /// Active holds of the customer past their time-out.
-    async fn expired_holds(&mut self, merchant: &str, customer: &str, now: DateTime<Utc>) -> sqlx::Result<Vec<HoldRow>>;
+    async fn expired_holds(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<HoldRow>>;
 
     /// Transactions of a customer, newest first, with entries when asked.
-    async fn history(&mut self, merchant: &str, customer: &str, before_id: Option<&str>, limit: i64, with_entries: bool) -> sqlx::Result<Vec<TxWithEntries>>;
+    async fn history(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+        before_id: Option<&str>,
+        limit: i64,
+        with_entries: bool,
+    ) -> sqlx::Result<Vec<TxWithEntries>>;
     /// Σ of each customer account over the journal, per customer (Verify).
-    async fn journal_balances(&mut self, merchant: &str, customer: Option<&str>) -> sqlx::Result<Vec<(String, String, Decimal)>>;
+    async fn journal_balances(
+        &mut self,
+        merchant: &str,
+        customer: Option<&str>,
+    ) -> sqlx::Result<Vec<(String, String, Decimal)>>;
     /// Transactions whose entries do not sum to zero (Verify).
-    async fn unbalanced_transactions(&mut self, merchant: &str) -> sqlx::Result<Vec<(String, Decimal)>>;
+    async fn unbalanced_transactions(
+        &mut self,
+        merchant: &str,
+    ) -> sqlx::Result<Vec<(String, Decimal)>>;
     /// Every account row of the merchant (or one customer) (Verify).
-    async fn accounts(&mut self, merchant: &str, customer: Option<&str>) -> sqlx::Result<Vec<AccountState>>;
+    async fn accounts(
+        &mut self,
+        merchant: &str,
+        customer: Option<&str>,
+    ) -> sqlx::Result<Vec<AccountState>>;
     /// Number of transactions of the merchant.
     async fn transaction_count(&mut self, merchant: &str) -> sqlx::Result<i64>;
     /// Σ of system-account entries per account name, for transactions that occurred in `[from, to)`.
-    async fn system_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(String, Decimal)>>;
+    async fn system_totals(
+        &mut self,
+        merchant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<(String, Decimal)>>;
     /// Σ amount of lots created in `[from, to)`, per lot kind.
-    async fn lot_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(i32, Decimal)>>;
+    async fn lot_totals(
+        &mut self,
+        merchant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<(i32, Decimal)>>;
     /// Receipts, turnover, discount and distinct customers of receipts sold in `[from, to)`.
-    async fn receipt_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<(i64, Decimal, Decimal, i64)>;
+    async fn receipt_totals(
+        &mut self,
+        merchant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> sqlx::Result<(i64, Decimal, Decimal, i64)>;
     /// Σ available + pending of every customer (outstanding points).
     async fn outstanding(&mut self, merchant: &str) -> sqlx::Result<Decimal>;
 }
@@ -242,7 +461,12 @@ impl From<LotRow> for Lot {
             created_at: r.created_at.0,
             receipt_id: r.receipt_id,
             grant_key: r.grant_key,
-            rule_ids: r.rule_ids.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            rule_ids: r
+                .rule_ids
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
         }
     }
 }
@@ -343,7 +567,8 @@ const ACCOUNT_COLUMNS: &str = "customer_id, available, pending, held, lifetime_t
 const HOLD_COLUMNS: &str = "hold_id, customer_id, amount, committed_amount, state, reference, created_at, expires_at, finalized_at";
 const TX_COLUMNS: &str = "transaction_id, customer_id, kind, amount, balance_after, occurred_at, recorded_at, receipt_id, refund_id, hold_id, request_id, description";
 /// Spending order: soonest expiry first, lots without expiry last.
-const LOT_ORDER: &str = "ORDER BY CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END, expires_at, created_at, lot_id";
+const LOT_ORDER: &str =
+    "ORDER BY CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END, expires_at, created_at, lot_id";
 
 fn ts(t: DateTime<Utc>) -> Timestamp {
     Timestamp(t)
@@ -354,7 +579,7 @@ fn amt(d: Decimal) -> Amount {
 }
 
 macro_rules! impl_ledger_tx {
-    ($db:ty, $for_update:expr, $skip_locked:expr) => {
+    ($db:ty, $skip_locked:expr) => {
         #[async_trait]
         impl LedgerTx for sqlx::Transaction<'static, $db> {
             async fn claim_request(&mut self, merchant: &str, request_id: &str, operation: &str, hash: &[u8], now: DateTime<Utc>) -> sqlx::Result<Claim> {
@@ -402,14 +627,14 @@ macro_rules! impl_ledger_tx {
             }
 
             async fn lock_account(&mut self, merchant: &str, customer: &str, now: DateTime<Utc>) -> sqlx::Result<AccountState> {
-                sqlx::query(
+                // One statement creates the row when missing and returns it; the no-op update
+                // takes the row lock on PostgreSQL (SQLite's writer lock is already held).
+                let sql = format!(
                     "INSERT INTO accounts (merchant_id, customer_id, updated_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (merchant_id, customer_id) DO NOTHING",
-                )
-                .bind(merchant).bind(customer).bind(ts(now))
-                .execute(&mut **self).await?;
-                let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE merchant_id = $1 AND customer_id = $2{}", $for_update);
-                let row: AccountRow = sqlx::query_as(&sql).bind(merchant).bind(customer).fetch_one(&mut **self).await?;
+                     ON CONFLICT (merchant_id, customer_id) DO UPDATE SET updated_at = accounts.updated_at
+                     RETURNING {ACCOUNT_COLUMNS}"
+                );
+                let row: AccountRow = sqlx::query_as(&sql).bind(merchant).bind(customer).bind(ts(now)).fetch_one(&mut **self).await?;
                 Ok(row.into())
             }
 
@@ -528,6 +753,17 @@ macro_rules! impl_ledger_tx {
                 let row: Option<(String, String, Vec<u8>, Vec<u8>, Amount, i32, String)> = sqlx::query_as(
                     "SELECT receipt_id, customer_id, content_hash, document, refunded_amount, refund_state, transaction_id
                      FROM receipts WHERE merchant_id = $1 AND receipt_id = $2",
+                )
+                .bind(merchant).bind(receipt_id).fetch_optional(&mut **self).await?;
+                Ok(row.map(|(receipt_id, customer_id, content_hash, document, refunded, refund_state, transaction_id)| ReceiptRow {
+                    receipt_id, customer_id, content_hash, document, refunded_amount: refunded.0, refund_state, transaction_id,
+                }))
+            }
+
+            async fn lock_receipt(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Option<ReceiptRow>> {
+                let row: Option<(String, String, Vec<u8>, Vec<u8>, Amount, i32, String)> = sqlx::query_as(
+                    "UPDATE receipts SET refund_state = refund_state WHERE merchant_id = $1 AND receipt_id = $2
+                     RETURNING receipt_id, customer_id, content_hash, document, refunded_amount, refund_state, transaction_id",
                 )
                 .bind(merchant).bind(receipt_id).fetch_optional(&mut **self).await?;
                 Ok(row.map(|(receipt_id, customer_id, content_hash, document, refunded, refund_state, transaction_id)| ReceiptRow {
@@ -761,10 +997,15 @@ macro_rules! impl_ledger_tx {
                     .bind(merchant).bind(ts(before)).execute(&mut **self).await?.rows_affected())
             }
 
-            async fn insert_event(&mut self, merchant: &str, event_id: &str, event: &[u8], now: DateTime<Utc>) -> sqlx::Result<()> {
-                sqlx::query("INSERT INTO outbox (merchant_id, event_id, event, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(merchant).bind(event_id).bind(event).bind(ts(now))
-                    .execute(&mut **self).await.map(|_| ())
+            async fn insert_events(&mut self, merchant: &str, events: &[(String, Vec<u8>)], now: DateTime<Utc>) -> sqlx::Result<()> {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let mut q = QueryBuilder::<$db>::new("INSERT INTO outbox (merchant_id, event_id, event, created_at) ");
+                q.push_values(events, |mut b, (id, event)| {
+                    b.push_bind(merchant).push_bind(id).push_bind(event).push_bind(ts(now));
+                });
+                q.build().execute(&mut **self).await.map(|_| ())
             }
 
             async fn customers_with_due_work(&mut self, merchant: &str, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<String>> {
@@ -886,8 +1127,8 @@ macro_rules! impl_ledger_tx {
     };
 }
 
-impl_ledger_tx!(Postgres, " FOR UPDATE", " FOR UPDATE SKIP LOCKED");
-impl_ledger_tx!(Sqlite, "", "");
+impl_ledger_tx!(Postgres, " FOR UPDATE SKIP LOCKED");
+impl_ledger_tx!(Sqlite, "");
 
 /// Runs `work` in one write transaction on either engine (`BEGIN IMMEDIATE` on SQLite, so
 /// writers queue instead of failing), committing when it returns `Ok`.
@@ -904,7 +1145,10 @@ macro_rules! in_write_tx {
                 result
             }
             kopilka_runtime::Db::Sqlite(pool) => {
-                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err($crate::error::Error::from)?;
+                let mut $tx = pool
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err($crate::error::Error::from)?;
                 let result = $work;
                 if result.is_ok() {
                     $tx.commit().await.map_err($crate::error::Error::from)?;

@@ -33,7 +33,8 @@ pub fn parse(value: &str, scale: u32, sign: Sign) -> Result<Decimal, String> {
     if !valid_chars || trimmed != value {
         return Err(format!("`{value}` is not a decimal number such as 123.45"));
     }
-    let d = Decimal::from_str(trimmed).map_err(|_| format!("`{value}` is not a decimal number such as 123.45"))?;
+    let d = Decimal::from_str(trimmed)
+        .map_err(|_| format!("`{value}` is not a decimal number such as 123.45"))?;
     if d.normalize().scale() > scale {
         return Err(format!("has more than {scale} decimal places"));
     }
@@ -65,7 +66,10 @@ mod tests {
     #[test]
     fn parses_within_scale() {
         assert_eq!(parse("100", 0, Sign::Positive).unwrap(), Decimal::from(100));
-        assert_eq!(parse("12.50", 2, Sign::Positive).unwrap().to_string(), "12.5");
+        assert_eq!(
+            parse("12.50", 2, Sign::Positive).unwrap().to_string(),
+            "12.5"
+        );
         assert_eq!(parse("-3", 0, Sign::NonZero).unwrap(), Decimal::from(-3));
         assert_eq!(parse("0", 0, Sign::NonNegative).unwrap(), Decimal::ZERO);
     }

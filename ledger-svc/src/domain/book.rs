@@ -151,7 +151,10 @@ pub struct NewLot {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BookError {
     #[error("insufficient points: {available} available, {requested} requested")]
-    Insufficient { available: Decimal, requested: Decimal },
+    Insufficient {
+        available: Decimal,
+        requested: Decimal,
+    },
     #[error("the balance would fall to {would_be}, below the allowed -{limit}")]
     NegativeLimit { limit: Decimal, would_be: Decimal },
 }
@@ -277,12 +280,18 @@ impl Book {
             .collect();
         order.sort_by(|&a, &b| {
             let (a, b) = (&self.lots[a], &self.lots[b]);
-            (a.expires_at.is_none(), a.expires_at, a.created_at, &a.lot_id).cmp(&(
-                b.expires_at.is_none(),
-                b.expires_at,
-                b.created_at,
-                &b.lot_id,
-            ))
+            (
+                a.expires_at.is_none(),
+                a.expires_at,
+                a.created_at,
+                &a.lot_id,
+            )
+                .cmp(&(
+                    b.expires_at.is_none(),
+                    b.expires_at,
+                    b.created_at,
+                    &b.lot_id,
+                ))
         });
         order
     }
@@ -293,7 +302,11 @@ impl Book {
         let mut left = amount;
         let mut taken = Vec::new();
         let mut order: Vec<usize> = first.to_vec();
-        order.extend(self.spend_order().into_iter().filter(|i| !first.contains(i)));
+        order.extend(
+            self.spend_order()
+                .into_iter()
+                .filter(|i| !first.contains(i)),
+        );
         for i in order {
             if left <= Decimal::ZERO {
                 break;
@@ -319,7 +332,8 @@ impl Book {
         }
         // `available` already includes these points; paying the debt only removes them from
         // the lot, which keeps Σ free == max(available, 0).
-        let owed = Decimal::ZERO.max(self.free_points() - self.account.available.max(Decimal::ZERO));
+        let owed =
+            Decimal::ZERO.max(self.free_points() - self.account.available.max(Decimal::ZERO));
         let pay = self.lots[i].free().min(owed);
         if pay > Decimal::ZERO {
             let lot = self.touch(i);
@@ -376,7 +390,11 @@ impl Book {
     }
 
     /// Spends `amount` available points into `to` (redeemed, adjusted …).
-    pub fn debit(&mut self, amount: Decimal, to: Account) -> Result<Vec<(String, Decimal)>, BookError> {
+    pub fn debit(
+        &mut self,
+        amount: Decimal,
+        to: Account,
+    ) -> Result<Vec<(String, Decimal)>, BookError> {
         if self.account.available < amount {
             return Err(BookError::Insufficient {
                 available: self.account.available,
@@ -422,7 +440,11 @@ impl Book {
     /// Ends a hold: `commit` points (at most the held total) are redeemed, taken from the
     /// allocations in order; the rest goes back to the lots. Returns (committed, released).
     /// Allocations whose lot is not loaded (e.g. merged away) are skipped.
-    pub fn finish_hold(&mut self, allocations: &[(String, Decimal)], commit: Decimal) -> (Decimal, Decimal) {
+    pub fn finish_hold(
+        &mut self,
+        allocations: &[(String, Decimal)],
+        commit: Decimal,
+    ) -> (Decimal, Decimal) {
         let mut to_commit = commit;
         let (mut committed, mut released) = (Decimal::ZERO, Decimal::ZERO);
         for (lot_id, amount) in allocations {
@@ -483,7 +505,9 @@ impl Book {
         let due: Vec<usize> = (0..self.lots.len())
             .filter(|&i| {
                 let l = &self.lots[i];
-                l.state == ACTIVE && l.expires_at.is_some_and(|t| t <= self.now) && l.free() > Decimal::ZERO
+                l.state == ACTIVE
+                    && l.expires_at.is_some_and(|t| t <= self.now)
+                    && l.free() > Decimal::ZERO
             })
             .collect();
         let mut total = Decimal::ZERO;
@@ -506,7 +530,12 @@ impl Book {
 
     /// Takes back `amount` accrued points (a refund): first from the lots of `receipt_id`
     /// (pending or free), then from other free points, then per the shortfall policy.
-    pub fn take_back(&mut self, amount: Decimal, receipt_id: &str, policy: Shortfall) -> Result<TakeBack, BookError> {
+    pub fn take_back(
+        &mut self,
+        amount: Decimal,
+        receipt_id: &str,
+        policy: Shortfall,
+    ) -> Result<TakeBack, BookError> {
         let mut result = TakeBack::default();
         let mut left = amount;
         let own: Vec<usize> = (0..self.lots.len())
@@ -537,7 +566,11 @@ impl Book {
             left -= take;
             result.taken += take;
         }
-        let own_active: Vec<usize> = own.iter().copied().filter(|&i| self.lots[i].state == ACTIVE).collect();
+        let own_active: Vec<usize> = own
+            .iter()
+            .copied()
+            .filter(|&i| self.lots[i].state == ACTIVE)
+            .collect();
         for (i, take) in self.take_free(left, &own_active) {
             let lot_id = {
                 let lot = self.touch(i);
@@ -603,7 +636,14 @@ mod tests {
     }
 
     fn book() -> Book {
-        Book::new(AccountState { customer_id: "c1".into(), ..Default::default() }, vec![], t(0))
+        Book::new(
+            AccountState {
+                customer_id: "c1".into(),
+                ..Default::default()
+            },
+            vec![],
+            t(0),
+        )
     }
 
     fn assert_invariants(b: &Book) {
@@ -615,7 +655,12 @@ mod tests {
         } else {
             assert_eq!(free, Decimal::ZERO, "a debt leaves no free points");
         }
-        let pending: Decimal = b.lots().iter().filter(|l| l.state == PENDING).map(|l| l.remaining).sum();
+        let pending: Decimal = b
+            .lots()
+            .iter()
+            .filter(|l| l.state == PENDING)
+            .map(|l| l.remaining)
+            .sum();
         assert_eq!(b.account.pending, pending);
         let held: Decimal = b.lots().iter().map(|l| l.held).sum();
         assert_eq!(b.account.held, held);
@@ -628,10 +673,23 @@ mod tests {
         b.credit(lot("late", 30, Some(48), None), Account::Issued);
         b.credit(lot("soon", 20, Some(24), None), Account::Issued);
         let consumed = b.debit(d(60), Account::Redeemed).unwrap();
-        assert_eq!(consumed, vec![("soon".into(), d(20)), ("late".into(), d(30)), ("never".into(), d(10))]);
+        assert_eq!(
+            consumed,
+            vec![
+                ("soon".into(), d(20)),
+                ("late".into(), d(30)),
+                ("never".into(), d(10))
+            ]
+        );
         assert_eq!(b.account.available, d(40));
         assert_invariants(&b);
-        assert_eq!(b.debit(d(41), Account::Redeemed), Err(BookError::Insufficient { available: d(40), requested: d(41) }));
+        assert_eq!(
+            b.debit(d(41), Account::Redeemed),
+            Err(BookError::Insufficient {
+                available: d(40),
+                requested: d(41)
+            })
+        );
     }
 
     #[test]
@@ -672,7 +730,11 @@ mod tests {
         assert_eq!(b.expire_due(), (1, d(60)));
         assert_eq!(b.lots()[0].state, ACTIVE, "still holds 40");
         b.finish_hold(&alloc, d(0));
-        assert_eq!(b.expire_due(), (1, d(40)), "released points of an expired lot expire next");
+        assert_eq!(
+            b.expire_due(),
+            (1, d(40)),
+            "released points of an expired lot expire next"
+        );
         assert_invariants(&b);
     }
 
@@ -683,7 +745,9 @@ mod tests {
         purchase.receipt_id = Some("r1".into());
         b.credit(purchase, Account::Issued);
         b.debit(d(80), Account::Redeemed).unwrap();
-        let tb = b.take_back(d(100), "r1", Shortfall::AllowNegative(None)).unwrap();
+        let tb = b
+            .take_back(d(100), "r1", Shortfall::AllowNegative(None))
+            .unwrap();
         assert_eq!((tb.taken, tb.debt_created), (d(20), d(80)));
         assert_eq!(b.account.available, d(-80));
         assert_invariants(&b);
@@ -700,10 +764,16 @@ mod tests {
         let mut b = book();
         b.credit(lot("a", 10, None, None), Account::Issued);
         let tb = b.clone().take_back(d(25), "r", Shortfall::Report).unwrap();
-        assert_eq!((tb.taken, tb.shortfall, tb.debt_created), (d(10), d(15), d(0)));
+        assert_eq!(
+            (tb.taken, tb.shortfall, tb.debt_created),
+            (d(10), d(15), d(0))
+        );
         assert_eq!(
             b.take_back(d(25), "r", Shortfall::AllowNegative(Some(d(5)))),
-            Err(BookError::NegativeLimit { limit: d(5), would_be: d(-15) })
+            Err(BookError::NegativeLimit {
+                limit: d(5),
+                would_be: d(-15)
+            })
         );
     }
 }
