@@ -60,7 +60,9 @@ impl<'q> Encode<'q, Postgres> for Amount {
 
 impl<'r> Decode<'r, Postgres> for Amount {
     fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(Amount(<Decimal as Decode<'r, Postgres>>::decode(value)?.normalize()))
+        Ok(Amount(
+            <Decimal as Decode<'r, Postgres>>::decode(value)?.normalize(),
+        ))
     }
 }
 
@@ -82,7 +84,9 @@ impl<'q> Encode<'q, Sqlite> for Amount {
 
 impl<'r> Decode<'r, Sqlite> for Amount {
     fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(Amount::from_units(<i64 as Decode<'r, Sqlite>>::decode(value)?))
+        Ok(Amount::from_units(<i64 as Decode<'r, Sqlite>>::decode(
+            value,
+        )?))
     }
 }
 
@@ -95,12 +99,18 @@ mod tests {
     fn units_round_trip_exactly() {
         for s in ["0", "1", "0.0001", "123.45", "-7.5", "92233720368.5477"] {
             let a = Amount(Decimal::from_str(s).unwrap());
-            assert_eq!(Amount::from_units(a.to_units().unwrap()), Amount(a.0.normalize()), "{s}");
+            assert_eq!(
+                Amount::from_units(a.to_units().unwrap()),
+                Amount(a.0.normalize()),
+                "{s}"
+            );
         }
     }
 
     #[test]
     fn too_many_decimals_are_refused() {
-        assert!(Amount(Decimal::from_str("0.00001").unwrap()).to_units().is_err());
+        assert!(Amount(Decimal::from_str("0.00001").unwrap())
+            .to_units()
+            .is_err());
     }
 }
