@@ -13,7 +13,7 @@ pub mod postgres;
 pub mod redis;
 pub mod suite;
 
-pub use postgres::TempPostgres;
+pub use postgres::{PgOptions, TempPostgres};
 pub use redis::TempRedis;
 pub use suite::{Backend, TestSuite};
 

@@ -12,6 +12,17 @@ use crate::{free_port, install};
 
 const PG_DIRS: &[&str] = &["/usr/lib/postgresql/*/bin"];
 
+/// How to start a [`TempPostgres`]. The default is the tests' fast, non-durable cluster.
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    /// `fsync`, `synchronous_commit` and `full_page_writes` on (PostgreSQL's own defaults):
+    /// every commit waits for its WAL to reach the disk, as in production. Off by default,
+    /// which is much faster and fine for throw-away test data.
+    pub durable: bool,
+    /// Further server settings, each `name=value`, passed as `-c name=value`.
+    pub settings: Vec<String>,
+}
+
 /// A running temporary cluster.
 pub struct TempPostgres {
     dir: tempfile::TempDir,
@@ -21,8 +32,14 @@ pub struct TempPostgres {
 }
 
 impl TempPostgres {
-    /// initdb + start; panics with the server log when the cluster cannot start.
+    /// initdb + start with the tests' fast settings (no fsync, no synchronous commit); panics
+    /// with the server log when the cluster cannot start.
     pub fn start() -> Self {
+        Self::start_with(PgOptions::default())
+    }
+
+    /// Like [`TempPostgres::start`], with the given options.
+    pub fn start_with(opts: PgOptions) -> Self {
         let initdb = install::find_or_install("initdb", PG_DIRS, &["postgresql"]);
         let bindir = std::fs::canonicalize(&initdb)
             .ok()
@@ -58,11 +75,20 @@ impl TempPostgres {
                 "--no-sync",
             ],
         );
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+        let durability = if opts.durable {
+            "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+        } else {
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        };
+        let mut options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 {durability} -c max_connections=300",
             pg.port,
             pg.dir.path().display()
         );
+        for setting in &opts.settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         let log = pg.dir.path().join("server.log");
         pg.run(
             "pg_ctl",
@@ -80,6 +106,11 @@ impl TempPostgres {
             ],
         );
         pg
+    }
+
+    /// The directory of the cluster's binaries (`initdb`, `pg_ctl`, and usually `pgbench`).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bindir
     }
 
     /// The TCP port the cluster listens on.
