@@ -1151,6 +1151,193 @@ async fn purchase_aggregates_over_windows(l: TestLedger) {
     assert_verified(&l).await;
 }
 
+/// Refund shortfall policies: REPORT_SHORTFALL takes back what is available and reports the
+/// rest; under ALLOW_NEGATIVE a refund that would pass max_negative_balance is refused.
+async fn refund_shortfall_policies(l: TestLedger) {
+    let c = "c-shortfall";
+    record(
+        &l,
+        &rid(),
+        receipt("rc-sf1", c, vec![line("1", "tv", "500.00", "1", "0", "50")]),
+    )
+    .await
+    .unwrap();
+    redeem(&l, c, "40").await.unwrap();
+    let f = l
+        .client()
+        .refund_receipt(pb::RefundReceiptRequest {
+            merchant_id: M.into(),
+            request_id: rid(),
+            receipt_id: "rc-sf1".into(),
+            refund_id: "rf-sf1".into(),
+            policy: pb::ShortfallPolicy::ReportShortfall as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .refund
+        .unwrap();
+    assert_eq!(
+        f.policy_applied,
+        pb::ShortfallPolicy::ReportShortfall as i32
+    );
+    assert_eq!(
+        (
+            f.shortfall.as_str(),
+            f.shortfall_money.as_str(),
+            f.negative_balance_created.as_str()
+        ),
+        ("40", "40.00", "0")
+    );
+    assert_eq!(abp(&l, c).await, s3("0", "0", "0"), "never below zero");
+
+    // At most 5 points of debt.
+    l.client()
+        .update_ledger_settings(pb::UpdateLedgerSettingsRequest {
+            merchant_id: M.into(),
+            request_id: rid(),
+            settings: Some(pb::LedgerSettings {
+                max_negative_balance: "5".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(wkt::FieldMask {
+                paths: vec!["max_negative_balance".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    record(
+        &l,
+        &rid(),
+        receipt("rc-sf2", c, vec![line("1", "tv", "500.00", "1", "0", "50")]),
+    )
+    .await
+    .unwrap();
+    redeem(&l, c, "40").await.unwrap();
+    assert_eq!(
+        reason(
+            refund(&l, "rc-sf2", "rf-sf2", &[]).await,
+            Code::FailedPrecondition
+        ),
+        "NEGATIVE_BALANCE_NOT_ALLOWED"
+    );
+    assert_eq!(abp(&l, c).await, s3("10", "0", "0"), "nothing changed");
+    assert_eq!(
+        get_receipt(&l, "rc-sf2").await.unwrap().refund_state,
+        pb::RefundState::None as i32
+    );
+    accrue(&l, c, grant("36", None)).await.unwrap();
+    let f = refund(&l, "rc-sf2", "rf-sf3", &[])
+        .await
+        .unwrap()
+        .refund
+        .unwrap();
+    assert_eq!(
+        f.negative_balance_created, "4",
+        "46 taken back, 4 of debt: within the limit"
+    );
+    assert_eq!(abp(&l, c).await, s3("-4", "0", "0"));
+    assert_verified(&l).await;
+}
+
+/// A receipt's sale time: at most 5 minutes ahead (TIMESTAMP_IN_FUTURE), at most
+/// max_receipt_age (30 days) old (RECEIPT_TOO_OLD); an older sale within the age is counted on
+/// its own day.
+async fn receipt_sale_time_limits(l: TestLedger) {
+    let c = "c-offline";
+    let now = l.clock.now();
+    let at = |id: &str, t: DateTime<Utc>| {
+        let mut r = receipt(id, c, vec![line("1", "p", "10.00", "1", "0", "1")]);
+        r.occurred_at = Some(ts(t));
+        r
+    };
+    assert_eq!(
+        reason(
+            record(&l, &rid(), at("rc-f", now + Duration::minutes(6))).await,
+            Code::FailedPrecondition
+        ),
+        "TIMESTAMP_IN_FUTURE"
+    );
+    assert_eq!(
+        reason(
+            record(&l, &rid(), at("rc-o", now - Duration::days(31))).await,
+            Code::FailedPrecondition
+        ),
+        "RECEIPT_TOO_OLD"
+    );
+    record(&l, &rid(), at("rc-skew", now + Duration::minutes(4)))
+        .await
+        .expect("a little clock skew is fine");
+    let old = record(&l, &rid(), at("rc-late", now - Duration::days(20)))
+        .await
+        .unwrap();
+    assert_eq!(
+        instant(&old.receipt.unwrap().occurred_at),
+        now - Duration::days(20)
+    );
+    let a = aggregates(&l, c, &[Span::Days(10), Span::Days(25)], None).await;
+    assert_eq!(window(&a, 0), ("10.00".into(), 1));
+    assert_eq!(window(&a, 1), ("20.00".into(), 2));
+    assert_eq!(instant(&a.first_purchase_at), now - Duration::days(20));
+    assert_eq!(abp(&l, c).await, s3("2", "0", "0"));
+    assert_verified(&l).await;
+}
+
+/// Manual adjustments: a positive one is a new lot, a negative one spends soonest-expiring first
+/// and refuses to go below zero unless allow_negative; a reason is required.
+async fn adjustments(l: TestLedger) {
+    let c = "c-adjust";
+    let adjust = |amount: &str, reason: &str, allow_negative: bool| pb::AdjustRequest {
+        merchant_id: M.into(),
+        request_id: rid(),
+        customer_id: c.into(),
+        amount: amount.into(),
+        reason: reason.into(),
+        operator: "support-1".into(),
+        expires_at: None,
+        allow_negative,
+    };
+    let added = l
+        .client()
+        .adjust(adjust("20", "goodwill", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(added.lot.unwrap().kind, LotKind::Adjustment as i32);
+    assert_eq!(
+        violations(l.client().adjust(adjust("5", "", false)).await),
+        vec!["reason"]
+    );
+    assert_eq!(
+        violations(l.client().adjust(adjust("0", "zero", false)).await),
+        vec!["amount"]
+    );
+    assert_eq!(
+        reason(
+            l.client().adjust(adjust("-30", "fraud", false)).await,
+            Code::FailedPrecondition
+        ),
+        "INSUFFICIENT_POINTS"
+    );
+    assert_eq!(abp(&l, c).await, s3("20", "0", "0"));
+    let removed = l
+        .client()
+        .adjust(adjust("-30", "fraud", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.consumed.len(), 1);
+    assert_eq!(abp(&l, c).await, s3("-10", "0", "0"));
+    accrue(&l, c, grant("15", None)).await.unwrap();
+    assert_eq!(
+        abp(&l, c).await,
+        s3("5", "0", "0"),
+        "the debt is paid first"
+    );
+    assert_verified(&l).await;
+}
+
 // ---- known bugs (see each test's ignore reason) -------------------------------------------------
 
 /// A fully refunded receipt no longer counts as a purchase (PurchaseAggregates.purchase_count
@@ -1297,6 +1484,60 @@ async fn transaction_amount_is_the_net_change(l: TestLedger) {
     }
 }
 
+/// A refund line with an empty quantity refunds all that remains of the line
+/// (RefundLineRequest.quantity: "empty = all that remains of the line").
+async fn refund_line_with_empty_quantity_takes_the_rest(l: TestLedger) {
+    let c = "c-rest";
+    record(
+        &l,
+        &rid(),
+        receipt(
+            "rc-rest",
+            c,
+            vec![
+                line("1", "p", "10.00", "3", "0", "9"),
+                line("2", "q", "5.00", "1", "0", "1"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    refund(&l, "rc-rest", "rf-1", &[("1", "1")]).await.unwrap();
+    let f = refund(&l, "rc-rest", "rf-2", &[("1", "")])
+        .await
+        .expect("empty quantity = the rest of the line")
+        .refund
+        .unwrap();
+    assert_eq!(
+        (f.lines[0].quantity.as_str(), f.points_reversed.as_str()),
+        ("2", "6")
+    );
+    assert!(!f.fully_refunded, "line 2 remains");
+    assert_eq!(abp(&l, c).await, s3("1", "0", "0"));
+    assert_verified(&l).await;
+}
+
+/// Purchase aggregates end at `as_of`: a purchase after it is not counted, even later the same
+/// day (GetPurchaseAggregatesRequest.as_of: "purchases after it are not counted").
+async fn aggregates_end_at_as_of(l: TestLedger) {
+    let c = "c-asof";
+    let before = l.clock.now();
+    l.clock.advance(Duration::hours(2));
+    record(
+        &l,
+        &rid(),
+        receipt("rc-asof", c, vec![line("1", "p", "10.00", "1", "0", "0")]),
+    )
+    .await
+    .unwrap();
+    let a = aggregates(&l, c, &[Span::Days(30)], Some(before)).await;
+    assert_eq!(
+        window(&a, 0),
+        ("0.00".into(), 0),
+        "the purchase two hours after as_of is not in the window"
+    );
+}
+
 // ---- the tests: each scenario on both backends --------------------------------------------------
 
 macro_rules! on_both_backends {
@@ -1325,6 +1566,13 @@ on_both_backends!(
     refund_after_spending_leaves_a_debt,
     receipt_and_request_idempotency,
     purchase_aggregates_over_windows,
+    refund_shortfall_policies,
+    receipt_sale_time_limits,
+    adjustments,
+    #[ignore = "bug: RefundLineRequest with an empty quantity is INVALID_ARGUMENT instead of the rest of the line"]
+    refund_line_with_empty_quantity_takes_the_rest,
+    #[ignore = "bug: aggregate windows sum whole UTC days, so a purchase later on the as_of day is counted"]
+    aggregates_end_at_as_of,
     #[ignore = "bug: a full refund leaves purchase_count (lifetime and window) unchanged"]
     fully_refunded_receipt_is_not_a_purchase,
     #[ignore = "bug: Accrue with a used grant_key answers an empty transaction_id"]
