@@ -113,6 +113,17 @@ impl TempPostgres {
         &self.bindir
     }
 
+    /// The postmaster's process id (the server's other processes are its children).
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The TCP port the cluster listens on.
     pub fn port(&self) -> u16 {
         self.port

@@ -236,7 +236,7 @@ async fn ledger_phase(
     let stop = interrupt.child_token();
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let before = Usage::now(&stats_url).await?;
+    let meter = Meter::start(&stats_url, pg.postmaster_pid()).await?;
     let started = Instant::now();
     let mut workers = Vec::new();
     for (worker, client) in clients.into_iter().enumerate() {
@@ -273,7 +273,7 @@ async fn ledger_phase(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let _ = progress.await;
-    let usage = Usage::now(&stats_url).await?.since(&before);
+    let usage = meter.stop().await?;
 
     let statements = if args.statements {
         Some(top_statements(&stats_url).await?)
@@ -505,7 +505,7 @@ async fn pgbench_phase(
     ];
     let command = format!("pgbench {} pgbench", run_args[..8].join(" "));
     eprintln!("{command}…");
-    let before = Usage::now(&url).await?;
+    let meter = Meter::start(&url, pg.postmaster_pid()).await?;
     let child = tokio::process::Command::new(&pgbench)
         .args(run_args)
         .args(conn_args)
@@ -519,7 +519,7 @@ async fn pgbench_phase(
         out = child.wait_with_output() => out?,
         _ = interrupt.cancelled() => bail!("interrupted during pgbench"),
     };
-    let usage = Usage::now(&url).await?.since(&before);
+    let usage = meter.stop().await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("pgbench failed ({}):\n{stdout}", out.status);
@@ -605,70 +605,158 @@ fn pgbench_binary(pg: &TempPostgres) -> anyhow::Result<PathBuf> {
 
 // ---- measuring ------------------------------------------------------------------------------
 
-/// Counters read before and after a phase: WAL, the machine's CPU, this process's CPU and its
-/// children's (pgbench).
+/// What a phase cost: WAL written, CPU of PostgreSQL's processes, of this process (ledger-svc
+/// and its callers) and of its waited-for children (pgbench), and the wall time.
 #[derive(Debug, Clone, Copy, Default)]
 struct Usage {
     wal_bytes: f64,
-    machine_busy: f64,
-    machine_total: f64,
+    pg_cpu: f64,
     own_cpu: f64,
     children_cpu: f64,
+    wall: f64,
 }
 
-impl Usage {
-    async fn now(url: &str) -> anyhow::Result<Usage> {
-        let wal: String = query_scalar(url, "SELECT wal_bytes::text FROM pg_stat_wal").await?;
-        let (machine_busy, machine_total) = machine_cpu();
-        Ok(Usage {
-            wal_bytes: wal.parse().unwrap_or(0.0),
-            machine_busy,
-            machine_total,
+/// Measures one phase from `start` to `stop`. PostgreSQL's CPU is sampled from
+/// `/proc/<pid>/schedstat` of the postmaster and its children every 100 ms (a backend that
+/// exits loses at most its last 100 ms); the machine-wide `/proc/stat` is not used because its
+/// tick-based counts are unreliable in virtual machines.
+struct Meter {
+    url: String,
+    wal_bytes: f64,
+    own_cpu: f64,
+    children_cpu: f64,
+    started: Instant,
+    stop: CancellationToken,
+    sampler: tokio::task::JoinHandle<f64>,
+}
+
+impl Meter {
+    async fn start(url: &str, postmaster: Option<u32>) -> anyhow::Result<Meter> {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let sampler = tokio::spawn(async move {
+            let Some(postmaster) = postmaster else {
+                return 0.0;
+            };
+            let mut cpu = ProcessCpu::new(postmaster);
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => cpu.sample(),
+                    _ = token.cancelled() => break,
+                }
+            }
+            cpu.sample();
+            cpu.seconds()
+        });
+        Ok(Meter {
+            url: url.to_owned(),
+            wal_bytes: wal_bytes(url).await?,
             own_cpu: rusage(libc::RUSAGE_SELF),
             children_cpu: rusage(libc::RUSAGE_CHILDREN),
+            started: Instant::now(),
+            stop,
+            sampler,
         })
     }
 
-    fn since(&self, before: &Usage) -> Usage {
-        Usage {
-            wal_bytes: self.wal_bytes - before.wal_bytes,
-            machine_busy: self.machine_busy - before.machine_busy,
-            machine_total: self.machine_total - before.machine_total,
-            own_cpu: self.own_cpu - before.own_cpu,
-            children_cpu: self.children_cpu - before.children_cpu,
-        }
-    }
-
-    /// Share of the machine's CPUs that were busy.
-    fn busy_share(&self) -> f64 {
-        if self.machine_total > 0.0 {
-            self.machine_busy / self.machine_total
-        } else {
-            0.0
-        }
+    async fn stop(self) -> anyhow::Result<Usage> {
+        let wall = self.started.elapsed().as_secs_f64();
+        let own_cpu = rusage(libc::RUSAGE_SELF) - self.own_cpu;
+        let children_cpu = rusage(libc::RUSAGE_CHILDREN) - self.children_cpu;
+        self.stop.cancel();
+        let pg_cpu = self.sampler.await?;
+        Ok(Usage {
+            wal_bytes: wal_bytes(&self.url).await? - self.wal_bytes,
+            pg_cpu,
+            own_cpu,
+            children_cpu,
+            wall,
+        })
     }
 }
 
-/// Busy and total CPU seconds of the whole machine since boot (/proc/stat), all CPUs.
-fn machine_cpu() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    if ticks.len() < 5 {
-        return (0.0, 0.0);
+async fn wal_bytes(url: &str) -> anyhow::Result<f64> {
+    let wal: String = query_scalar(url, "SELECT wal_bytes::text FROM pg_stat_wal").await?;
+    Ok(wal.parse().unwrap_or(0.0))
+}
+
+/// CPU time of a process and its children, from `/proc/<pid>/schedstat` (nanoseconds run).
+struct ProcessCpu {
+    parent: u32,
+    /// pid -> (runtime at first sight, runtime at last sight); `None` for other processes.
+    seen: HashMap<u32, Option<(u64, u64)>>,
+    first: bool,
+}
+
+impl ProcessCpu {
+    fn new(parent: u32) -> Self {
+        ProcessCpu {
+            parent,
+            seen: HashMap::new(),
+            first: true,
+        }
     }
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let total: f64 = ticks.iter().sum();
-    let idle = ticks[3] + ticks[4];
-    ((total - idle) / hz, total / hz)
+
+    fn sample(&mut self) {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !self.seen.contains_key(&pid)
+                && pid != self.parent
+                && parent_of(pid) != Some(self.parent)
+            {
+                self.seen.insert(pid, None);
+            }
+            if matches!(self.seen.get(&pid), Some(None)) {
+                continue;
+            }
+            let Some(runtime) = runtime_ns(pid) else {
+                continue;
+            };
+            // A process born after the first sample ran all its time inside the phase.
+            let base = if self.first { runtime } else { 0 };
+            let slot = self.seen.entry(pid).or_insert(Some((base, runtime)));
+            if let Some((_, last)) = slot {
+                *last = runtime;
+            }
+        }
+        self.first = false;
+    }
+
+    fn seconds(&self) -> f64 {
+        let ns: u64 = self
+            .seen
+            .values()
+            .flatten()
+            .map(|(first, last)| last.saturating_sub(*first))
+            .sum();
+        ns as f64 / 1e9
+    }
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid …; comm may contain spaces and parentheses.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn runtime_ns(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// User + system CPU seconds of this process or of its waited-for children.
@@ -781,39 +869,30 @@ fn print_report(
             format!("{:.0}", per_tx(p.usage.wal_bytes, p.transactions as f64))
         }),
     );
+    let (pn, pu) = pgbench.map_or((0.0, Usage::default()), |p| {
+        (p.transactions as f64, p.usage)
+    });
+    let dash = |v: String| if pgbench.is_some() { v } else { "-".into() };
     row(
-        "machine CPU busy",
-        format!("{:.0} %", 100.0 * ledger.usage.busy_share()),
-        pgbench.map_or("-".into(), |p| {
-            format!("{:.0} %", 100.0 * p.usage.busy_share())
-        }),
+        "CPU ms/tx, PostgreSQL",
+        format!("{:.3}", 1000.0 * per_tx(ledger.usage.pg_cpu, n)),
+        dash(format!("{:.3}", 1000.0 * per_tx(pu.pg_cpu, pn))),
     );
     row(
         "CPU ms/tx, client side",
-        format!("{:.2}", 1000.0 * per_tx(ledger.usage.own_cpu, n)),
-        pgbench.map_or("-".into(), |p| {
-            format!(
-                "{:.2}",
-                1000.0 * per_tx(p.usage.children_cpu, p.transactions as f64)
-            )
-        }),
+        format!("{:.3}", 1000.0 * per_tx(ledger.usage.own_cpu, n)),
+        dash(format!("{:.3}", 1000.0 * per_tx(pu.children_cpu, pn))),
     );
     row(
-        "CPU ms/tx, PostgreSQL+rest",
+        &format!("CPUs busy (of {cpus})"),
         format!(
             "{:.2}",
-            1000.0 * per_tx(ledger.usage.machine_busy - ledger.usage.own_cpu, n)
+            (ledger.usage.pg_cpu + ledger.usage.own_cpu) / ledger.usage.wall
         ),
-        pgbench.map_or("-".into(), |p| {
-            format!(
-                "{:.2}",
-                1000.0
-                    * per_tx(
-                        p.usage.machine_busy - p.usage.children_cpu,
-                        p.transactions as f64
-                    )
-            )
-        }),
+        dash(format!(
+            "{:.2}",
+            (pu.pg_cpu + pu.children_cpu) / pu.wall.max(1e-9)
+        )),
     );
     println!(
         "  (client side = ledger-svc + its callers in this process; for pgbench, pgbench itself)"
