@@ -373,3 +373,74 @@ async fn concurrent_refunds_refund_once_on_postgres() {
     );
     assert_verified(&l).await;
 }
+
+/// Concurrent copies of one receipt under different request ids book it once; concurrent gifts
+/// with one grant key book one lot.
+#[tokio::test]
+async fn concurrent_same_receipt_and_same_grant_key_book_once_on_postgres() {
+    let l = TestLedger::start(Backend::PostgresRedis).await;
+    let c = "c-once";
+    accrue(&l, c, "10").await;
+    let mut set = JoinSet::new();
+    for i in 0..16 {
+        let mut client = l.client();
+        set.spawn(async move {
+            client
+                .record_receipt(pb::RecordReceiptRequest {
+                    merchant_id: M.into(),
+                    request_id: format!("copy-{i}"),
+                    receipt: Some(receipt_redeeming("rc-once", c, "4", "9", 1)),
+                })
+                .await
+        });
+    }
+    let answers: Vec<pb::RecordReceiptResponse> = join_all(set)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every copy succeeds").into_inner())
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|a| !a.already_recorded).count(),
+        1,
+        "booked once"
+    );
+    let transaction_ids: std::collections::BTreeSet<&str> =
+        answers.iter().map(|a| a.transaction_id.as_str()).collect();
+    assert_eq!(transaction_ids.len(), 1, "{transaction_ids:?}");
+    assert_eq!(balance(&l, c).await.available, "15", "10 - 4 + 9");
+
+    let mut set = JoinSet::new();
+    for i in 0..16 {
+        let mut client = l.client();
+        set.spawn(async move {
+            client
+                .grant_gift(pb::GrantGiftRequest {
+                    merchant_id: M.into(),
+                    request_id: format!("gift-{i}"),
+                    customer_id: c.into(),
+                    grant: Some(types::PointsGrant {
+                        amount: "100".into(),
+                        kind: LotKind::Gift as i32,
+                        grant_key: "registration".into(),
+                        ..Default::default()
+                    }),
+                    action: types::ActionKind::Registration as i32,
+                    ..Default::default()
+                })
+                .await
+        });
+    }
+    let gifts: Vec<pb::GrantGiftResponse> = join_all(set)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every grant succeeds").into_inner())
+        .collect();
+    assert_eq!(gifts.iter().filter(|g| !g.already_granted).count(), 1);
+    let lot_ids: std::collections::BTreeSet<&str> = gifts
+        .iter()
+        .map(|g| g.lot.as_ref().unwrap().lot_id.as_str())
+        .collect();
+    assert_eq!(lot_ids.len(), 1);
+    assert_eq!(balance(&l, c).await.available, "115");
+    assert_verified(&l).await;
+}
