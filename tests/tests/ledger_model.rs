@@ -6,9 +6,9 @@
 //! of each sequence `Verify` must be ok and the journal must sum to zero and to the balances.
 //!
 //! The model follows `ledger-svc/README.md`, not the service's code:
-//! - spending (redemption, hold, refund reversal of spendable points) takes free points
-//!   (remaining − held) of active lots soonest-expiring first, lots without expiry last, ties by
-//!   creation time, then lot id;
+//! - spending (redemption, hold, negative adjustment, refund reversal of spendable points) takes
+//!   free points (remaining − held) of active lots soonest-expiring first, lots without expiry
+//!   last, ties by creation time, then lot id;
 //! - a lot activating later is pending; due activations, expiries and hold time-outs happen in
 //!   the due-work pass (`ProcessDueLots`, run after every clock advance), hold releases first;
 //! - a lot never expires what an active hold took from it; those points expire when released if
@@ -276,6 +276,17 @@ impl Model {
             consumed.push((lot.id.clone(), take));
         }
         self.available -= amount;
+        Ok(consumed)
+    }
+
+    /// A manual removal: spends what is available, the rest (only with allow_negative) is a debt.
+    fn remove(&mut self, amount: i64, allow_negative: bool) -> Result<Vec<(String, i64)>, Outcome> {
+        let available = self.available.max(0);
+        if amount > available && !allow_negative {
+            return Err(err("INSUFFICIENT_POINTS"));
+        }
+        let consumed = self.debit(amount.min(available))?;
+        self.available -= amount - amount.min(available);
         Ok(consumed)
     }
 
@@ -642,6 +653,11 @@ enum Op {
     Redeem {
         amount: i64,
     },
+    Adjust {
+        amount: i64,
+        allow_negative: bool,
+        expires_h: Option<i64>,
+    },
     Reserve {
         amount: i64,
         ttl_min: i64,
@@ -669,6 +685,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         4 => (5i64..=80, of(1i64..=96), weighted(0.3, 1i64..=48))
             .prop_map(|(amount, expires_h, activates_h)| Op::Accrue { amount, expires_h, activates_h }),
         2 => (1i64..=30).prop_map(|amount| Op::Redeem { amount }),
+        1 => (prop_oneof![-40i64..=-1, 1i64..=40], any::<bool>(), of(1i64..=96))
+            .prop_map(|(amount, allow_negative, expires_h)| Op::Adjust { amount, allow_negative, expires_h }),
         2 => (1i64..=40, 1i64..=240).prop_map(|(amount, ttl_min)| Op::Reserve { amount, ttl_min }),
         2 => (any::<Index>(), of(1i64..=40)).prop_map(|(hold, amount)| Op::Commit { hold, amount }),
         1 => any::<Index>().prop_map(|hold| Op::Void { hold }),
@@ -853,6 +871,50 @@ async fn step(sut: &mut Sut<'_>, model: &mut Model, op: &Op, n: usize) -> Result
                     check("Redeem consumed (soonest-expiring first)", consumed, got)?;
                 }
                 Err(e) => check("Redeem outcome", e, outcome_of(&r))?,
+            }
+        }
+        Op::Adjust {
+            amount,
+            allow_negative,
+            expires_h,
+        } => {
+            let expires_at = if *amount > 0 {
+                terms(now, None, *expires_h).1
+            } else {
+                None
+            };
+            let r = sut
+                .client()
+                .adjust(pb::AdjustRequest {
+                    merchant_id: m,
+                    request_id: sut.rid(),
+                    customer_id: c,
+                    amount: amount.to_string(),
+                    reason: format!("op {n}"),
+                    operator: "model".into(),
+                    expires_at: expires_at.map(ts),
+                    allow_negative: *allow_negative,
+                })
+                .await
+                .map(|r| r.into_inner());
+            if *amount > 0 {
+                check("Adjust outcome", Outcome::Ok, outcome_of(&r))?;
+                let lot_id = r.unwrap().lot.expect("lot").lot_id;
+                model.credit(&lot_id, *amount, None, expires_at, None);
+            } else {
+                match model.remove(-amount, *allow_negative) {
+                    Ok(consumed) => {
+                        check("Adjust outcome", Outcome::Ok, outcome_of(&r))?;
+                        let got: Vec<(String, i64)> = r
+                            .unwrap()
+                            .consumed
+                            .into_iter()
+                            .map(|x| (x.lot_id, int(&x.amount)))
+                            .collect();
+                        check("Adjust consumed (soonest-expiring first)", consumed, got)?;
+                    }
+                    Err(e) => check("Adjust outcome", e, outcome_of(&r))?,
+                }
             }
         }
         Op::Reserve { amount, ttl_min } => {
