@@ -238,7 +238,6 @@ impl Ledger {
         merchant: &str,
         book: &Book,
         kind: i32,
-        amount: Decimal,
         now: DateTime<Utc>,
         occurred_at: DateTime<Utc>,
         refs: (&str, &str, &str),
@@ -246,6 +245,16 @@ impl Ledger {
         description: &str,
     ) -> Result<String, Error> {
         let transaction_id = new_id();
+        // The net change of what the customer has (available + pending), as the contract says.
+        let amount: Decimal = book
+            .entries()
+            .iter()
+            .filter(|e| {
+                e.customer_id == book.account.customer_id
+                    && matches!(e.account, Account::Available | Account::Pending)
+            })
+            .map(|e| e.amount)
+            .sum();
         let record = TxRecord {
             transaction_id: transaction_id.clone(),
             customer_id: book.account.customer_id.clone(),
@@ -469,12 +478,14 @@ impl Ledger {
                 return Ok(pb::AccrueResponse {
                     lot: Some(convert::lot(&existing, s)),
                     already_granted: true,
-                    transaction_id: String::new(),
+                    transaction_id: tx
+                        .lot_transaction(merchant, &existing.lot_id)
+                        .await?
+                        .unwrap_or_default(),
                     balance: Some(self.balance(&loaded.book, s)),
                 });
             }
         }
-        let amount = lot.amount;
         let i = loaded.book.credit(lot, Account::Issued);
         let lot = loaded.book.lots()[i].clone();
         let transaction_id = Self::save(
@@ -482,7 +493,6 @@ impl Ledger {
             merchant,
             &loaded.book,
             tx_kind::ACCRUAL,
-            amount,
             now,
             occurred_at,
             ("", "", ""),
@@ -603,7 +613,6 @@ impl Ledger {
                 ));
             }
         }
-        let amount = lot.amount;
         let i = loaded.book.credit(lot, Account::Issued);
         let created = loaded.book.lots()[i].clone();
         Self::save(
@@ -611,7 +620,6 @@ impl Ledger {
             merchant,
             &loaded.book,
             tx_kind::GIFT,
-            amount,
             now,
             occurred_at,
             ("", "", ""),
@@ -650,7 +658,6 @@ impl Ledger {
             merchant,
             &loaded.book,
             tx_kind::REDEMPTION,
-            amount,
             now,
             now,
             ("", "", ""),
@@ -749,7 +756,6 @@ impl Ledger {
             merchant,
             &loaded.book,
             tx_kind::ADJUSTMENT,
-            amount,
             now,
             now,
             ("", "", ""),
@@ -815,7 +821,6 @@ impl Ledger {
             merchant,
             &loaded.book,
             tx_kind::HOLD,
-            amount,
             now,
             now,
             ("", "", &hold.hold_id),
@@ -860,6 +865,8 @@ impl Ledger {
     ) -> Result<(), Error> {
         let allocations = tx.hold_allocations(merchant, &hold.hold_id).await?;
         book.finish_hold(&allocations, commit);
+        // Released points of a lot whose expiry passed while they were held expire now.
+        book.expire_due();
         tx.finish_hold(merchant, &hold.hold_id, state, commit, now)
             .await?;
         hold.state = state;
@@ -894,31 +901,8 @@ impl Ledger {
         done(v)?;
         let (mut hold, mut loaded) = self.open_hold(tx, merchant, &r.hold_id, now).await?;
         match hold.state {
+            // An error rolls this transaction back; the caller releases the hold separately.
             hold_state::ACTIVE if hold.expires_at <= now => {
-                self.end_hold(
-                    tx,
-                    merchant,
-                    &mut hold,
-                    &mut loaded.book,
-                    Decimal::ZERO,
-                    hold_state::EXPIRED,
-                    now,
-                )
-                .await?;
-                Self::save(
-                    tx,
-                    merchant,
-                    &loaded.book,
-                    tx_kind::HOLD_RELEASE,
-                    hold.amount,
-                    now,
-                    now,
-                    ("", "", &hold.hold_id),
-                    request_id,
-                    "hold expired",
-                )
-                .await?;
-                // The release is kept (committing the transaction) and reported via the error.
                 return Err(Error::Precondition(
                     "HOLD_EXPIRED",
                     format!("hold `{}` expired at {}", hold.hold_id, hold.expires_at),
@@ -960,7 +944,6 @@ impl Ledger {
             merchant,
             &loaded.book,
             tx_kind::REDEMPTION,
-            amount,
             now,
             now,
             ("", "", &hold.hold_id),
@@ -1010,7 +993,6 @@ impl Ledger {
                     merchant,
                     &loaded.book,
                     tx_kind::HOLD_RELEASE,
-                    hold.amount,
                     now,
                     now,
                     ("", "", &hold.hold_id),
@@ -1177,14 +1159,34 @@ impl Ledger {
         .await
     }
     pub async fn commit(&self, r: &pb::CommitHoldRequest) -> Result<pb::CommitHoldResponse, Error> {
-        self.mutate(
-            &r.merchant_id,
-            &r.request_id,
-            "CommitHold",
-            digest(r),
-            Command::Commit(r),
-        )
-        .await
+        let result = self
+            .mutate(
+                &r.merchant_id,
+                &r.request_id,
+                "CommitHold",
+                digest(r),
+                Command::Commit(r),
+            )
+            .await;
+        if let Err(Error::Precondition("HOLD_EXPIRED", _)) = &result {
+            // Committing too late releases the points, as the time-out would have.
+            self.release_if_expired(&r.merchant_id, &r.hold_id).await?;
+        }
+        result
+    }
+
+    /// Releases an active hold whose time-out has passed (no-op otherwise).
+    async fn release_if_expired(&self, merchant: &str, hold_id: &str) -> Result<(), Error> {
+        let now = self.clock.now();
+        in_write_tx!(&self.db, tx => {
+            let tx: &mut dyn LedgerTx = &mut tx;
+            let (mut hold, mut loaded) = self.open_hold(tx, merchant, hold_id, now).await?;
+            if hold.state == hold_state::ACTIVE && hold.expires_at <= now {
+                self.end_hold(tx, merchant, &mut hold, &mut loaded.book, Decimal::ZERO, hold_state::EXPIRED, now).await?;
+                Self::save(tx, merchant, &loaded.book, tx_kind::HOLD_RELEASE, now, now, ("", "", hold_id), "", "hold expired").await?;
+            }
+            Ok(())
+        })
     }
     pub async fn void(&self, r: &pb::VoidHoldRequest) -> Result<pb::VoidHoldResponse, Error> {
         self.mutate(

@@ -114,6 +114,46 @@ impl Ledger {
         })
     }
 
+    /// Turnover and purchases in `[from, as_of]`: whole days inside the window from the daily
+    /// buckets, the two partial edge days from that customer's receipts (an indexed range of at
+    /// most two days), so a window costs at most one row per day and ends exactly at `as_of`.
+    async fn window(
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        customer: &str,
+        from: DateTime<Utc>,
+        as_of: DateTime<Utc>,
+    ) -> Result<(Decimal, i64), Error> {
+        let (first, last) = (day_of(from), day_of(as_of));
+        if first == last {
+            return Ok(tx
+                .receipts_turnover(merchant, customer, from, as_of)
+                .await?);
+        }
+        let day_start = |d: i64| DateTime::from_timestamp(d * 86_400, 0).unwrap_or(from);
+        let (mut turnover, mut count) = tx
+            .receipts_turnover(
+                merchant,
+                customer,
+                from,
+                day_start(first + 1) - Duration::microseconds(1),
+            )
+            .await?;
+        let (t, c) = tx
+            .receipts_turnover(merchant, customer, day_start(last), as_of)
+            .await?;
+        turnover += t;
+        count += c;
+        if last - first > 1 {
+            let (t, c) = tx
+                .window_turnover(merchant, customer, first + 1, last - 1)
+                .await?;
+            turnover += t;
+            count += c;
+        }
+        Ok((turnover, count))
+    }
+
     async fn aggregates(
         tx: &mut dyn LedgerTx,
         merchant: &str,
@@ -128,9 +168,8 @@ impl Ledger {
         let mut windows = Vec::new();
         for lookback in lookbacks {
             let from = window_start(lookback, as_of)?;
-            let (turnover, count) = tx
-                .window_turnover(merchant, &account.customer_id, day_of(from), day_of(as_of))
-                .await?;
+            let (turnover, count) =
+                Self::window(tx, merchant, &account.customer_id, from, as_of).await?;
             windows.push(types::WindowAggregate {
                 lookback: Some(*lookback),
                 turnover: s.money(turnover),
@@ -256,7 +295,7 @@ impl Ledger {
                         request_id: rec.request_id.clone(),
                         description: rec.description.clone(),
                         entries: t.entries.iter().map(|e| pb::Entry {
-                            account: if e.account.is_customer() { format!("customer:{}:{}", e.customer_id, e.account.name()) } else { format!("system:{}", e.account.name()) },
+                            account: if e.account.is_customer() { format!("customer:{}:{}", e.customer_id, e.account.name()) } else { format!("merchant:{}", e.account.name()) },
                             amount: s.points(e.amount),
                             lot_id: e.lot_id.clone(),
                         }).collect(),
@@ -547,7 +586,7 @@ impl Ledger {
             released += 1;
         }
         let activated = book.activate_due();
-        let (expired, points) = book.expire_due();
+        let (expired, _) = book.expire_due();
         if book.entries().is_empty() && released == 0 {
             return Ok((activated as u64, expired as u64, released));
         }
@@ -563,7 +602,6 @@ impl Ledger {
             merchant,
             &book,
             kind,
-            points,
             now,
             now,
             ("", "", ""),

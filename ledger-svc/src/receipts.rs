@@ -419,7 +419,6 @@ impl Ledger {
                 merchant,
                 &loaded.book,
                 tx_kind::RECEIPT,
-                lots_total - redeem,
                 now,
                 occurred_at,
                 (&input.receipt_id, "", &input.hold_id),
@@ -694,16 +693,21 @@ impl Ledger {
         let mut requested = Vec::new();
         for (i, l) in r.lines.iter().enumerate() {
             check_id(&format!("lines[{i}].line_id"), &l.line_id, &mut v);
-            let q = parse_into(
-                &format!("lines[{i}].quantity"),
-                &l.quantity,
-                QUANTITY_SCALE,
-                Sign::Positive,
-                &mut v,
-            );
+            // Empty = all that remains of the line (resolved once the receipt is read).
+            let q = if l.quantity.is_empty() {
+                None
+            } else {
+                Some(parse_into(
+                    &format!("lines[{i}].quantity"),
+                    &l.quantity,
+                    QUANTITY_SCALE,
+                    Sign::Positive,
+                    &mut v,
+                ))
+            };
             if requested
                 .iter()
-                .any(|(id, _): &(String, Decimal)| id == &l.line_id)
+                .any(|(id, _): &(String, Option<Decimal>)| id == &l.line_id)
             {
                 v.push((format!("lines[{i}].line_id"), "is repeated".to_owned()));
             }
@@ -790,6 +794,22 @@ impl Ledger {
                 .collect()
         } else {
             requested
+                .into_iter()
+                .map(|(id, q)| {
+                    let q = q.unwrap_or_else(|| {
+                        let sold_qty = sold
+                            .iter()
+                            .find(|(s, ..)| s == &id)
+                            .map_or(Decimal::ZERO, |l| l.1);
+                        let done = refunded
+                            .iter()
+                            .find(|x| x.line_id == id)
+                            .map_or(Decimal::ZERO, |x| x.quantity);
+                        sold_qty - done
+                    });
+                    (id, q)
+                })
+                .collect()
         };
         let mut out_lines = Vec::new();
         let (mut amount, mut reversed, mut restored) =
@@ -813,7 +833,7 @@ impl Ledger {
                     refunded.last_mut().expect("just pushed")
                 }
             };
-            if state.quantity + qty > *sold_qty {
+            if *qty <= Decimal::ZERO || state.quantity + qty > *sold_qty {
                 return Err(Error::Precondition(
                     "REFUND_EXCEEDS_RECEIPT",
                     format!(
@@ -861,6 +881,12 @@ impl Ledger {
                 points_restored: s.points(rs),
             });
         }
+        let fully = sold.iter().all(|(id, qty, ..)| {
+            refunded
+                .iter()
+                .find(|x| &x.line_id == id)
+                .is_some_and(|x| x.quantity >= *qty)
+        });
         let (shortfall_rule, policy_applied) = s.shortfall(policy);
         let mut refund = pb::Refund {
             refund_id: r.refund_id.clone(),
@@ -910,12 +936,15 @@ impl Ledger {
                     .push(convert::lot(&loaded.book.lots()[i], s));
             }
             loaded.book.account.lifetime_turnover -= amount;
+            if fully {
+                // A fully returned receipt is no longer a purchase.
+                loaded.book.account.purchase_count -= 1;
+            }
             Self::save(
                 tx,
                 merchant,
                 &loaded.book,
                 tx_kind::REFUND,
-                restored - reversed,
                 now,
                 occurred_at,
                 (&r.receipt_id, &r.refund_id, ""),
@@ -929,16 +958,16 @@ impl Ledger {
                 .map(|t| convert::instant(t, "occurred_at"))
                 .transpose()?
                 .unwrap_or(now);
-            tx.add_purchase_day(merchant, &row.customer_id, day_of(sold_at), -amount, 0)
-                .await?;
+            tx.add_purchase_day(
+                merchant,
+                &row.customer_id,
+                day_of(sold_at),
+                -amount,
+                if fully { -1 } else { 0 },
+            )
+            .await?;
             balance = Some(self.balance(&loaded.book, s));
         }
-        let fully = sold.iter().all(|(id, qty, ..)| {
-            refunded
-                .iter()
-                .find(|x| &x.line_id == id)
-                .is_some_and(|x| x.quantity >= *qty)
-        });
         refund.fully_refunded = fully;
         // Referral rewards shrink with the purchase: each referrer loses the refunded share of
         // the money (all of it on the last refund), under the same shortfall policy.
@@ -975,7 +1004,6 @@ impl Ledger {
                 merchant,
                 &loaded.book,
                 tx_kind::REFUND,
-                -now_reversed,
                 now,
                 occurred_at,
                 (&r.receipt_id, &r.refund_id, ""),

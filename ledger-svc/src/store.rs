@@ -276,6 +276,20 @@ pub trait LedgerTx: Send {
         turnover: Decimal,
         purchases: i64,
     ) -> sqlx::Result<()>;
+    /// The first transaction that moved points of a lot.
+    async fn lot_transaction(
+        &mut self,
+        merchant: &str,
+        lot_id: &str,
+    ) -> sqlx::Result<Option<String>>;
+    /// Net turnover and count of not fully refunded receipts sold in `[from, to]`.
+    async fn receipts_turnover(
+        &mut self,
+        merchant: &str,
+        customer: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> sqlx::Result<(Decimal, i64)>;
     /// Turnover and purchase count of the customer's days in `[from_day, to_day]`.
     async fn window_turnover(
         &mut self,
@@ -866,6 +880,20 @@ macro_rules! impl_ledger_tx {
                 )
                 .bind(merchant).bind(customer).bind(day as i32).bind(amt(turnover)).bind(purchases)
                 .execute(&mut **self).await.map(|_| ())
+            }
+
+            async fn lot_transaction(&mut self, merchant: &str, lot_id: &str) -> sqlx::Result<Option<String>> {
+                sqlx::query_scalar("SELECT MIN(transaction_id) FROM entries WHERE merchant_id = $1 AND lot_id = $2")
+                    .bind(merchant).bind(lot_id).fetch_one(&mut **self).await
+            }
+
+            async fn receipts_turnover(&mut self, merchant: &str, customer: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<(Decimal, i64)> {
+                let (turnover, count): (Option<Amount>, i64) = sqlx::query_as(
+                    "SELECT SUM(net_amount - refunded_amount), COUNT(CASE WHEN refund_state <> 3 THEN 1 END) FROM receipts
+                     WHERE merchant_id = $1 AND customer_id = $2 AND occurred_at >= $3 AND occurred_at <= $4",
+                )
+                .bind(merchant).bind(customer).bind(ts(from)).bind(ts(to)).fetch_one(&mut **self).await?;
+                Ok((turnover.map(|a| a.0).unwrap_or_default(), count))
             }
 
             async fn window_turnover(&mut self, merchant: &str, customer: &str, from_day: i64, to_day: i64) -> sqlx::Result<(Decimal, i64)> {
