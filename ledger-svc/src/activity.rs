@@ -101,30 +101,9 @@ impl Ledger {
                 Error::invalid("page_token", "is not a token from a previous response")
             })?
         };
-        let last_from = f
-            .last_purchase
-            .as_ref()
-            .map(|p| opt_instant(&p.start, "filter.last_purchase.start"))
-            .transpose()?
-            .flatten();
-        let last_to = f
-            .last_purchase
-            .as_ref()
-            .map(|p| opt_instant(&p.end, "filter.last_purchase.end"))
-            .transpose()?
-            .flatten();
-        let bought_from = f
-            .bought_in
-            .as_ref()
-            .map(|p| opt_instant(&p.start, "filter.bought_in.start"))
-            .transpose()?
-            .flatten();
-        let bought_to = f
-            .bought_in
-            .as_ref()
-            .map(|p| opt_instant(&p.end, "filter.bought_in.end"))
-            .transpose()?
-            .flatten();
+        let (last_from, last_to) =
+            convert::period_bounds(&f.last_purchase, "filter.last_purchase")?;
+        let (bought_from, bought_to) = convert::period_bounds(&f.bought_in, "filter.bought_in")?;
         let year_ago: DateTime<Utc> = as_of - Duration::days(365);
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;

@@ -124,3 +124,20 @@ fn add(groups: &mut Vec<(DateTime<Utc>, Decimal)>, at: DateTime<Utc>, amount: De
         None => groups.push((at, amount)),
     }
 }
+
+/// The bounds of a period, each optional.
+pub type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// The optional bounds of an optional period (`field.start`, `field.end`).
+pub fn period_bounds(
+    period: &Option<kopilka_proto::types::Period>,
+    field: &str,
+) -> Result<Bounds, Error> {
+    match period {
+        None => Ok((None, None)),
+        Some(p) => Ok((
+            opt_instant(&p.start, &format!("{field}.start"))?,
+            opt_instant(&p.end, &format!("{field}.end"))?,
+        )),
+    }
+}

@@ -1100,64 +1100,33 @@ pub enum Command<'a> {
     Merge(&'a pb::MergeAccountsRequest),
 }
 
-// Public entry points: one per mutating RPC.
+/// One public entry point per mutating RPC: run it idempotently through [`Ledger::mutate`].
+macro_rules! mutation {
+    ($($name:ident: $req:ty => $resp:ty, $op:literal, $variant:ident;)*) => {
+        impl Ledger {
+            $(
+                pub async fn $name(&self, r: &$req) -> Result<$resp, Error> {
+                    self.mutate(&r.merchant_id, &r.request_id, $op, digest(r), Command::$variant(r)).await
+                }
+            )*
+        }
+    };
+}
+
+mutation! {
+    accrue_points: pb::AccrueRequest => pb::AccrueResponse, "Accrue", Accrue;
+    redeem_points: pb::RedeemRequest => pb::RedeemResponse, "Redeem", Redeem;
+    grant_gift: pb::GrantGiftRequest => pb::GrantGiftResponse, "GrantGift", Gift;
+    adjust_points: pb::AdjustRequest => pb::AdjustResponse, "Adjust", Adjust;
+    reserve_points: pb::ReserveRequest => pb::ReserveResponse, "Reserve", Reserve;
+    void: pb::VoidHoldRequest => pb::VoidHoldResponse, "VoidHold", Void;
+    record: pb::RecordReceiptRequest => pb::RecordReceiptResponse, "RecordReceipt", Receipt;
+    refund: pb::RefundReceiptRequest => pb::RefundReceiptResponse, "RefundReceipt", Refund;
+    set_settings: pb::UpdateLedgerSettingsRequest => pb::UpdateLedgerSettingsResponse, "UpdateLedgerSettings", Settings;
+    merge: pb::MergeAccountsRequest => pb::MergeAccountsResponse, "MergeAccounts", Merge;
+}
+
 impl Ledger {
-    pub async fn accrue_points(&self, r: &pb::AccrueRequest) -> Result<pb::AccrueResponse, Error> {
-        self.mutate(
-            &r.merchant_id,
-            &r.request_id,
-            "Accrue",
-            digest(r),
-            Command::Accrue(r),
-        )
-        .await
-    }
-    pub async fn redeem_points(&self, r: &pb::RedeemRequest) -> Result<pb::RedeemResponse, Error> {
-        self.mutate(
-            &r.merchant_id,
-            &r.request_id,
-            "Redeem",
-            digest(r),
-            Command::Redeem(r),
-        )
-        .await
-    }
-    pub async fn grant_gift(
-        &self,
-        r: &pb::GrantGiftRequest,
-    ) -> Result<pb::GrantGiftResponse, Error> {
-        self.mutate(
-            &r.merchant_id,
-            &r.request_id,
-            "GrantGift",
-            digest(r),
-            Command::Gift(r),
-        )
-        .await
-    }
-    pub async fn adjust_points(&self, r: &pb::AdjustRequest) -> Result<pb::AdjustResponse, Error> {
-        self.mutate(
-            &r.merchant_id,
-            &r.request_id,
-            "Adjust",
-            digest(r),
-            Command::Adjust(r),
-        )
-        .await
-    }
-    pub async fn reserve_points(
-        &self,
-        r: &pb::ReserveRequest,
-    ) -> Result<pb::ReserveResponse, Error> {
-        self.mutate(
-            &r.merchant_id,
-            &r.request_id,
-            "Reserve",
-            digest(r),
-            Command::Reserve(r),
-        )
-        .await
-    }
     pub async fn commit(&self, r: &pb::CommitHoldRequest) -> Result<pb::CommitHoldResponse, Error> {
         let result = self
             .mutate(
@@ -1187,55 +1156,6 @@ impl Ledger {
             }
             Ok(())
         })
-    }
-    pub async fn void(&self, r: &pb::VoidHoldRequest) -> Result<pb::VoidHoldResponse, Error> {
-        self.mutate(
-            &r.merchant_id,
-            &r.request_id,
-            "VoidHold",
-            digest(r),
-            Command::Void(r),
-        )
-        .await
-    }
-    pub async fn record(
-        &self,
-        r: &pb::RecordReceiptRequest,
-    ) -> Result<pb::RecordReceiptResponse, Error> {
-        self.mutate(
-            &r.merchant_id,
-            &r.request_id,
-            "RecordReceipt",
-            digest(r),
-            Command::Receipt(r),
-        )
-        .await
-    }
-    pub async fn refund(
-        &self,
-        r: &pb::RefundReceiptRequest,
-    ) -> Result<pb::RefundReceiptResponse, Error> {
-        self.mutate(
-            &r.merchant_id,
-            &r.request_id,
-            "RefundReceipt",
-            digest(r),
-            Command::Refund(r),
-        )
-        .await
-    }
-    pub async fn set_settings(
-        &self,
-        r: &pb::UpdateLedgerSettingsRequest,
-    ) -> Result<pb::UpdateLedgerSettingsResponse, Error> {
-        self.mutate(
-            &r.merchant_id,
-            &r.request_id,
-            "UpdateLedgerSettings",
-            digest(r),
-            Command::Settings(r),
-        )
-        .await
     }
 
     /// The merchant's settings with defaults.

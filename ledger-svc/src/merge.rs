@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 
 use crate::domain::book::{Account, AccountState, Book, Entry};
 use crate::error::Error;
-use crate::ledger::{check_id, digest, done, Command, Ledger};
+use crate::ledger::{check_id, done, Ledger};
 use crate::settings::Settings;
 use crate::store::LedgerTx;
 
@@ -16,20 +16,6 @@ use crate::store::LedgerTx;
 const TX_MERGE: i32 = 11;
 
 impl Ledger {
-    pub async fn merge(
-        &self,
-        r: &pb::MergeAccountsRequest,
-    ) -> Result<pb::MergeAccountsResponse, Error> {
-        self.mutate(
-            &r.merchant_id,
-            &r.request_id,
-            "MergeAccounts",
-            digest(r),
-            Command::Merge(r),
-        )
-        .await
-    }
-
     pub(crate) async fn merge_accounts(
         &self,
         tx: &mut dyn LedgerTx,

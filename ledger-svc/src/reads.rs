@@ -252,18 +252,7 @@ impl Ledger {
     ) -> Result<pb::ListHistoryResponse, Error> {
         Self::ids(&r.merchant_id, &r.customer_id)?;
         let limit = page(r.page_size, 50);
-        let period_start = r
-            .period
-            .as_ref()
-            .map(|p| opt_instant(&p.start, "period.start"))
-            .transpose()?
-            .flatten();
-        let period_end = r
-            .period
-            .as_ref()
-            .map(|p| opt_instant(&p.end, "period.end"))
-            .transpose()?
-            .flatten();
+        let (period_start, period_end) = convert::period_bounds(&r.period, "period")?;
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
             let s = Self::settings(tx, &r.merchant_id).await?;
@@ -350,18 +339,7 @@ impl Ledger {
         done(v)?;
         let limit = page(r.page_size, 100);
         let offset = offset_token(&r.page_token)?;
-        let from = r
-            .period
-            .as_ref()
-            .map(|p| opt_instant(&p.start, "period.start"))
-            .transpose()?
-            .flatten();
-        let to = r
-            .period
-            .as_ref()
-            .map(|p| opt_instant(&p.end, "period.end"))
-            .transpose()?
-            .flatten();
+        let (from, to) = convert::period_bounds(&r.period, "period")?;
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
             let rows = tx.list_receipts(&r.merchant_id, &r.customer_id, &r.store_id, from, to, limit + 1, offset).await?;
