@@ -911,12 +911,16 @@ impl Ledger {
                 .take_back(reversed, &r.receipt_id, shortfall_rule)
                 .map_err(book_error)?;
             refund.shortfall = s.points(taken.shortfall);
+            // What was actually taken back; a reported shortfall is not.
+            refund.points_reversed = s.points(reversed - taken.shortfall);
             refund.shortfall_money = s.money(taken.shortfall);
             refund.negative_balance_created = s.points(taken.debt_created);
             if restored > Decimal::ZERO {
                 let expires_at = tx
                     .redeemed_from_expiry(merchant, &row.transaction_id)
-                    .await?;
+                    .await?
+                    // The customer gets at least the notice period to use them.
+                    .map(|e| e.max(now + Duration::from_std(s.expiry_notice).unwrap_or_default()));
                 let i = loaded.book.credit(
                     NewLot {
                         lot_id: new_id(),

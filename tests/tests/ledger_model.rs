@@ -18,7 +18,8 @@
 //!   quantity (rounded down, the last refund of a line takes what is left); it takes accrued
 //!   points back from the receipt's own lots first (pending, then free), then from other free
 //!   points, and the rest becomes a debt (ALLOW_NEGATIVE); restored points form a new lot with the
-//!   earliest expiry of the lots the receipt redeemed from; new free points pay a debt first.
+//!   earliest expiry of the lots the receipt redeemed from, but not earlier than the expiry
+//!   notice period (7 days) after the refund; new free points pay a debt first.
 //!
 //! Cases: `LEDGER_MODEL_CASES` (default 20 per backend, 20 to 30 operations each), seed `LEDGER_MODEL_SEED` (default
 //! fixed, printed on failure).
@@ -520,6 +521,8 @@ impl Model {
         );
         let debt = self.take_back(reversed, &receipt_id);
         if restored > 0 {
+            // Never earlier than the expiry notice period (7 days by default) after the refund.
+            let expiry = expiry.map(|e| e.max(self.now + chrono::Duration::days(7)));
             self.credit(restored_lot_id, restored, None, expiry, None);
         }
         Ok((reversed, restored, debt, fully))
