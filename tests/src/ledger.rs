@@ -37,9 +37,14 @@ impl TestLedger {
         crate::init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let (database_url, postgres) = match backend {
-            Backend::Sqlite => (format!("sqlite://{}", dir.path().join("ledger.db").display()), None),
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("ledger.db").display()),
+                None,
+            ),
             Backend::PostgresRedis => {
-                let pg = tokio::task::spawn_blocking(TempPostgres::start).await.expect("start PostgreSQL");
+                let pg = tokio::task::spawn_blocking(TempPostgres::start)
+                    .await
+                    .expect("start PostgreSQL");
                 (pg.create_database("ledger").await, Some(pg))
             }
         };
@@ -50,14 +55,18 @@ impl TestLedger {
         // The tests drive due work themselves (ProcessDueLots) with the manual clock.
         config.due_interval = std::time::Duration::from_secs(3600);
         let clock = ManualClock::new(epoch());
-        let host = ledger_svc::build_with_clock(config, Arc::new(clock.clone())).await.expect("ledger-svc builds");
+        let host = ledger_svc::build_with_clock(config, Arc::new(clock.clone()))
+            .await
+            .expect("ledger-svc builds");
         let addr = host.local_addr();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
             let _ = host.run_until(token.cancelled_owned()).await;
         });
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
         TestLedger {
             client: LedgerServiceClient::new(channel),
             clock,
