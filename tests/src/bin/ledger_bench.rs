@@ -613,13 +613,15 @@ struct Usage {
     pg_cpu: f64,
     own_cpu: f64,
     children_cpu: f64,
+    /// CPU of every other process on the machine: noise in the measurement.
+    other_cpu: f64,
     wall: f64,
 }
 
-/// Measures one phase from `start` to `stop`. PostgreSQL's CPU is sampled from
-/// `/proc/<pid>/schedstat` of the postmaster and its children every 100 ms (a backend that
-/// exits loses at most its last 100 ms); the machine-wide `/proc/stat` is not used because its
-/// tick-based counts are unreliable in virtual machines.
+/// Measures one phase from `start` to `stop`. The CPU of PostgreSQL's and of other processes
+/// is sampled from `/proc/<pid>/schedstat` every 100 ms (a process that exits loses at most its
+/// last 100 ms); the machine-wide `/proc/stat` is not used because its tick-based counts are
+/// unreliable in virtual machines.
 struct Meter {
     url: String,
     wal_bytes: f64,
@@ -627,7 +629,7 @@ struct Meter {
     children_cpu: f64,
     started: Instant,
     stop: CancellationToken,
-    sampler: tokio::task::JoinHandle<f64>,
+    sampler: tokio::task::JoinHandle<(f64, f64)>,
 }
 
 impl Meter {
@@ -635,9 +637,6 @@ impl Meter {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let sampler = tokio::spawn(async move {
-            let Some(postmaster) = postmaster else {
-                return 0.0;
-            };
             let mut cpu = ProcessCpu::new(postmaster);
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
@@ -647,7 +646,7 @@ impl Meter {
                 }
             }
             cpu.sample();
-            cpu.seconds()
+            (cpu.seconds(Owner::Postgres), cpu.seconds(Owner::Other))
         });
         Ok(Meter {
             url: url.to_owned(),
@@ -665,12 +664,13 @@ impl Meter {
         let own_cpu = rusage(libc::RUSAGE_SELF) - self.own_cpu;
         let children_cpu = rusage(libc::RUSAGE_CHILDREN) - self.children_cpu;
         self.stop.cancel();
-        let pg_cpu = self.sampler.await?;
+        let (pg_cpu, other_cpu) = self.sampler.await?;
         Ok(Usage {
             wal_bytes: wal_bytes(&self.url).await? - self.wal_bytes,
             pg_cpu,
             own_cpu,
             children_cpu,
+            other_cpu,
             wall,
         })
     }
@@ -681,20 +681,46 @@ async fn wal_bytes(url: &str) -> anyhow::Result<f64> {
     Ok(wal.parse().unwrap_or(0.0))
 }
 
-/// CPU time of a process and its children, from `/proc/<pid>/schedstat` (nanoseconds run).
+/// Whose a process is, for CPU accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The PostgreSQL cluster: the postmaster and its children.
+    Postgres,
+    /// This process and its children (measured with getrusage instead).
+    Mine,
+    /// Anything else on the machine: noise for the measurement.
+    Other,
+}
+
+/// CPU time of the machine's processes by [`Owner`], from `/proc/<pid>/schedstat`
+/// (nanoseconds run, exact where `/proc/stat`'s ticks are not).
 struct ProcessCpu {
-    parent: u32,
-    /// pid -> (runtime at first sight, runtime at last sight); `None` for other processes.
-    seen: HashMap<u32, Option<(u64, u64)>>,
+    postmaster: Option<u32>,
+    me: u32,
+    /// pid -> (owner, runtime at first sight, runtime at last sight).
+    seen: HashMap<u32, (Owner, u64, u64)>,
     first: bool,
 }
 
 impl ProcessCpu {
-    fn new(parent: u32) -> Self {
+    fn new(postmaster: Option<u32>) -> Self {
         ProcessCpu {
-            parent,
+            postmaster,
+            me: std::process::id(),
             seen: HashMap::new(),
             first: true,
+        }
+    }
+
+    fn owner(&self, pid: u32) -> Owner {
+        let parent = parent_of(pid);
+        if self.postmaster.is_some() && (Some(pid) == self.postmaster || parent == self.postmaster)
+        {
+            Owner::Postgres
+        } else if pid == self.me || parent == Some(self.me) {
+            Owner::Mine
+        } else {
+            Owner::Other
         }
     }
 
@@ -710,34 +736,29 @@ impl ProcessCpu {
             else {
                 continue;
             };
-            if !self.seen.contains_key(&pid)
-                && pid != self.parent
-                && parent_of(pid) != Some(self.parent)
-            {
-                self.seen.insert(pid, None);
-            }
-            if matches!(self.seen.get(&pid), Some(None)) {
-                continue;
-            }
             let Some(runtime) = runtime_ns(pid) else {
                 continue;
             };
-            // A process born after the first sample ran all its time inside the phase.
-            let base = if self.first { runtime } else { 0 };
-            let slot = self.seen.entry(pid).or_insert(Some((base, runtime)));
-            if let Some((_, last)) = slot {
-                *last = runtime;
+            match self.seen.get_mut(&pid) {
+                Some((_, _, last)) => *last = runtime,
+                None => {
+                    // A process born after the first sample ran all its time inside the phase.
+                    let base = if self.first { runtime } else { 0 };
+                    let owner = self.owner(pid);
+                    self.seen.insert(pid, (owner, base, runtime));
+                }
             }
         }
         self.first = false;
     }
 
-    fn seconds(&self) -> f64 {
+    /// CPU seconds of `owner`'s processes between the first and the last sample.
+    fn seconds(&self, owner: Owner) -> f64 {
         let ns: u64 = self
             .seen
             .values()
-            .flatten()
-            .map(|(first, last)| last.saturating_sub(*first))
+            .filter(|(o, ..)| *o == owner)
+            .map(|(_, first, last)| last.saturating_sub(*first))
             .sum();
         ns as f64 / 1e9
     }
@@ -884,7 +905,7 @@ fn print_report(
         dash(format!("{:.3}", 1000.0 * per_tx(pu.children_cpu, pn))),
     );
     row(
-        &format!("CPUs busy (of {cpus})"),
+        &format!("CPUs busy, measured (of {cpus})"),
         format!(
             "{:.2}",
             (ledger.usage.pg_cpu + ledger.usage.own_cpu) / ledger.usage.wall
@@ -894,9 +915,21 @@ fn print_report(
             (pu.pg_cpu + pu.children_cpu) / pu.wall.max(1e-9)
         )),
     );
+    row(
+        "CPUs busy, other processes",
+        format!("{:.2}", ledger.usage.other_cpu / ledger.usage.wall),
+        dash(format!("{:.2}", pu.other_cpu / pu.wall.max(1e-9))),
+    );
     println!(
         "  (client side = ledger-svc + its callers in this process; for pgbench, pgbench itself)"
     );
+    let noisy = ledger.usage.other_cpu / ledger.usage.wall > 0.1
+        || pgbench.is_some() && pu.other_cpu / pu.wall.max(1e-9) > 0.1;
+    if noisy {
+        println!(
+            "  WARNING: other processes used more than 0.1 CPU during a phase: figures disturbed"
+        );
+    }
     for (kind, count) in ledger.error_kinds.iter().take(5) {
         println!("  error x{count}: {kind}");
     }
