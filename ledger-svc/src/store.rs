@@ -593,7 +593,7 @@ fn amt(d: Decimal) -> Amount {
 }
 
 macro_rules! impl_ledger_tx {
-    ($db:ty, $skip_locked:expr) => {
+    ($db:ty, $for_update:expr, $skip_locked:expr) => {
         #[async_trait]
         impl LedgerTx for sqlx::Transaction<'static, $db> {
             async fn claim_request(&mut self, merchant: &str, request_id: &str, operation: &str, hash: &[u8], now: DateTime<Utc>) -> sqlx::Result<Claim> {
@@ -641,14 +641,19 @@ macro_rules! impl_ledger_tx {
             }
 
             async fn lock_account(&mut self, merchant: &str, customer: &str, now: DateTime<Utc>) -> sqlx::Result<AccountState> {
-                // One statement creates the row when missing and returns it; the no-op update
-                // takes the row lock on PostgreSQL (SQLite's writer lock is already held).
-                let sql = format!(
+                // Lock the existing row (the common case: one statement, no new row version);
+                // create it first when the customer has never had a movement.
+                let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE merchant_id = $1 AND customer_id = $2{}", $for_update);
+                if let Some(row) = sqlx::query_as::<_, AccountRow>(&sql).bind(merchant).bind(customer).fetch_optional(&mut **self).await? {
+                    return Ok(row.into());
+                }
+                sqlx::query(
                     "INSERT INTO accounts (merchant_id, customer_id, updated_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (merchant_id, customer_id) DO UPDATE SET updated_at = accounts.updated_at
-                     RETURNING {ACCOUNT_COLUMNS}"
-                );
-                let row: AccountRow = sqlx::query_as(&sql).bind(merchant).bind(customer).bind(ts(now)).fetch_one(&mut **self).await?;
+                     ON CONFLICT (merchant_id, customer_id) DO NOTHING",
+                )
+                .bind(merchant).bind(customer).bind(ts(now))
+                .execute(&mut **self).await?;
+                let row: AccountRow = sqlx::query_as(&sql).bind(merchant).bind(customer).fetch_one(&mut **self).await?;
                 Ok(row.into())
             }
 
@@ -883,7 +888,7 @@ macro_rules! impl_ledger_tx {
             }
 
             async fn lot_transaction(&mut self, merchant: &str, lot_id: &str) -> sqlx::Result<Option<String>> {
-                sqlx::query_scalar("SELECT MIN(transaction_id) FROM entries WHERE merchant_id = $1 AND lot_id = $2")
+                sqlx::query_scalar("SELECT MIN(transaction_id) FROM entries WHERE merchant_id = $1 AND lot_id = $2 AND lot_id <> ''")
                     .bind(merchant).bind(lot_id).fetch_one(&mut **self).await
             }
 
@@ -1155,8 +1160,8 @@ macro_rules! impl_ledger_tx {
     };
 }
 
-impl_ledger_tx!(Postgres, " FOR UPDATE SKIP LOCKED");
-impl_ledger_tx!(Sqlite, "");
+impl_ledger_tx!(Postgres, " FOR UPDATE", " FOR UPDATE SKIP LOCKED");
+impl_ledger_tx!(Sqlite, "", "");
 
 /// Runs `work` in one write transaction on either engine (`BEGIN IMMEDIATE` on SQLite, so
 /// writers queue instead of failing), committing when it returns `Ok`.

@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::server::Router;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -82,9 +81,9 @@ pub async fn serve(
         tracing::info!(?addr, ?grace, "draining: health is NOT_SERVING");
         tokio::time::sleep(grace).await;
     };
-    router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
-        .await?;
+    // Without TCP_NODELAY, Nagle's algorithm holds small gRPC frames back ~40 ms per call.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    router.serve_with_incoming_shutdown(incoming, drain).await?;
     tracing::info!(?addr, "gRPC server stopped");
     Ok(())
 }

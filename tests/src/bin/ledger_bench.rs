@@ -75,11 +75,6 @@ struct Args {
     /// Skip the pgbench phase.
     #[arg(long)]
     no_pgbench: bool,
-    /// Preview of a fix: set TCP_NODELAY on ledger-svc's listening socket (the sockets it
-    /// accepts inherit it on Linux), which the runtime does not do yet. Without it, Nagle's
-    /// algorithm and delayed ACKs stall RecordReceipt responses by about 40 ms.
-    #[arg(long)]
-    preview_nodelay: bool,
     /// Load pg_stat_statements and print the statements one receipt costs (adds overhead:
     /// throughput figures of such a run are not the headline ones).
     #[arg(long)]
@@ -162,10 +157,6 @@ async fn ledger_phase(
         .await
         .map_err(|e| anyhow::anyhow!("ledger-svc does not start: {e:?}"))?;
     let addr = host.local_addr();
-    if args.preview_nodelay {
-        let fd = set_listener_nodelay(addr.port()).context("--preview-nodelay")?;
-        eprintln!("--preview-nodelay: TCP_NODELAY set on ledger-svc's listening socket (fd {fd})");
-    }
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(host.run_until(shutdown.clone().cancelled_owned()));
     let mut clients = Vec::new();
@@ -547,51 +538,6 @@ fn field(output: &str, prefix: &str) -> Option<f64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Sets TCP_NODELAY on this process's listening TCP socket bound to `port`; returns its fd.
-fn set_listener_nodelay(port: u16) -> anyhow::Result<i32> {
-    for entry in std::fs::read_dir("/proc/self/fd")? {
-        let Some(fd) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: getsockname writes at most `len` bytes into the zeroed storage we own; on a
-        // descriptor that is not a socket it fails and changes nothing.
-        let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let named = unsafe { libc::getsockname(fd, std::ptr::addr_of_mut!(sa).cast(), &mut len) };
-        if named != 0 || i32::from(sa.ss_family) != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: the family is AF_INET, so the storage holds a sockaddr_in.
-        let sin: libc::sockaddr_in = unsafe { std::ptr::read(std::ptr::addr_of!(sa).cast()) };
-        if u16::from_be(sin.sin_port) != port {
-            continue;
-        }
-        let one: libc::c_int = 1;
-        // SAFETY: fd is an open TCP socket; the option value is a c_int of the size given.
-        let set = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                std::ptr::addr_of!(one).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if set != 0 {
-            bail!(
-                "setsockopt(TCP_NODELAY): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        return Ok(fd);
-    }
-    bail!("no listening socket on port {port} in this process")
-}
-
 /// pgbench next to the cluster's initdb, else on PATH.
 fn pgbench_binary(pg: &TempPostgres) -> anyhow::Result<PathBuf> {
     let beside = pg.bin_dir().join("pgbench");
@@ -847,9 +793,6 @@ fn print_report(
     );
     if let Some(p) = pgbench {
         println!("  {} (scale {})", p.command, p.scale);
-    }
-    if args.preview_nodelay {
-        println!("  --preview-nodelay: TCP_NODELAY on ledger-svc's accepted sockets (not yet the default)");
     }
     if args.statements {
         println!("  pg_stat_statements loaded: throughput includes its overhead");
