@@ -8,11 +8,13 @@ use rust_decimal::Decimal;
 
 use crate::convert::{self, opt_instant, timestamp};
 use crate::domain::book::{lot_state, Account, AccountState, Book};
+use crate::domain::periods::{buckets, Granularity};
 use crate::error::Error;
 use crate::ledger::{check_id, day_of, done, hold_state, tx_kind, Ledger};
 use crate::settings::Settings;
 use crate::store::LedgerTx;
 use crate::{in_read_tx, in_write_tx};
+use chrono_tz::Tz;
 
 const DEFAULT_EXPIRING: i64 = 30;
 
@@ -373,32 +375,80 @@ impl Ledger {
         if to <= from || to - from > Duration::days(3 * 366) {
             return Err(Error::invalid("period", "end after start, at most 3 years"));
         }
+        let granularity = match pb::Granularity::try_from(r.granularity) {
+            Ok(pb::Granularity::Day) => Granularity::Day,
+            Ok(pb::Granularity::Week) => Granularity::Week,
+            Ok(pb::Granularity::Month) => Granularity::Month,
+            Ok(_) => Granularity::Total,
+            Err(_) => return Err(Error::invalid("granularity", "unknown granularity")),
+        };
+        let tz: Tz = if r.time_zone.is_empty() {
+            Tz::UTC
+        } else {
+            r.time_zone.parse().map_err(|_| {
+                Error::invalid("time_zone", "not an IANA time zone such as Europe/Moscow")
+            })?
+        };
+        let periods = buckets(from, to, granularity, tz);
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
             let s = Self::settings(tx, &r.merchant_id).await?;
-            let sums = tx.system_totals(&r.merchant_id, from, to).await?;
-            let get = |a: Account| sums.iter().find(|(n, _)| n == a.name()).map_or(Decimal::ZERO, |(_, v)| *v);
-            let by_kind = tx.lot_totals(&r.merchant_id, from, to).await?;
-            let kinds = |ks: &[LotKind]| by_kind.iter().filter(|(k, _)| ks.iter().any(|x| *x as i32 == *k)).map(|(_, v)| *v).sum::<Decimal>();
-            let (receipts, turnover, discount, customers) = tx.receipt_totals(&r.merchant_id, from, to).await?;
+            let mut out = Vec::with_capacity(periods.len());
+            for (from, to) in periods {
+                out.push(Self::totals_bucket(tx, &r.merchant_id, &r.store_id, from, to, &s).await?);
+            }
             let outstanding = tx.outstanding(&r.merchant_id).await?;
-            // Lots say what was given and why; system accounts what was spent, expired, reversed.
-            let bucket = pb::TotalsBucket {
-                period: Some(types::Period { start: Some(timestamp(from)), end: Some(timestamp(to)) }),
-                points_accrued: s.points(kinds(&[LotKind::Purchase, LotKind::Cashback, LotKind::Migration])),
-                points_gifted: s.points(kinds(&[LotKind::Gift, LotKind::Action])),
-                points_referral: s.points(kinds(&[LotKind::Referral])),
-                points_redeemed: s.points(get(Account::Redeemed)),
-                points_expired: s.points(get(Account::Expired)),
-                points_reversed: s.points(get(Account::Reversed)),
-                points_restored: s.points(-get(Account::Restored)),
-                points_adjusted: s.points(-get(Account::Adjusted)),
-                receipts: receipts.max(0) as u64,
-                turnover: s.money(turnover),
-                discount: s.money(discount),
-                active_customers: customers.max(0) as u64,
-            };
-            Ok(pb::GetMerchantTotalsResponse { buckets: vec![bucket], outstanding_points: s.points(outstanding) })
+            Ok(pb::GetMerchantTotalsResponse { buckets: out, outstanding_points: s.points(outstanding) })
+        })
+    }
+
+    /// One bucket of merchant totals: lots say what was given and why; system accounts what was
+    /// spent, expired, reversed or restored.
+    async fn totals_bucket(
+        tx: &mut dyn LedgerTx,
+        merchant: &str,
+        store: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        s: &Settings,
+    ) -> Result<pb::TotalsBucket, Error> {
+        let sums = tx.system_totals(merchant, store, from, to).await?;
+        let get = |a: Account| {
+            sums.iter()
+                .find(|(n, _)| n == a.name())
+                .map_or(Decimal::ZERO, |(_, v)| *v)
+        };
+        let by_kind = tx.lot_totals(merchant, store, from, to).await?;
+        let kinds = |ks: &[LotKind]| {
+            by_kind
+                .iter()
+                .filter(|(k, _)| ks.iter().any(|x| *x as i32 == *k))
+                .map(|(_, v)| *v)
+                .sum::<Decimal>()
+        };
+        let (receipts, turnover, discount, customers) =
+            tx.receipt_totals(merchant, store, from, to).await?;
+        Ok(pb::TotalsBucket {
+            period: Some(types::Period {
+                start: Some(timestamp(from)),
+                end: Some(timestamp(to)),
+            }),
+            points_accrued: s.points(kinds(&[
+                LotKind::Purchase,
+                LotKind::Cashback,
+                LotKind::Migration,
+            ])),
+            points_gifted: s.points(kinds(&[LotKind::Gift, LotKind::Action])),
+            points_referral: s.points(kinds(&[LotKind::Referral])),
+            points_redeemed: s.points(get(Account::Redeemed)),
+            points_expired: s.points(get(Account::Expired)),
+            points_reversed: s.points(get(Account::Reversed)),
+            points_restored: s.points(-get(Account::Restored)),
+            points_adjusted: s.points(-get(Account::Adjusted)),
+            receipts: receipts.max(0) as u64,
+            turnover: s.money(turnover),
+            discount: s.money(discount),
+            active_customers: customers.max(0) as u64,
         })
     }
 

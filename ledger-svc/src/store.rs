@@ -420,6 +420,7 @@ pub trait LedgerTx: Send {
     async fn system_totals(
         &mut self,
         merchant: &str,
+        store: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> sqlx::Result<Vec<(String, Decimal)>>;
@@ -427,6 +428,7 @@ pub trait LedgerTx: Send {
     async fn lot_totals(
         &mut self,
         merchant: &str,
+        store: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> sqlx::Result<Vec<(i32, Decimal)>>;
@@ -434,6 +436,7 @@ pub trait LedgerTx: Send {
     async fn receipt_totals(
         &mut self,
         merchant: &str,
+        store: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> sqlx::Result<(i64, Decimal, Decimal, i64)>;
@@ -1122,32 +1125,34 @@ macro_rules! impl_ledger_tx {
                 sqlx::query_scalar("SELECT COUNT(*) FROM transactions WHERE merchant_id = $1").bind(merchant).fetch_one(&mut **self).await
             }
 
-            async fn system_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(String, Decimal)>> {
+            async fn system_totals(&mut self, merchant: &str, store: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(String, Decimal)>> {
                 let rows: Vec<(String, Amount)> = sqlx::query_as(
                     "SELECT e.account, SUM(e.amount) FROM entries e JOIN transactions t
                        ON t.merchant_id = e.merchant_id AND t.transaction_id = e.transaction_id
                      WHERE e.merchant_id = $1 AND e.customer_id = '' AND t.occurred_at >= $2 AND t.occurred_at < $3
+                       AND ($4 = '' OR t.receipt_id IN (SELECT receipt_id FROM receipts WHERE merchant_id = $1 AND store_id = $4))
                      GROUP BY e.account",
                 )
-                .bind(merchant).bind(ts(from)).bind(ts(to)).fetch_all(&mut **self).await?;
+                .bind(merchant).bind(ts(from)).bind(ts(to)).bind(store).fetch_all(&mut **self).await?;
                 Ok(rows.into_iter().map(|(a, s)| (a, s.0)).collect())
             }
 
-            async fn lot_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(i32, Decimal)>> {
+            async fn lot_totals(&mut self, merchant: &str, store: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(i32, Decimal)>> {
                 let rows: Vec<(i32, Amount)> = sqlx::query_as(
-                    "SELECT kind, SUM(amount) FROM lots WHERE merchant_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY kind",
+                    "SELECT kind, SUM(amount) FROM lots WHERE merchant_id = $1 AND created_at >= $2 AND created_at < $3
+                     AND ($4 = '' OR receipt_id IN (SELECT receipt_id FROM receipts WHERE merchant_id = $1 AND store_id = $4)) GROUP BY kind",
                 )
-                .bind(merchant).bind(ts(from)).bind(ts(to)).fetch_all(&mut **self).await?;
+                .bind(merchant).bind(ts(from)).bind(ts(to)).bind(store).fetch_all(&mut **self).await?;
                 Ok(rows.into_iter().map(|(k, s)| (k, s.0)).collect())
             }
 
-            async fn receipt_totals(&mut self, merchant: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<(i64, Decimal, Decimal, i64)> {
+            async fn receipt_totals(&mut self, merchant: &str, store: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<(i64, Decimal, Decimal, i64)> {
                 let (n, turnover, discount, customers): (i64, Option<Amount>, Option<Amount>, i64) = sqlx::query_as(
                     "SELECT COUNT(*), SUM(net_amount - refunded_amount), SUM(discount),
                             COUNT(DISTINCT CASE WHEN customer_id <> '' THEN customer_id END)
-                     FROM receipts WHERE merchant_id = $1 AND occurred_at >= $2 AND occurred_at < $3",
+                     FROM receipts WHERE merchant_id = $1 AND occurred_at >= $2 AND occurred_at < $3 AND ($4 = '' OR store_id = $4)",
                 )
-                .bind(merchant).bind(ts(from)).bind(ts(to)).fetch_one(&mut **self).await?;
+                .bind(merchant).bind(ts(from)).bind(ts(to)).bind(store).fetch_one(&mut **self).await?;
                 Ok((n, turnover.map(|a| a.0).unwrap_or_default(), discount.map(|a| a.0).unwrap_or_default(), customers))
             }
 

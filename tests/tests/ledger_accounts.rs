@@ -302,3 +302,77 @@ on_both!(
     stamps_are_counted_and_returned_with_the_receipt,
     activity_finds_segments
 );
+
+mod totals {
+    use super::*;
+    use chrono::{Duration, TimeZone, Utc};
+    use kopilka_tests::ledger::epoch;
+
+    fn ts(t: chrono::DateTime<Utc>) -> pbjson_types::Timestamp {
+        pbjson_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: 0,
+        }
+    }
+
+    /// Daily buckets in the merchant's time zone, and a store filter (L6).
+    async fn totals_by_day_and_store(l: TestLedger) {
+        for (i, store) in ["north", "south", "north"].into_iter().enumerate() {
+            record(
+                &l,
+                &format!("t{i}"),
+                pb::ReceiptInput {
+                    receipt_id: format!("t-rc{i}"),
+                    customer_id: "buyer".into(),
+                    store_id: store.into(),
+                    lines: vec![line("1", "tea", "100.00", "5", "0")],
+                    ..Default::default()
+                },
+            )
+            .await;
+            l.clock.advance(Duration::days(1));
+        }
+        let start = Utc.from_utc_datetime(&(epoch().date_naive().and_hms_opt(0, 0, 0).unwrap()))
+            - Duration::hours(3);
+        let totals = |store: &'static str, granularity: pb::Granularity| {
+            let mut c = l.client();
+            async move {
+                c.get_merchant_totals(pb::GetMerchantTotalsRequest {
+                    merchant_id: M.into(),
+                    period: Some(kopilka_proto::types::Period {
+                        start: Some(ts(start)),
+                        end: Some(ts(start + Duration::days(3))),
+                    }),
+                    granularity: granularity as i32,
+                    time_zone: "Europe/Moscow".into(),
+                    store_id: store.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+            }
+        };
+        let daily = totals("", pb::Granularity::Day).await;
+        assert_eq!(daily.buckets.len(), 3);
+        assert!(
+            daily
+                .buckets
+                .iter()
+                .all(|b| b.receipts == 1 && b.points_accrued == "5"),
+            "{:?}",
+            daily.buckets
+        );
+        let north = totals("north", pb::Granularity::Total).await;
+        assert_eq!(
+            (
+                north.buckets[0].receipts,
+                north.buckets[0].turnover.as_str(),
+                north.buckets[0].points_accrued.as_str()
+            ),
+            (2, "200.00", "10")
+        );
+        assert_eq!(north.outstanding_points, "15");
+    }
+
+    on_both!(totals_by_day_and_store);
+}

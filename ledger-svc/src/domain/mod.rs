@@ -5,4 +5,5 @@
 pub mod amounts;
 pub mod book;
 pub mod clock;
+pub mod periods;
 pub mod split;
