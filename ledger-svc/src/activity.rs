@@ -79,11 +79,8 @@ impl Ledger {
         check_id("merchant_id", &r.merchant_id, &mut v);
         done(v)?;
         let f = r.filter.clone().unwrap_or_default();
-        if !f.store_ids.is_empty() {
-            return Err(Error::invalid(
-                "filter.store_ids",
-                "filtering by store is not supported yet",
-            ));
+        if f.store_ids.len() > 1000 {
+            return Err(Error::invalid("filter.store_ids", "at most 1000"));
         }
         if f.customer_ids.len() > 1000 {
             return Err(Error::invalid("filter.customer_ids", "at most 1000"));
@@ -114,6 +111,11 @@ impl Ledger {
             } else {
                 Some(tx.buyers(&r.merchant_id, &f.bought_product_ids, &f.bought_category_ids, bought_from, bought_to).await?.into_iter().collect())
             };
+            let at_stores: Option<HashSet<String>> = if f.store_ids.is_empty() {
+                None
+            } else {
+                Some(tx.store_customers(&r.merchant_id, &f.store_ids).await?.into_iter().collect())
+            };
             let only: HashSet<&String> = f.customer_ids.iter().collect();
             let mut matched = Vec::new();
             for account in tx.accounts(&r.merchant_id, None).await? {
@@ -121,6 +123,9 @@ impl Ledger {
                     continue;
                 }
                 if !only.is_empty() && !only.contains(&account.customer_id) {
+                    continue;
+                }
+                if at_stores.as_ref().is_some_and(|s| !s.contains(&account.customer_id)) {
                     continue;
                 }
                 if let Some(b) = &buyers {

@@ -331,6 +331,12 @@ pub trait LedgerTx: Send {
     /// Per customer with purchases on days `>= from_day`: turnover, purchases, last day.
     async fn activity(&mut self, merchant: &str, from_day: i64) -> sqlx::Result<Vec<ActivityRow>>;
     /// Customers who bought one of the products or categories in `[from, to)`.
+    /// Customers with a receipt at one of `stores`.
+    async fn store_customers(
+        &mut self,
+        merchant: &str,
+        stores: &[String],
+    ) -> sqlx::Result<Vec<String>>;
     async fn buyers(
         &mut self,
         merchant: &str,
@@ -981,6 +987,17 @@ macro_rules! impl_ledger_tx {
                 )
                 .bind(merchant).bind(from_day as i32).fetch_all(&mut **self).await?;
                 Ok(rows.into_iter().map(|(customer_id, t, p, d)| ActivityRow { customer_id, turnover: t.0, purchases: p, last_day: i64::from(d) }).collect())
+            }
+
+            async fn store_customers(&mut self, merchant: &str, stores: &[String]) -> sqlx::Result<Vec<String>> {
+                let mut q = QueryBuilder::<$db>::new("SELECT DISTINCT customer_id FROM receipts WHERE merchant_id = ");
+                q.push_bind(merchant).push(" AND customer_id <> '' AND store_id IN (");
+                let mut sep = q.separated(", ");
+                for store in stores {
+                    sep.push_bind(store);
+                }
+                q.push(")");
+                q.build_query_scalar().fetch_all(&mut **self).await
             }
 
             async fn buyers(&mut self, merchant: &str, products: &[String], categories: &[String], from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> sqlx::Result<Vec<String>> {

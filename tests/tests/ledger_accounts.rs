@@ -240,6 +240,7 @@ async fn activity_finds_segments(l: TestLedger) {
             pb::ReceiptInput {
                 receipt_id: format!("act-rc{i}"),
                 customer_id: customer.into(),
+                store_id: if customer == "bob" { "kiosk" } else { "mall" }.into(),
                 lines: vec![line("1", product, price, "0", "0")],
                 ..Default::default()
             },
@@ -287,6 +288,18 @@ async fn activity_finds_segments(l: TestLedger) {
         ..Default::default()
     })
     .await;
+    let at_store = find(pb::ActivityFilter {
+        store_ids: vec!["kiosk".into()],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        at_store
+            .iter()
+            .map(|c| c.customer_id.as_str())
+            .collect::<Vec<_>>(),
+        ["bob"]
+    );
     assert_eq!(top.len(), 1);
 }
 
