@@ -602,7 +602,7 @@ fn amt(d: Decimal) -> Amount {
 }
 
 macro_rules! impl_ledger_tx {
-    ($db:ty, $for_update:expr, $skip_locked:expr) => {
+    ($db:ty, $for_update:expr, $skip_locked:expr, $one_round_trip:expr) => {
         #[async_trait]
         impl LedgerTx for sqlx::Transaction<'static, $db> {
             async fn claim_request(&mut self, merchant: &str, request_id: &str, operation: &str, hash: &[u8], now: DateTime<Utc>) -> sqlx::Result<Claim> {
@@ -697,6 +697,54 @@ macro_rules! impl_ledger_tx {
             }
 
             async fn save(&mut self, merchant: &str, account: &AccountState, new_lots: &[Lot], changed_lots: &[&Lot], tx: &TxRecord, entries: &[Entry]) -> sqlx::Result<()> {
+                if $one_round_trip {
+                    let mut q = QueryBuilder::<$db>::new("WITH ");
+                    if !new_lots.is_empty() {
+                        q.push(format!("new_lots AS (INSERT INTO lots (merchant_id, {LOT_COLUMNS}) "));
+                        q.push_values(new_lots, |mut b, l| {
+                            b.push_bind(merchant).push_bind(&l.lot_id).push_bind(&l.customer_id).push_bind(l.kind).push_bind(l.action)
+                                .push_bind(amt(l.amount)).push_bind(amt(l.remaining)).push_bind(amt(l.held)).push_bind(l.state)
+                                .push_bind(l.activates_at.map(ts)).push_bind(l.expires_at.map(ts)).push_bind(ts(l.created_at))
+                                .push_bind(&l.receipt_id).push_bind(&l.grant_key).push_bind(l.rule_ids.join(","));
+                        });
+                        q.push(" RETURNING 1), ");
+                    }
+                    for (i, l) in changed_lots.iter().enumerate() {
+                        q.push(format!("lot_{i} AS (UPDATE lots SET remaining = ")).push_bind(amt(l.remaining))
+                            .push(", held = ").push_bind(amt(l.held)).push(", state = ").push_bind(l.state)
+                            .push(" WHERE merchant_id = ").push_bind(merchant).push(" AND lot_id = ").push_bind(&l.lot_id)
+                            .push(" RETURNING 1), ");
+                    }
+                    q.push("account AS (UPDATE accounts SET available = ").push_bind(amt(account.available))
+                        .push(", pending = ").push_bind(amt(account.pending)).push(", held = ").push_bind(amt(account.held))
+                        .push(", lifetime_turnover = ").push_bind(amt(account.lifetime_turnover))
+                        .push(", purchase_count = ").push_bind(account.purchase_count)
+                        .push(", first_purchase_at = ").push_bind(account.first_purchase_at.map(ts))
+                        .push(", last_purchase_at = ").push_bind(account.last_purchase_at.map(ts))
+                        .push(", updated_at = ").push_bind(ts(tx.recorded_at))
+                        .push(" WHERE merchant_id = ").push_bind(merchant).push(" AND customer_id = ").push_bind(&account.customer_id)
+                        .push(" RETURNING 1), ");
+                    q.push(format!("journal AS (INSERT INTO transactions (merchant_id, {TX_COLUMNS}) VALUES ("));
+                    {
+                        let mut v = q.separated(", ");
+                        v.push_bind(merchant).push_bind(&tx.transaction_id).push_bind(&tx.customer_id).push_bind(tx.kind)
+                            .push_bind(amt(tx.amount)).push_bind(amt(tx.balance_after)).push_bind(ts(tx.occurred_at))
+                            .push_bind(ts(tx.recorded_at)).push_bind(&tx.receipt_id).push_bind(&tx.refund_id)
+                            .push_bind(&tx.hold_id).push_bind(&tx.request_id).push_bind(&tx.description);
+                    }
+                    q.push(") RETURNING 1)");
+                    if !entries.is_empty() {
+                        q.push(", lines AS (INSERT INTO entries (merchant_id, transaction_id, entry_no, customer_id, account, amount, lot_id) ");
+                        q.push_values(entries.iter().enumerate(), |mut b, (i, e)| {
+                            b.push_bind(merchant).push_bind(&tx.transaction_id).push_bind(i as i32).push_bind(&e.customer_id)
+                                .push_bind(e.account.name()).push_bind(amt(e.amount)).push_bind(&e.lot_id);
+                        });
+                        q.push(" RETURNING 1)");
+                    }
+                    q.push(" SELECT 1");
+                    q.build().execute(&mut **self).await?;
+                    return Ok(());
+                }
                 if !new_lots.is_empty() {
                     let mut q = QueryBuilder::<$db>::new(format!("INSERT INTO lots (merchant_id, {LOT_COLUMNS}) "));
                     q.push_values(new_lots, |mut b, l| {
@@ -1182,8 +1230,10 @@ macro_rules! impl_ledger_tx {
     };
 }
 
-impl_ledger_tx!(Postgres, " FOR UPDATE", " FOR UPDATE SKIP LOCKED");
-impl_ledger_tx!(Sqlite, "", "");
+// PostgreSQL writes a whole `save` in one statement (data-modifying CTEs); SQLite, which has
+// none, runs the statements one by one (in-process, so round trips cost little there).
+impl_ledger_tx!(Postgres, " FOR UPDATE", " FOR UPDATE SKIP LOCKED", true);
+impl_ledger_tx!(Sqlite, "", "", false);
 
 /// Runs `work` in one write transaction on either engine (`BEGIN IMMEDIATE` on SQLite, so
 /// writers queue instead of failing), committing when it returns `Ok`.
