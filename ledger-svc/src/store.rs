@@ -601,6 +601,120 @@ fn amt(d: Decimal) -> Amount {
     Amount(d)
 }
 
+/// One write of [`LedgerTx::save`]. PostgreSQL runs them all as one statement (data-modifying
+/// CTEs), SQLite one by one (in-process, so round trips cost little there).
+enum Write<'a> {
+    NewLots(&'a [Lot]),
+    Lot(&'a Lot),
+    Account(&'a AccountState, DateTime<Utc>),
+    Transaction(&'a TxRecord),
+    Entries(&'a str, &'a [Entry]),
+}
+
+/// Appends the SQL of one write (without a trailing `;`) to `q`.
+fn push_write<'a, DB>(q: &mut QueryBuilder<'a, DB>, merchant: &'a str, write: &Write<'a>)
+where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i32: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Amount: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Timestamp: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<Timestamp>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    match write {
+        Write::NewLots(lots) => {
+            q.push(format!("INSERT INTO lots (merchant_id, {LOT_COLUMNS}) "));
+            q.push_values(lots.iter(), |mut b, l| {
+                b.push_bind(merchant)
+                    .push_bind(&l.lot_id)
+                    .push_bind(&l.customer_id)
+                    .push_bind(l.kind)
+                    .push_bind(l.action)
+                    .push_bind(amt(l.amount))
+                    .push_bind(amt(l.remaining))
+                    .push_bind(amt(l.held))
+                    .push_bind(l.state)
+                    .push_bind(l.activates_at.map(ts))
+                    .push_bind(l.expires_at.map(ts))
+                    .push_bind(ts(l.created_at))
+                    .push_bind(&l.receipt_id)
+                    .push_bind(&l.grant_key)
+                    .push_bind(l.rule_ids.join(","));
+            });
+        }
+        Write::Lot(l) => {
+            q.push("UPDATE lots SET remaining = ")
+                .push_bind(amt(l.remaining))
+                .push(", held = ")
+                .push_bind(amt(l.held))
+                .push(", state = ")
+                .push_bind(l.state)
+                .push(" WHERE merchant_id = ")
+                .push_bind(merchant)
+                .push(" AND lot_id = ")
+                .push_bind(&l.lot_id);
+        }
+        Write::Account(a, at) => {
+            q.push("UPDATE accounts SET available = ")
+                .push_bind(amt(a.available))
+                .push(", pending = ")
+                .push_bind(amt(a.pending))
+                .push(", held = ")
+                .push_bind(amt(a.held))
+                .push(", lifetime_turnover = ")
+                .push_bind(amt(a.lifetime_turnover))
+                .push(", purchase_count = ")
+                .push_bind(a.purchase_count)
+                .push(", first_purchase_at = ")
+                .push_bind(a.first_purchase_at.map(ts))
+                .push(", last_purchase_at = ")
+                .push_bind(a.last_purchase_at.map(ts))
+                .push(", updated_at = ")
+                .push_bind(ts(*at))
+                .push(" WHERE merchant_id = ")
+                .push_bind(merchant)
+                .push(" AND customer_id = ")
+                .push_bind(&a.customer_id);
+        }
+        Write::Transaction(t) => {
+            q.push(format!(
+                "INSERT INTO transactions (merchant_id, {TX_COLUMNS}) VALUES ("
+            ));
+            q.separated(", ")
+                .push_bind(merchant)
+                .push_bind(&t.transaction_id)
+                .push_bind(&t.customer_id)
+                .push_bind(t.kind)
+                .push_bind(amt(t.amount))
+                .push_bind(amt(t.balance_after))
+                .push_bind(ts(t.occurred_at))
+                .push_bind(ts(t.recorded_at))
+                .push_bind(&t.receipt_id)
+                .push_bind(&t.refund_id)
+                .push_bind(&t.hold_id)
+                .push_bind(&t.request_id)
+                .push_bind(&t.description);
+            q.push(")");
+        }
+        Write::Entries(transaction_id, entries) => {
+            q.push("INSERT INTO entries (merchant_id, transaction_id, entry_no, customer_id, account, amount, lot_id) ");
+            q.push_values(entries.iter().enumerate(), |mut b, (i, e)| {
+                b.push_bind(merchant)
+                    .push_bind(*transaction_id)
+                    .push_bind(i as i32)
+                    .push_bind(&e.customer_id)
+                    .push_bind(e.account.name())
+                    .push_bind(amt(e.amount))
+                    .push_bind(&e.lot_id);
+            });
+        }
+    }
+}
+
 macro_rules! impl_ledger_tx {
     ($db:ty, $for_update:expr, $skip_locked:expr, $one_round_trip:expr) => {
         #[async_trait]
@@ -697,93 +811,34 @@ macro_rules! impl_ledger_tx {
             }
 
             async fn save(&mut self, merchant: &str, account: &AccountState, new_lots: &[Lot], changed_lots: &[&Lot], tx: &TxRecord, entries: &[Entry]) -> sqlx::Result<()> {
+                let mut steps = Vec::with_capacity(changed_lots.len() + 4);
+                if !new_lots.is_empty() {
+                    steps.push(Write::NewLots(new_lots));
+                }
+                steps.extend(changed_lots.iter().map(|l| Write::Lot(l)));
+                steps.push(Write::Account(account, tx.recorded_at));
+                steps.push(Write::Transaction(tx));
+                if !entries.is_empty() {
+                    steps.push(Write::Entries(&tx.transaction_id, entries));
+                }
                 if $one_round_trip {
                     let mut q = QueryBuilder::<$db>::new("WITH ");
-                    if !new_lots.is_empty() {
-                        q.push(format!("new_lots AS (INSERT INTO lots (merchant_id, {LOT_COLUMNS}) "));
-                        q.push_values(new_lots, |mut b, l| {
-                            b.push_bind(merchant).push_bind(&l.lot_id).push_bind(&l.customer_id).push_bind(l.kind).push_bind(l.action)
-                                .push_bind(amt(l.amount)).push_bind(amt(l.remaining)).push_bind(amt(l.held)).push_bind(l.state)
-                                .push_bind(l.activates_at.map(ts)).push_bind(l.expires_at.map(ts)).push_bind(ts(l.created_at))
-                                .push_bind(&l.receipt_id).push_bind(&l.grant_key).push_bind(l.rule_ids.join(","));
-                        });
-                        q.push(" RETURNING 1), ");
-                    }
-                    for (i, l) in changed_lots.iter().enumerate() {
-                        q.push(format!("lot_{i} AS (UPDATE lots SET remaining = ")).push_bind(amt(l.remaining))
-                            .push(", held = ").push_bind(amt(l.held)).push(", state = ").push_bind(l.state)
-                            .push(" WHERE merchant_id = ").push_bind(merchant).push(" AND lot_id = ").push_bind(&l.lot_id)
-                            .push(" RETURNING 1), ");
-                    }
-                    q.push("account AS (UPDATE accounts SET available = ").push_bind(amt(account.available))
-                        .push(", pending = ").push_bind(amt(account.pending)).push(", held = ").push_bind(amt(account.held))
-                        .push(", lifetime_turnover = ").push_bind(amt(account.lifetime_turnover))
-                        .push(", purchase_count = ").push_bind(account.purchase_count)
-                        .push(", first_purchase_at = ").push_bind(account.first_purchase_at.map(ts))
-                        .push(", last_purchase_at = ").push_bind(account.last_purchase_at.map(ts))
-                        .push(", updated_at = ").push_bind(ts(tx.recorded_at))
-                        .push(" WHERE merchant_id = ").push_bind(merchant).push(" AND customer_id = ").push_bind(&account.customer_id)
-                        .push(" RETURNING 1), ");
-                    q.push(format!("journal AS (INSERT INTO transactions (merchant_id, {TX_COLUMNS}) VALUES ("));
-                    {
-                        let mut v = q.separated(", ");
-                        v.push_bind(merchant).push_bind(&tx.transaction_id).push_bind(&tx.customer_id).push_bind(tx.kind)
-                            .push_bind(amt(tx.amount)).push_bind(amt(tx.balance_after)).push_bind(ts(tx.occurred_at))
-                            .push_bind(ts(tx.recorded_at)).push_bind(&tx.receipt_id).push_bind(&tx.refund_id)
-                            .push_bind(&tx.hold_id).push_bind(&tx.request_id).push_bind(&tx.description);
-                    }
-                    q.push(") RETURNING 1)");
-                    if !entries.is_empty() {
-                        q.push(", lines AS (INSERT INTO entries (merchant_id, transaction_id, entry_no, customer_id, account, amount, lot_id) ");
-                        q.push_values(entries.iter().enumerate(), |mut b, (i, e)| {
-                            b.push_bind(merchant).push_bind(&tx.transaction_id).push_bind(i as i32).push_bind(&e.customer_id)
-                                .push_bind(e.account.name()).push_bind(amt(e.amount)).push_bind(&e.lot_id);
-                        });
+                    for (i, step) in steps.iter().enumerate() {
+                        if i > 0 {
+                            q.push(", ");
+                        }
+                        q.push(format!("w{i} AS ("));
+                        push_write(&mut q, merchant, step);
                         q.push(" RETURNING 1)");
                     }
                     q.push(" SELECT 1");
                     q.build().execute(&mut **self).await?;
-                    return Ok(());
-                }
-                if !new_lots.is_empty() {
-                    let mut q = QueryBuilder::<$db>::new(format!("INSERT INTO lots (merchant_id, {LOT_COLUMNS}) "));
-                    q.push_values(new_lots, |mut b, l| {
-                        b.push_bind(merchant).push_bind(&l.lot_id).push_bind(&l.customer_id).push_bind(l.kind).push_bind(l.action)
-                            .push_bind(amt(l.amount)).push_bind(amt(l.remaining)).push_bind(amt(l.held)).push_bind(l.state)
-                            .push_bind(l.activates_at.map(ts)).push_bind(l.expires_at.map(ts)).push_bind(ts(l.created_at))
-                            .push_bind(&l.receipt_id).push_bind(&l.grant_key).push_bind(l.rule_ids.join(","));
-                    });
-                    q.build().execute(&mut **self).await?;
-                }
-                for l in changed_lots {
-                    sqlx::query("UPDATE lots SET remaining = $3, held = $4, state = $5 WHERE merchant_id = $1 AND lot_id = $2")
-                        .bind(merchant).bind(&l.lot_id).bind(amt(l.remaining)).bind(amt(l.held)).bind(l.state)
-                        .execute(&mut **self).await?;
-                }
-                sqlx::query(
-                    "UPDATE accounts SET available = $3, pending = $4, held = $5, lifetime_turnover = $6, purchase_count = $7,
-                     first_purchase_at = $8, last_purchase_at = $9, updated_at = $10 WHERE merchant_id = $1 AND customer_id = $2",
-                )
-                .bind(merchant).bind(&account.customer_id).bind(amt(account.available)).bind(amt(account.pending))
-                .bind(amt(account.held)).bind(amt(account.lifetime_turnover)).bind(account.purchase_count)
-                .bind(account.first_purchase_at.map(ts)).bind(account.last_purchase_at.map(ts)).bind(ts(tx.recorded_at))
-                .execute(&mut **self).await?;
-                sqlx::query(&format!(
-                    "INSERT INTO transactions (merchant_id, {TX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-                ))
-                .bind(merchant).bind(&tx.transaction_id).bind(&tx.customer_id).bind(tx.kind).bind(amt(tx.amount))
-                .bind(amt(tx.balance_after)).bind(ts(tx.occurred_at)).bind(ts(tx.recorded_at)).bind(&tx.receipt_id)
-                .bind(&tx.refund_id).bind(&tx.hold_id).bind(&tx.request_id).bind(&tx.description)
-                .execute(&mut **self).await?;
-                if !entries.is_empty() {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO entries (merchant_id, transaction_id, entry_no, customer_id, account, amount, lot_id) ",
-                    );
-                    q.push_values(entries.iter().enumerate(), |mut b, (i, e)| {
-                        b.push_bind(merchant).push_bind(&tx.transaction_id).push_bind(i as i32).push_bind(&e.customer_id)
-                            .push_bind(e.account.name()).push_bind(amt(e.amount)).push_bind(&e.lot_id);
-                    });
-                    q.build().execute(&mut **self).await?;
+                } else {
+                    for step in &steps {
+                        let mut q = QueryBuilder::<$db>::new("");
+                        push_write(&mut q, merchant, step);
+                        q.build().execute(&mut **self).await?;
+                    }
                 }
                 Ok(())
             }
