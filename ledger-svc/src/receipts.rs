@@ -414,21 +414,8 @@ impl Ledger {
                     .last_purchase_at
                     .map_or(occurred_at, |t| t.max(occurred_at)),
             );
-            transaction_id = Self::save(
-                tx,
-                merchant,
-                &loaded.book,
-                tx_kind::RECEIPT,
-                now,
-                occurred_at,
-                (&input.receipt_id, "", &input.hold_id),
-                request_id,
-                "",
-            )
-            .await?;
-            tx.add_purchase_day(merchant, &input.customer_id, day_of(occurred_at), net, 1)
-                .await?;
-            let mut b = self.balance(&loaded.book, s);
+            // Stamps first: the journal write below is kept back and sent with the receipt's
+            // other writes in one round trip, which a read in between would split.
             for c in &mut stamp_changes {
                 let count = tx
                     .add_stamps(
@@ -449,7 +436,23 @@ impl Ledger {
                 }
                 c.balance_after = count as u32;
             }
-            b.stamps = Self::stamp_balances(tx, merchant, &input.customer_id).await?;
+            let stamps = Self::stamp_balances(tx, merchant, &input.customer_id).await?;
+            transaction_id = Self::save(
+                tx,
+                merchant,
+                &loaded.book,
+                tx_kind::RECEIPT,
+                now,
+                occurred_at,
+                (&input.receipt_id, "", &input.hold_id),
+                request_id,
+                "",
+            )
+            .await?;
+            tx.add_purchase_day(merchant, &input.customer_id, day_of(occurred_at), net, 1)
+                .await?;
+            let mut b = self.balance(&loaded.book, s);
+            b.stamps = stamps;
             balance = Some(b);
             for lot in &receipt_lots {
                 let payload = Payload::PointsAccrued(types::PointsAccrued {

@@ -1,7 +1,8 @@
 //! The only SQL of ledger-svc. [`LedgerTx`] is what an operation may do inside one database
 //! transaction; it is implemented once, by a macro, for a PostgreSQL and a SQLite transaction,
 //! so every query is written once. The dialects differ only in row locks (`FOR UPDATE` and
-//! `SKIP LOCKED` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already serialises writers).
+//! `SKIP LOCKED` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already serialises writers) and in how
+//! the writes [`Tx`] keeps back are sent (one statement on PostgreSQL, see [`Write`]).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -601,23 +602,65 @@ fn amt(d: Decimal) -> Amount {
     Amount(d)
 }
 
-/// One write of [`LedgerTx::save`]. PostgreSQL runs them all as one statement (data-modifying
-/// CTEs), SQLite one by one (in-process, so round trips cost little there).
-enum Write<'a> {
-    NewLots(&'a [Lot]),
-    Lot(&'a Lot),
-    Account(&'a AccountState, DateTime<Utc>),
-    Transaction(&'a TxRecord),
-    Entries(&'a str, &'a [Entry]),
+/// A write whose result nothing reads back before the next statement: [`Tx`] keeps it and
+/// sends all kept writes together right before the next statement or the commit — PostgreSQL as
+/// one statement of data-modifying CTEs, SQLite one by one (in-process, so round trips cost
+/// little there). A receipt's whole write is thus one round trip on PostgreSQL.
+#[derive(Debug)]
+enum Write {
+    NewLots(Vec<Lot>),
+    Lot(Lot),
+    Account(AccountState, DateTime<Utc>),
+    Transaction(TxRecord),
+    Entries(String, Vec<Entry>),
+    Receipt(Box<NewReceipt>),
+    ReceiptLines(String, Vec<SoldLine>),
+    PurchaseDay {
+        customer: String,
+        day: i64,
+        turnover: Decimal,
+        purchases: i64,
+    },
+    Events(Vec<(String, Vec<u8>)>, DateTime<Utc>),
+    Answer {
+        request_id: String,
+        response: Vec<u8>,
+    },
+}
+
+#[derive(Debug)]
+struct NewReceipt {
+    row: ReceiptRow,
+    store_id: String,
+    occurred_at: DateTime<Utc>,
+    recorded_at: DateTime<Utc>,
+    net_amount: Decimal,
+    discount: Decimal,
+}
+
+impl Write {
+    /// The rows this write updates in place. One statement must not update a row twice, so a
+    /// write touching a row a kept write touches goes out only after the kept ones.
+    fn updates(&self) -> Vec<(&'static str, &str, i64)> {
+        match self {
+            Write::Lot(l) => vec![("lot", &l.lot_id, 0)],
+            Write::NewLots(lots) => lots.iter().map(|l| ("lot", l.lot_id.as_str(), 0)).collect(),
+            Write::Account(a, _) => vec![("account", &a.customer_id, 0)],
+            Write::PurchaseDay { customer, day, .. } => vec![("day", customer, *day)],
+            Write::Answer { request_id, .. } => vec![("answer", request_id, 0)],
+            _ => vec![],
+        }
+    }
 }
 
 /// Appends the SQL of one write (without a trailing `;`) to `q`.
-fn push_write<'a, DB>(q: &mut QueryBuilder<'a, DB>, merchant: &'a str, write: &Write<'a>)
+fn push_write<'a, DB>(q: &mut QueryBuilder<'a, DB>, merchant: &'a str, write: &'a Write)
 where
     DB: sqlx::Database,
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a Vec<u8>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i32: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -704,7 +747,7 @@ where
             q.push("INSERT INTO entries (merchant_id, transaction_id, entry_no, customer_id, account, amount, lot_id) ");
             q.push_values(entries.iter().enumerate(), |mut b, (i, e)| {
                 b.push_bind(merchant)
-                    .push_bind(*transaction_id)
+                    .push_bind(transaction_id)
                     .push_bind(i as i32)
                     .push_bind(&e.customer_id)
                     .push_bind(e.account.name())
@@ -712,20 +755,158 @@ where
                     .push_bind(&e.lot_id);
             });
         }
+        Write::Receipt(r) => {
+            q.push(
+                "INSERT INTO receipts (merchant_id, receipt_id, customer_id, store_id, occurred_at, recorded_at, \
+                 content_hash, document, net_amount, discount, refunded_amount, refund_state, transaction_id) VALUES (",
+            );
+            q.separated(", ")
+                .push_bind(merchant)
+                .push_bind(&r.row.receipt_id)
+                .push_bind(&r.row.customer_id)
+                .push_bind(&r.store_id)
+                .push_bind(ts(r.occurred_at))
+                .push_bind(ts(r.recorded_at))
+                .push_bind(&r.row.content_hash)
+                .push_bind(&r.row.document)
+                .push_bind(amt(r.net_amount))
+                .push_bind(amt(r.discount))
+                .push_bind(amt(r.row.refunded_amount))
+                .push_bind(r.row.refund_state)
+                .push_bind(&r.row.transaction_id);
+            q.push(")");
+        }
+        Write::ReceiptLines(receipt_id, lines) => {
+            q.push("INSERT INTO receipt_lines (merchant_id, receipt_id, line_id, product_id, category_ids) ");
+            q.push_values(lines.iter(), |mut b, l| {
+                b.push_bind(merchant)
+                    .push_bind(receipt_id)
+                    .push_bind(&l.line_id)
+                    .push_bind(&l.product_id)
+                    .push_bind(l.category_ids.join(","));
+            });
+        }
+        Write::PurchaseDay {
+            customer,
+            day,
+            turnover,
+            purchases,
+        } => {
+            q.push("INSERT INTO purchase_days (merchant_id, customer_id, day, turnover, purchases) VALUES (");
+            q.separated(", ")
+                .push_bind(merchant)
+                .push_bind(customer)
+                .push_bind(*day as i32)
+                .push_bind(amt(*turnover))
+                .push_bind(*purchases);
+            q.push(
+                ") ON CONFLICT (merchant_id, customer_id, day) DO UPDATE SET \
+                 turnover = purchase_days.turnover + excluded.turnover, \
+                 purchases = purchase_days.purchases + excluded.purchases",
+            );
+        }
+        Write::Events(events, at) => {
+            q.push("INSERT INTO outbox (merchant_id, event_id, event, created_at) ");
+            q.push_values(events.iter(), |mut b, (id, event)| {
+                b.push_bind(merchant)
+                    .push_bind(id)
+                    .push_bind(event)
+                    .push_bind(ts(*at));
+            });
+        }
+        Write::Answer {
+            request_id,
+            response,
+        } => {
+            q.push("UPDATE idempotency_keys SET response = ")
+                .push_bind(response)
+                .push(" WHERE merchant_id = ")
+                .push_bind(merchant)
+                .push(" AND request_id = ")
+                .push_bind(request_id);
+        }
+    }
+}
+
+/// A database transaction of either engine with the writes it keeps back (see [`Write`]).
+pub struct Tx<DB: sqlx::Database> {
+    tx: sqlx::Transaction<'static, DB>,
+    kept: Vec<(String, Write)>,
+}
+
+impl<DB: sqlx::Database> Tx<DB> {
+    pub fn new(tx: sqlx::Transaction<'static, DB>) -> Self {
+        Tx {
+            tx,
+            kept: Vec::new(),
+        }
     }
 }
 
 macro_rules! impl_ledger_tx {
     ($db:ty, $for_update:expr, $skip_locked:expr, $one_round_trip:expr) => {
+        impl Tx<$db> {
+            /// Keeps `write` back until the next statement; first sends the kept writes when one
+            /// of them updates a row this one updates too.
+            async fn keep(&mut self, merchant: &str, write: Write) -> sqlx::Result<()> {
+                let rows = write.updates();
+                if !rows.is_empty() && self.kept.iter().any(|(_, w)| w.updates().iter().any(|r| rows.contains(r))) {
+                    self.flush().await?;
+                }
+                self.kept.push((merchant.to_owned(), write));
+                Ok(())
+            }
+
+            /// Sends the kept writes.
+            async fn flush(&mut self) -> sqlx::Result<()> {
+                if self.kept.is_empty() {
+                    return Ok(());
+                }
+                let kept = std::mem::take(&mut self.kept);
+                if $one_round_trip && kept.len() > 1 {
+                    let mut q = QueryBuilder::<$db>::new("WITH ");
+                    for (i, (merchant, write)) in kept.iter().enumerate() {
+                        if i > 0 {
+                            q.push(", ");
+                        }
+                        q.push(format!("w{i} AS ("));
+                        push_write(&mut q, merchant, write);
+                        q.push(" RETURNING 1)");
+                    }
+                    q.push(" SELECT 1");
+                    q.build().execute(&mut *self.tx).await?;
+                } else {
+                    for (merchant, write) in &kept {
+                        let mut q = QueryBuilder::<$db>::new("");
+                        push_write(&mut q, merchant, write);
+                        q.build().execute(&mut *self.tx).await?;
+                    }
+                }
+                Ok(())
+            }
+
+            /// The connection for a statement, after the kept writes (so it sees them).
+            async fn conn(&mut self) -> sqlx::Result<&mut <$db as sqlx::Database>::Connection> {
+                self.flush().await?;
+                Ok(&mut *self.tx)
+            }
+
+            /// Sends the kept writes and commits.
+            pub async fn commit(mut self) -> sqlx::Result<()> {
+                self.flush().await?;
+                self.tx.commit().await
+            }
+        }
+
         #[async_trait]
-        impl LedgerTx for sqlx::Transaction<'static, $db> {
+        impl LedgerTx for Tx<$db> {
             async fn claim_request(&mut self, merchant: &str, request_id: &str, operation: &str, hash: &[u8], now: DateTime<Utc>) -> sqlx::Result<Claim> {
                 let inserted = sqlx::query(
                     "INSERT INTO idempotency_keys (merchant_id, request_id, operation, request_hash, created_at)
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (merchant_id, request_id) DO NOTHING",
                 )
                 .bind(merchant).bind(request_id).bind(operation).bind(hash).bind(ts(now))
-                .execute(&mut **self).await?.rows_affected();
+                .execute(self.conn().await?).await?.rows_affected();
                 if inserted == 1 {
                     return Ok(Claim::New);
                 }
@@ -733,19 +914,17 @@ macro_rules! impl_ledger_tx {
                     "SELECT operation, request_hash, response FROM idempotency_keys WHERE merchant_id = $1 AND request_id = $2",
                 )
                 .bind(merchant).bind(request_id)
-                .fetch_one(&mut **self).await?;
+                .fetch_one(self.conn().await?).await?;
                 Ok(Claim::Done { operation, request_hash, response: response.unwrap_or_default() })
             }
 
             async fn finish_request(&mut self, merchant: &str, request_id: &str, response: &[u8]) -> sqlx::Result<()> {
-                sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE merchant_id = $1 AND request_id = $2")
-                    .bind(merchant).bind(request_id).bind(response)
-                    .execute(&mut **self).await.map(|_| ())
+                self.keep(merchant, Write::Answer { request_id: request_id.to_owned(), response: response.to_vec() }).await
             }
 
             async fn settings(&mut self, merchant: &str) -> sqlx::Result<Option<Vec<u8>>> {
                 sqlx::query_scalar("SELECT settings FROM ledger_settings WHERE merchant_id = $1")
-                    .bind(merchant).fetch_optional(&mut **self).await
+                    .bind(merchant).fetch_optional(self.conn().await?).await
             }
 
             async fn put_settings(&mut self, merchant: &str, settings: &[u8], now: DateTime<Utc>) -> sqlx::Result<()> {
@@ -754,12 +933,12 @@ macro_rules! impl_ledger_tx {
                      ON CONFLICT (merchant_id) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
                 )
                 .bind(merchant).bind(settings).bind(ts(now))
-                .execute(&mut **self).await.map(|_| ())
+                .execute(self.conn().await?).await.map(|_| ())
             }
 
             async fn has_transactions(&mut self, merchant: &str) -> sqlx::Result<bool> {
                 let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM transactions WHERE merchant_id = $1 LIMIT 1")
-                    .bind(merchant).fetch_optional(&mut **self).await?;
+                    .bind(merchant).fetch_optional(self.conn().await?).await?;
                 Ok(found.is_some())
             }
 
@@ -767,7 +946,7 @@ macro_rules! impl_ledger_tx {
                 // Lock the existing row (the common case: one statement, no new row version);
                 // create it first when the customer has never had a movement.
                 let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE merchant_id = $1 AND customer_id = $2{}", $for_update);
-                if let Some(row) = sqlx::query_as::<_, AccountRow>(&sql).bind(merchant).bind(customer).fetch_optional(&mut **self).await? {
+                if let Some(row) = sqlx::query_as::<_, AccountRow>(&sql).bind(merchant).bind(customer).fetch_optional(self.conn().await?).await? {
                     return Ok(row.into());
                 }
                 sqlx::query(
@@ -775,26 +954,26 @@ macro_rules! impl_ledger_tx {
                      ON CONFLICT (merchant_id, customer_id) DO NOTHING",
                 )
                 .bind(merchant).bind(customer).bind(ts(now))
-                .execute(&mut **self).await?;
-                let row: AccountRow = sqlx::query_as(&sql).bind(merchant).bind(customer).fetch_one(&mut **self).await?;
+                .execute(self.conn().await?).await?;
+                let row: AccountRow = sqlx::query_as(&sql).bind(merchant).bind(customer).fetch_one(self.conn().await?).await?;
                 Ok(row.into())
             }
 
             async fn account(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Option<AccountState>> {
                 let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE merchant_id = $1 AND customer_id = $2");
-                let row: Option<AccountRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).fetch_optional(&mut **self).await?;
+                let row: Option<AccountRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).fetch_optional(self.conn().await?).await?;
                 Ok(row.map(Into::into))
             }
 
             async fn open_lots(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Vec<Lot>> {
                 let sql = format!("SELECT {LOT_COLUMNS} FROM lots WHERE merchant_id = $1 AND customer_id = $2 AND state IN (1, 2) {LOT_ORDER}");
-                let rows: Vec<LotRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).fetch_all(&mut **self).await?;
+                let rows: Vec<LotRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
             async fn lot_by_grant_key(&mut self, merchant: &str, customer: &str, key: &str) -> sqlx::Result<Option<Lot>> {
                 let sql = format!("SELECT {LOT_COLUMNS} FROM lots WHERE merchant_id = $1 AND customer_id = $2 AND grant_key = $3");
-                let row: Option<LotRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).bind(key).fetch_optional(&mut **self).await?;
+                let row: Option<LotRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).bind(key).fetch_optional(self.conn().await?).await?;
                 Ok(row.map(Into::into))
             }
 
@@ -806,39 +985,21 @@ macro_rules! impl_ledger_tx {
                     sep.push_bind(*s);
                 }
                 q.push(") ").push(LOT_ORDER).push(" LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
-                let rows: Vec<LotRow> = q.build_query_as().fetch_all(&mut **self).await?;
+                let rows: Vec<LotRow> = q.build_query_as().fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
             async fn save(&mut self, merchant: &str, account: &AccountState, new_lots: &[Lot], changed_lots: &[&Lot], tx: &TxRecord, entries: &[Entry]) -> sqlx::Result<()> {
-                let mut steps = Vec::with_capacity(changed_lots.len() + 4);
                 if !new_lots.is_empty() {
-                    steps.push(Write::NewLots(new_lots));
+                    self.keep(merchant, Write::NewLots(new_lots.to_vec())).await?;
                 }
-                steps.extend(changed_lots.iter().map(|l| Write::Lot(l)));
-                steps.push(Write::Account(account, tx.recorded_at));
-                steps.push(Write::Transaction(tx));
+                for lot in changed_lots {
+                    self.keep(merchant, Write::Lot((*lot).clone())).await?;
+                }
+                self.keep(merchant, Write::Account(account.clone(), tx.recorded_at)).await?;
+                self.keep(merchant, Write::Transaction(tx.clone())).await?;
                 if !entries.is_empty() {
-                    steps.push(Write::Entries(&tx.transaction_id, entries));
-                }
-                if $one_round_trip {
-                    let mut q = QueryBuilder::<$db>::new("WITH ");
-                    for (i, step) in steps.iter().enumerate() {
-                        if i > 0 {
-                            q.push(", ");
-                        }
-                        q.push(format!("w{i} AS ("));
-                        push_write(&mut q, merchant, step);
-                        q.push(" RETURNING 1)");
-                    }
-                    q.push(" SELECT 1");
-                    q.build().execute(&mut **self).await?;
-                } else {
-                    for step in &steps {
-                        let mut q = QueryBuilder::<$db>::new("");
-                        push_write(&mut q, merchant, step);
-                        q.build().execute(&mut **self).await?;
-                    }
+                    self.keep(merchant, Write::Entries(tx.transaction_id.clone(), entries.to_vec())).await?;
                 }
                 Ok(())
             }
@@ -847,20 +1008,20 @@ macro_rules! impl_ledger_tx {
                 sqlx::query(&format!("INSERT INTO holds (merchant_id, {HOLD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"))
                     .bind(merchant).bind(&h.hold_id).bind(&h.customer_id).bind(amt(h.amount)).bind(amt(h.committed_amount))
                     .bind(h.state).bind(&h.reference).bind(ts(h.created_at)).bind(ts(h.expires_at)).bind(h.finalized_at.map(ts))
-                    .execute(&mut **self).await?;
+                    .execute(self.conn().await?).await?;
                 if !allocations.is_empty() {
                     let mut q = QueryBuilder::<$db>::new("INSERT INTO hold_allocations (merchant_id, hold_id, lot_id, amount) ");
                     q.push_values(allocations, |mut b, (lot, a)| {
                         b.push_bind(merchant).push_bind(&h.hold_id).push_bind(lot).push_bind(amt(*a));
                     });
-                    q.build().execute(&mut **self).await?;
+                    q.build().execute(self.conn().await?).await?;
                 }
                 Ok(())
             }
 
             async fn hold(&mut self, merchant: &str, hold_id: &str) -> sqlx::Result<Option<HoldRow>> {
                 let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE merchant_id = $1 AND hold_id = $2");
-                let row: Option<HoldDbRow> = sqlx::query_as(&sql).bind(merchant).bind(hold_id).fetch_optional(&mut **self).await?;
+                let row: Option<HoldDbRow> = sqlx::query_as(&sql).bind(merchant).bind(hold_id).fetch_optional(self.conn().await?).await?;
                 Ok(row.map(Into::into))
             }
 
@@ -870,14 +1031,14 @@ macro_rules! impl_ledger_tx {
                      WHERE a.merchant_id = $1 AND a.hold_id = $2
                      ORDER BY CASE WHEN l.expires_at IS NULL THEN 1 ELSE 0 END, l.expires_at, l.created_at, l.lot_id",
                 )
-                .bind(merchant).bind(hold_id).fetch_all(&mut **self).await?;
+                .bind(merchant).bind(hold_id).fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(|(l, a)| (l, a.0)).collect())
             }
 
             async fn finish_hold(&mut self, merchant: &str, hold_id: &str, state: i32, committed: Decimal, at: DateTime<Utc>) -> sqlx::Result<()> {
                 sqlx::query("UPDATE holds SET state = $3, committed_amount = $4, finalized_at = $5 WHERE merchant_id = $1 AND hold_id = $2")
                     .bind(merchant).bind(hold_id).bind(state).bind(amt(committed)).bind(ts(at))
-                    .execute(&mut **self).await.map(|_| ())
+                    .execute(self.conn().await?).await.map(|_| ())
             }
 
             async fn receipt(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Option<ReceiptRow>> {
@@ -885,7 +1046,7 @@ macro_rules! impl_ledger_tx {
                     "SELECT receipt_id, customer_id, content_hash, document, refunded_amount, refund_state, transaction_id
                      FROM receipts WHERE merchant_id = $1 AND receipt_id = $2",
                 )
-                .bind(merchant).bind(receipt_id).fetch_optional(&mut **self).await?;
+                .bind(merchant).bind(receipt_id).fetch_optional(self.conn().await?).await?;
                 Ok(row.map(|(receipt_id, customer_id, content_hash, document, refunded, refund_state, transaction_id)| ReceiptRow {
                     receipt_id, customer_id, content_hash, document, refunded_amount: refunded.0, refund_state, transaction_id,
                 }))
@@ -896,28 +1057,17 @@ macro_rules! impl_ledger_tx {
                     "UPDATE receipts SET refund_state = refund_state WHERE merchant_id = $1 AND receipt_id = $2
                      RETURNING receipt_id, customer_id, content_hash, document, refunded_amount, refund_state, transaction_id",
                 )
-                .bind(merchant).bind(receipt_id).fetch_optional(&mut **self).await?;
+                .bind(merchant).bind(receipt_id).fetch_optional(self.conn().await?).await?;
                 Ok(row.map(|(receipt_id, customer_id, content_hash, document, refunded, refund_state, transaction_id)| ReceiptRow {
                     receipt_id, customer_id, content_hash, document, refunded_amount: refunded.0, refund_state, transaction_id,
                 }))
             }
 
             async fn insert_receipt(&mut self, merchant: &str, r: &ReceiptRow, store_id: &str, occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>, net_amount: Decimal, discount: Decimal, lines: &[SoldLine]) -> sqlx::Result<()> {
-                sqlx::query(
-                    "INSERT INTO receipts (merchant_id, receipt_id, customer_id, store_id, occurred_at, recorded_at, content_hash, document,
-                     net_amount, discount, refunded_amount, refund_state, transaction_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                )
-                .bind(merchant).bind(&r.receipt_id).bind(&r.customer_id).bind(store_id).bind(ts(occurred_at)).bind(ts(recorded_at))
-                .bind(&r.content_hash).bind(&r.document).bind(amt(net_amount)).bind(amt(discount)).bind(amt(r.refunded_amount))
-                .bind(r.refund_state).bind(&r.transaction_id)
-                .execute(&mut **self).await?;
+                let receipt = NewReceipt { row: r.clone(), store_id: store_id.to_owned(), occurred_at, recorded_at, net_amount, discount };
+                self.keep(merchant, Write::Receipt(Box::new(receipt))).await?;
                 if !lines.is_empty() {
-                    let mut q = QueryBuilder::<$db>::new("INSERT INTO receipt_lines (merchant_id, receipt_id, line_id, product_id, category_ids) ");
-                    q.push_values(lines, |mut b, l| {
-                        b.push_bind(merchant).push_bind(&r.receipt_id).push_bind(&l.line_id).push_bind(&l.product_id).push_bind(l.category_ids.join(","));
-                    });
-                    q.build().execute(&mut **self).await?;
+                    self.keep(merchant, Write::ReceiptLines(r.receipt_id.clone(), lines.to_vec())).await?;
                 }
                 Ok(())
             }
@@ -940,7 +1090,7 @@ macro_rules! impl_ledger_tx {
                     q.push(" AND occurred_at < ").push_bind(ts(to));
                 }
                 q.push(" ORDER BY occurred_at DESC, receipt_id DESC LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
-                let rows: Vec<(String, String, Vec<u8>, Vec<u8>, Amount, i32, String)> = q.build_query_as().fetch_all(&mut **self).await?;
+                let rows: Vec<(String, String, Vec<u8>, Vec<u8>, Amount, i32, String)> = q.build_query_as().fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(|(receipt_id, customer_id, content_hash, document, refunded, refund_state, transaction_id)| ReceiptRow {
                     receipt_id, customer_id, content_hash, document, refunded_amount: refunded.0, refund_state, transaction_id,
                 }).collect())
@@ -951,7 +1101,7 @@ macro_rules! impl_ledger_tx {
                     "SELECT line_id, refunded_quantity, refunded_amount, points_reversed, points_restored
                      FROM receipt_lines WHERE merchant_id = $1 AND receipt_id = $2",
                 )
-                .bind(merchant).bind(receipt_id).fetch_all(&mut **self).await?;
+                .bind(merchant).bind(receipt_id).fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(|(line_id, q, a, rv, rs)| LineRefunded {
                     line_id, quantity: q.0, amount: a.0, points_reversed: rv.0, points_restored: rs.0,
                 }).collect())
@@ -964,44 +1114,38 @@ macro_rules! impl_ledger_tx {
                 )
                 .bind(merchant).bind(receipt_id).bind(&l.line_id).bind(amt(l.quantity)).bind(amt(l.amount))
                 .bind(amt(l.points_reversed)).bind(amt(l.points_restored))
-                .execute(&mut **self).await.map(|_| ())
+                .execute(self.conn().await?).await.map(|_| ())
             }
 
             async fn update_receipt_refund(&mut self, merchant: &str, receipt_id: &str, refunded_amount: Decimal, refund_state: i32) -> sqlx::Result<()> {
                 sqlx::query("UPDATE receipts SET refunded_amount = $3, refund_state = $4 WHERE merchant_id = $1 AND receipt_id = $2")
                     .bind(merchant).bind(receipt_id).bind(amt(refunded_amount)).bind(refund_state)
-                    .execute(&mut **self).await.map(|_| ())
+                    .execute(self.conn().await?).await.map(|_| ())
             }
 
             async fn refund(&mut self, merchant: &str, receipt_id: &str, refund_id: &str) -> sqlx::Result<Option<(Vec<u8>, Vec<u8>)>> {
                 sqlx::query_as("SELECT content_hash, document FROM refunds WHERE merchant_id = $1 AND receipt_id = $2 AND refund_id = $3")
-                    .bind(merchant).bind(receipt_id).bind(refund_id).fetch_optional(&mut **self).await
+                    .bind(merchant).bind(receipt_id).bind(refund_id).fetch_optional(self.conn().await?).await
             }
 
             async fn refunds(&mut self, merchant: &str, receipt_id: &str) -> sqlx::Result<Vec<Vec<u8>>> {
                 sqlx::query_scalar("SELECT document FROM refunds WHERE merchant_id = $1 AND receipt_id = $2 ORDER BY recorded_at, refund_id")
-                    .bind(merchant).bind(receipt_id).fetch_all(&mut **self).await
+                    .bind(merchant).bind(receipt_id).fetch_all(self.conn().await?).await
             }
 
             async fn insert_refund(&mut self, merchant: &str, receipt_id: &str, refund_id: &str, hash: &[u8], document: &[u8], at: DateTime<Utc>) -> sqlx::Result<()> {
                 sqlx::query("INSERT INTO refunds (merchant_id, receipt_id, refund_id, content_hash, document, recorded_at) VALUES ($1, $2, $3, $4, $5, $6)")
                     .bind(merchant).bind(receipt_id).bind(refund_id).bind(hash).bind(document).bind(ts(at))
-                    .execute(&mut **self).await.map(|_| ())
+                    .execute(self.conn().await?).await.map(|_| ())
             }
 
             async fn add_purchase_day(&mut self, merchant: &str, customer: &str, day: i64, turnover: Decimal, purchases: i64) -> sqlx::Result<()> {
-                sqlx::query(
-                    "INSERT INTO purchase_days (merchant_id, customer_id, day, turnover, purchases) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (merchant_id, customer_id, day)
-                     DO UPDATE SET turnover = purchase_days.turnover + excluded.turnover, purchases = purchase_days.purchases + excluded.purchases",
-                )
-                .bind(merchant).bind(customer).bind(day as i32).bind(amt(turnover)).bind(purchases)
-                .execute(&mut **self).await.map(|_| ())
+                self.keep(merchant, Write::PurchaseDay { customer: customer.to_owned(), day, turnover, purchases }).await
             }
 
             async fn lot_transaction(&mut self, merchant: &str, lot_id: &str) -> sqlx::Result<Option<String>> {
                 sqlx::query_scalar("SELECT MIN(transaction_id) FROM entries WHERE merchant_id = $1 AND lot_id = $2 AND lot_id <> ''")
-                    .bind(merchant).bind(lot_id).fetch_one(&mut **self).await
+                    .bind(merchant).bind(lot_id).fetch_one(self.conn().await?).await
             }
 
             async fn receipts_turnover(&mut self, merchant: &str, customer: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<(Decimal, i64)> {
@@ -1009,7 +1153,7 @@ macro_rules! impl_ledger_tx {
                     "SELECT SUM(net_amount - refunded_amount), COUNT(CASE WHEN refund_state <> 3 THEN 1 END) FROM receipts
                      WHERE merchant_id = $1 AND customer_id = $2 AND occurred_at >= $3 AND occurred_at <= $4",
                 )
-                .bind(merchant).bind(customer).bind(ts(from)).bind(ts(to)).fetch_one(&mut **self).await?;
+                .bind(merchant).bind(customer).bind(ts(from)).bind(ts(to)).fetch_one(self.conn().await?).await?;
                 Ok((turnover.map(|a| a.0).unwrap_or_default(), count))
             }
 
@@ -1019,7 +1163,7 @@ macro_rules! impl_ledger_tx {
                      WHERE merchant_id = $1 AND customer_id = $2 AND day >= $3 AND day <= $4",
                 )
                 .bind(merchant).bind(customer).bind(from_day as i32).bind(to_day as i32)
-                .fetch_one(&mut **self).await?;
+                .fetch_one(self.conn().await?).await?;
                 Ok((turnover.map(|a| a.0).unwrap_or_default(), count.unwrap_or(0)))
             }
 
@@ -1028,13 +1172,13 @@ macro_rules! impl_ledger_tx {
                     "SELECT MIN(l.expires_at) FROM entries e JOIN lots l ON l.merchant_id = e.merchant_id AND l.lot_id = e.lot_id
                      WHERE e.merchant_id = $1 AND e.transaction_id = $2 AND e.account = 'redeemed'",
                 )
-                .bind(merchant).bind(transaction_id).fetch_one(&mut **self).await?;
+                .bind(merchant).bind(transaction_id).fetch_one(self.conn().await?).await?;
                 Ok(earliest.map(|t| t.0))
             }
 
             async fn merged_into(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Option<String>> {
                 let found: Option<Option<String>> = sqlx::query_scalar("SELECT merged_into FROM accounts WHERE merchant_id = $1 AND customer_id = $2")
-                    .bind(merchant).bind(customer).fetch_optional(&mut **self).await?;
+                    .bind(merchant).bind(customer).fetch_optional(self.conn().await?).await?;
                 Ok(found.flatten())
             }
 
@@ -1045,33 +1189,33 @@ macro_rules! impl_ledger_tx {
                      WHERE merchant_id = $1 AND customer_id = $2 AND grant_key IN
                        (SELECT grant_key FROM lots WHERE merchant_id = $1 AND customer_id = $3 AND grant_key IS NOT NULL)",
                 )
-                .bind(merchant).bind(source).bind(target).execute(&mut **self).await?;
+                .bind(merchant).bind(source).bind(target).execute(self.conn().await?).await?;
                 let lots = sqlx::query("UPDATE lots SET customer_id = $3 WHERE merchant_id = $1 AND customer_id = $2")
-                    .bind(merchant).bind(source).bind(target).execute(&mut **self).await?.rows_affected();
+                    .bind(merchant).bind(source).bind(target).execute(self.conn().await?).await?.rows_affected();
                 sqlx::query("UPDATE holds SET customer_id = $3 WHERE merchant_id = $1 AND customer_id = $2")
-                    .bind(merchant).bind(source).bind(target).execute(&mut **self).await?;
+                    .bind(merchant).bind(source).bind(target).execute(self.conn().await?).await?;
                 let receipts = sqlx::query("UPDATE receipts SET customer_id = $3 WHERE merchant_id = $1 AND customer_id = $2")
-                    .bind(merchant).bind(source).bind(target).execute(&mut **self).await?.rows_affected();
+                    .bind(merchant).bind(source).bind(target).execute(self.conn().await?).await?.rows_affected();
                 sqlx::query(
                     "INSERT INTO purchase_days (merchant_id, customer_id, day, turnover, purchases)
                      SELECT merchant_id, $3, day, turnover, purchases FROM purchase_days WHERE merchant_id = $1 AND customer_id = $2 AND 1 = 1
                      ON CONFLICT (merchant_id, customer_id, day)
                      DO UPDATE SET turnover = purchase_days.turnover + excluded.turnover, purchases = purchase_days.purchases + excluded.purchases",
                 )
-                .bind(merchant).bind(source).bind(target).execute(&mut **self).await?;
+                .bind(merchant).bind(source).bind(target).execute(self.conn().await?).await?;
                 sqlx::query("DELETE FROM purchase_days WHERE merchant_id = $1 AND customer_id = $2")
-                    .bind(merchant).bind(source).execute(&mut **self).await?;
+                    .bind(merchant).bind(source).execute(self.conn().await?).await?;
                 sqlx::query(
                     "UPDATE accounts SET available = 0, pending = 0, held = 0, lifetime_turnover = 0, purchase_count = 0,
                      first_purchase_at = NULL, last_purchase_at = NULL, merged_into = $3 WHERE merchant_id = $1 AND customer_id = $2",
                 )
-                .bind(merchant).bind(source).bind(target).execute(&mut **self).await?;
+                .bind(merchant).bind(source).bind(target).execute(self.conn().await?).await?;
                 Ok((lots, receipts))
             }
 
             async fn stamps(&mut self, merchant: &str, customer: &str) -> sqlx::Result<Vec<(String, i64)>> {
                 sqlx::query_as("SELECT stamp_card_id, count FROM stamps WHERE merchant_id = $1 AND customer_id = $2 AND count > 0 ORDER BY stamp_card_id")
-                    .bind(merchant).bind(customer).fetch_all(&mut **self).await
+                    .bind(merchant).bind(customer).fetch_all(self.conn().await?).await
             }
 
             async fn add_stamps(&mut self, merchant: &str, customer: &str, card: &str, delta: i64) -> sqlx::Result<i64> {
@@ -1080,7 +1224,7 @@ macro_rules! impl_ledger_tx {
                      ON CONFLICT (merchant_id, customer_id, stamp_card_id) DO UPDATE SET count = stamps.count + excluded.count
                      RETURNING count",
                 )
-                .bind(merchant).bind(customer).bind(card).bind(delta).fetch_one(&mut **self).await
+                .bind(merchant).bind(customer).bind(card).bind(delta).fetch_one(self.conn().await?).await
             }
 
             async fn activity(&mut self, merchant: &str, from_day: i64) -> sqlx::Result<Vec<ActivityRow>> {
@@ -1088,7 +1232,7 @@ macro_rules! impl_ledger_tx {
                     "SELECT customer_id, SUM(turnover), CAST(SUM(purchases) AS BIGINT), MAX(day) FROM purchase_days
                      WHERE merchant_id = $1 AND day >= $2 GROUP BY customer_id ORDER BY customer_id",
                 )
-                .bind(merchant).bind(from_day as i32).fetch_all(&mut **self).await?;
+                .bind(merchant).bind(from_day as i32).fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(|(customer_id, t, p, d)| ActivityRow { customer_id, turnover: t.0, purchases: p, last_day: i64::from(d) }).collect())
             }
 
@@ -1100,7 +1244,7 @@ macro_rules! impl_ledger_tx {
                     sep.push_bind(store);
                 }
                 q.push(")");
-                q.build_query_scalar().fetch_all(&mut **self).await
+                q.build_query_scalar().fetch_all(self.conn().await?).await
             }
 
             async fn buyers(&mut self, merchant: &str, products: &[String], categories: &[String], from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> sqlx::Result<Vec<String>> {
@@ -1123,7 +1267,7 @@ macro_rules! impl_ledger_tx {
                 if let Some(to) = to {
                     q.push(" AND r.occurred_at < ").push_bind(ts(to));
                 }
-                q.build_query_scalar().fetch_all(&mut **self).await
+                q.build_query_scalar().fetch_all(self.conn().await?).await
             }
 
             async fn favourite_product(&mut self, merchant: &str, customer: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Option<String>> {
@@ -1132,7 +1276,7 @@ macro_rules! impl_ledger_tx {
                      WHERE l.merchant_id = $1 AND r.customer_id = $2 AND r.occurred_at >= $3 AND r.occurred_at <= $4
                      GROUP BY l.product_id ORDER BY COUNT(*) DESC, l.product_id LIMIT 1",
                 )
-                .bind(merchant).bind(customer).bind(ts(from)).bind(ts(to)).fetch_optional(&mut **self).await
+                .bind(merchant).bind(customer).bind(ts(from)).bind(ts(to)).fetch_optional(self.conn().await?).await
             }
 
             async fn claim_expiry_notices(&mut self, merchant: &str, until: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<(String, String, Decimal, DateTime<Utc>)>> {
@@ -1144,24 +1288,20 @@ macro_rules! impl_ledger_tx {
                          AND expires_at <= $2 AND remaining > held ORDER BY expires_at LIMIT $3)
                      RETURNING customer_id, lot_id, remaining, expires_at",
                 )
-                .bind(merchant).bind(ts(until)).bind(limit).fetch_all(&mut **self).await?;
+                .bind(merchant).bind(ts(until)).bind(limit).fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(|(c, l, r, e)| (c, l, r.0, e.0)).collect())
             }
 
             async fn prune_idempotency(&mut self, merchant: &str, before: DateTime<Utc>) -> sqlx::Result<u64> {
                 Ok(sqlx::query("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND created_at < $2")
-                    .bind(merchant).bind(ts(before)).execute(&mut **self).await?.rows_affected())
+                    .bind(merchant).bind(ts(before)).execute(self.conn().await?).await?.rows_affected())
             }
 
             async fn insert_events(&mut self, merchant: &str, events: &[(String, Vec<u8>)], now: DateTime<Utc>) -> sqlx::Result<()> {
                 if events.is_empty() {
                     return Ok(());
                 }
-                let mut q = QueryBuilder::<$db>::new("INSERT INTO outbox (merchant_id, event_id, event, created_at) ");
-                q.push_values(events, |mut b, (id, event)| {
-                    b.push_bind(merchant).push_bind(id).push_bind(event).push_bind(ts(now));
-                });
-                q.build().execute(&mut **self).await.map(|_| ())
+                self.keep(merchant, Write::Events(events.to_vec(), now)).await
             }
 
             async fn customers_with_due_work(&mut self, merchant: &str, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<String>> {
@@ -1172,11 +1312,11 @@ macro_rules! impl_ledger_tx {
                         UNION SELECT customer_id FROM holds WHERE merchant_id = $1 AND state = 1 AND expires_at <= $2
                      ) due ORDER BY customer_id LIMIT $3"
                 );
-                sqlx::query_scalar(&sql).bind(merchant).bind(ts(now)).bind(limit).fetch_all(&mut **self).await
+                sqlx::query_scalar(&sql).bind(merchant).bind(ts(now)).bind(limit).fetch_all(self.conn().await?).await
             }
 
             async fn merchants(&mut self) -> sqlx::Result<Vec<String>> {
-                sqlx::query_scalar("SELECT merchant_id FROM ledger_settings ORDER BY merchant_id").fetch_all(&mut **self).await
+                sqlx::query_scalar("SELECT merchant_id FROM ledger_settings ORDER BY merchant_id").fetch_all(self.conn().await?).await
             }
 
             async fn expired_holds(&mut self, merchant: &str, customer: &str, now: DateTime<Utc>) -> sqlx::Result<Vec<HoldRow>> {
@@ -1184,7 +1324,7 @@ macro_rules! impl_ledger_tx {
                     "SELECT {HOLD_COLUMNS} FROM holds WHERE merchant_id = $1 AND customer_id = $2 AND state = 1 AND expires_at <= $3 ORDER BY hold_id{}",
                     $skip_locked
                 );
-                let rows: Vec<HoldDbRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).bind(ts(now)).fetch_all(&mut **self).await?;
+                let rows: Vec<HoldDbRow> = sqlx::query_as(&sql).bind(merchant).bind(customer).bind(ts(now)).fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
@@ -1194,7 +1334,7 @@ macro_rules! impl_ledger_tx {
                      ORDER BY transaction_id DESC LIMIT $4"
                 );
                 let rows: Vec<TxDbRow> = sqlx::query_as(&sql).bind(merchant).bind(customer)
-                    .bind(before_id.unwrap_or("")).bind(limit).fetch_all(&mut **self).await?;
+                    .bind(before_id.unwrap_or("")).bind(limit).fetch_all(self.conn().await?).await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for row in rows {
                     let record: TxRecord = row.into();
@@ -1202,7 +1342,7 @@ macro_rules! impl_ledger_tx {
                         let rows: Vec<(String, String, Amount, String)> = sqlx::query_as(
                             "SELECT customer_id, account, amount, lot_id FROM entries WHERE merchant_id = $1 AND transaction_id = $2 ORDER BY entry_no",
                         )
-                        .bind(merchant).bind(&record.transaction_id).fetch_all(&mut **self).await?;
+                        .bind(merchant).bind(&record.transaction_id).fetch_all(self.conn().await?).await?;
                         rows.into_iter().filter_map(|(customer_id, account, amount, lot_id)| {
                             Some(Entry { customer_id, account: crate::domain::book::Account::parse(&account)?, amount: amount.0, lot_id })
                         }).collect()
@@ -1220,7 +1360,7 @@ macro_rules! impl_ledger_tx {
                      WHERE merchant_id = $1 AND customer_id <> '' AND ($2 = '' OR customer_id = $2)
                      GROUP BY customer_id, account ORDER BY customer_id, account",
                 )
-                .bind(merchant).bind(customer.unwrap_or("")).fetch_all(&mut **self).await?;
+                .bind(merchant).bind(customer.unwrap_or("")).fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(|(c, a, s)| (c, a, s.0)).collect())
             }
 
@@ -1229,7 +1369,7 @@ macro_rules! impl_ledger_tx {
                     "SELECT transaction_id, SUM(amount) FROM entries WHERE merchant_id = $1
                      GROUP BY transaction_id HAVING SUM(amount) <> 0 ORDER BY transaction_id LIMIT 1000",
                 )
-                .bind(merchant).fetch_all(&mut **self).await?;
+                .bind(merchant).fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(|(t, s)| (t, s.0)).collect())
             }
 
@@ -1237,12 +1377,12 @@ macro_rules! impl_ledger_tx {
                 let sql = format!(
                     "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE merchant_id = $1 AND ($2 = '' OR customer_id = $2) ORDER BY customer_id"
                 );
-                let rows: Vec<AccountRow> = sqlx::query_as(&sql).bind(merchant).bind(customer.unwrap_or("")).fetch_all(&mut **self).await?;
+                let rows: Vec<AccountRow> = sqlx::query_as(&sql).bind(merchant).bind(customer.unwrap_or("")).fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
             async fn transaction_count(&mut self, merchant: &str) -> sqlx::Result<i64> {
-                sqlx::query_scalar("SELECT COUNT(*) FROM transactions WHERE merchant_id = $1").bind(merchant).fetch_one(&mut **self).await
+                sqlx::query_scalar("SELECT COUNT(*) FROM transactions WHERE merchant_id = $1").bind(merchant).fetch_one(self.conn().await?).await
             }
 
             async fn system_totals(&mut self, merchant: &str, store: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> sqlx::Result<Vec<(String, Decimal)>> {
@@ -1253,7 +1393,7 @@ macro_rules! impl_ledger_tx {
                        AND ($4 = '' OR t.receipt_id IN (SELECT receipt_id FROM receipts WHERE merchant_id = $1 AND store_id = $4))
                      GROUP BY e.account",
                 )
-                .bind(merchant).bind(ts(from)).bind(ts(to)).bind(store).fetch_all(&mut **self).await?;
+                .bind(merchant).bind(ts(from)).bind(ts(to)).bind(store).fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(|(a, s)| (a, s.0)).collect())
             }
 
@@ -1262,7 +1402,7 @@ macro_rules! impl_ledger_tx {
                     "SELECT kind, SUM(amount) FROM lots WHERE merchant_id = $1 AND created_at >= $2 AND created_at < $3
                      AND ($4 = '' OR receipt_id IN (SELECT receipt_id FROM receipts WHERE merchant_id = $1 AND store_id = $4)) GROUP BY kind",
                 )
-                .bind(merchant).bind(ts(from)).bind(ts(to)).bind(store).fetch_all(&mut **self).await?;
+                .bind(merchant).bind(ts(from)).bind(ts(to)).bind(store).fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(|(k, s)| (k, s.0)).collect())
             }
 
@@ -1272,21 +1412,21 @@ macro_rules! impl_ledger_tx {
                             COUNT(DISTINCT CASE WHEN customer_id <> '' THEN customer_id END)
                      FROM receipts WHERE merchant_id = $1 AND occurred_at >= $2 AND occurred_at < $3 AND ($4 = '' OR store_id = $4)",
                 )
-                .bind(merchant).bind(ts(from)).bind(ts(to)).bind(store).fetch_one(&mut **self).await?;
+                .bind(merchant).bind(ts(from)).bind(ts(to)).bind(store).fetch_one(self.conn().await?).await?;
                 Ok((n, turnover.map(|a| a.0).unwrap_or_default(), discount.map(|a| a.0).unwrap_or_default(), customers))
             }
 
             async fn outstanding(&mut self, merchant: &str) -> sqlx::Result<Decimal> {
                 let sum: Option<Amount> = sqlx::query_scalar("SELECT SUM(available + pending + held) FROM accounts WHERE merchant_id = $1")
-                    .bind(merchant).fetch_one(&mut **self).await?;
+                    .bind(merchant).fetch_one(self.conn().await?).await?;
                 Ok(sum.map(|a| a.0).unwrap_or_default())
             }
         }
     };
 }
 
-// PostgreSQL writes a whole `save` in one statement (data-modifying CTEs); SQLite, which has
-// none, runs the statements one by one (in-process, so round trips cost little there).
+// PostgreSQL sends the kept writes as one statement (data-modifying CTEs); SQLite, which has
+// none, runs them one by one (in-process, so round trips cost little there).
 impl_ledger_tx!(Postgres, " FOR UPDATE", " FOR UPDATE SKIP LOCKED", true);
 impl_ledger_tx!(Sqlite, "", "", false);
 
@@ -1297,23 +1437,35 @@ macro_rules! in_write_tx {
     ($db:expr, $tx:ident => $work:expr) => {{
         match $db {
             kopilka_runtime::Db::Postgres(pool) => {
-                let mut $tx = pool.begin().await.map_err($crate::error::Error::from)?;
-                let result = $work;
-                if result.is_ok() {
-                    $tx.commit().await.map_err($crate::error::Error::from)?;
+                let mut $tx =
+                    $crate::store::Tx::new(pool.begin().await.map_err($crate::error::Error::from)?);
+                // The commit sends the kept writes, so its error is the operation's (a retry
+                // may follow).
+                match $work {
+                    Ok(value) => $tx
+                        .commit()
+                        .await
+                        .map(|()| value)
+                        .map_err($crate::error::Error::from),
+                    Err(e) => Err(e),
                 }
-                result
             }
             kopilka_runtime::Db::Sqlite(pool) => {
-                let mut $tx = pool
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err($crate::error::Error::from)?;
-                let result = $work;
-                if result.is_ok() {
-                    $tx.commit().await.map_err($crate::error::Error::from)?;
+                let mut $tx = $crate::store::Tx::new(
+                    pool.begin_with("BEGIN IMMEDIATE")
+                        .await
+                        .map_err($crate::error::Error::from)?,
+                );
+                // The commit sends the kept writes, so its error is the operation's (a retry
+                // may follow).
+                match $work {
+                    Ok(value) => $tx
+                        .commit()
+                        .await
+                        .map(|()| value)
+                        .map_err($crate::error::Error::from),
+                    Err(e) => Err(e),
                 }
-                result
             }
         }
     }};
@@ -1325,11 +1477,13 @@ macro_rules! in_read_tx {
     ($db:expr, $tx:ident => $work:expr) => {{
         match $db {
             kopilka_runtime::Db::Postgres(pool) => {
-                let mut $tx = pool.begin().await.map_err($crate::error::Error::from)?;
+                let mut $tx =
+                    $crate::store::Tx::new(pool.begin().await.map_err($crate::error::Error::from)?);
                 $work
             }
             kopilka_runtime::Db::Sqlite(pool) => {
-                let mut $tx = pool.begin().await.map_err($crate::error::Error::from)?;
+                let mut $tx =
+                    $crate::store::Tx::new(pool.begin().await.map_err($crate::error::Error::from)?);
                 $work
             }
         }
