@@ -20,6 +20,16 @@ pub struct Config {
     /// Redis for the tier cache (`redis://host:6379/0`); unset means an in-process cache.
     #[serde(default, serialize_with = "serialize_optional_secret")]
     pub redis_url: Option<SecretString>,
+    /// `false` turns the tier cache off (every read goes to the database): the benchmark's
+    /// baseline, or a way to rule the cache out when debugging.
+    pub tier_cache: bool,
+    /// Lifetime of a cached tier entry, in seconds (entries are never stale; this bounds memory).
+    pub tier_cache_ttl_secs: u64,
+    /// ledger-svc (`http://host:50054`), called to merge two customers' accounts; unset = merges
+    /// fail with DEPENDENCY_UNAVAILABLE.
+    pub ledger_url: Option<String>,
+    /// How long request ids are remembered for retries, in hours.
+    pub idempotency_retention_hours: u64,
 }
 
 impl Default for Config {
@@ -28,6 +38,10 @@ impl Default for Config {
             service: ServiceSettings::embedded(DEFAULT_PORT, "data/cards.db"),
             telemetry: TelemetrySettings::default(),
             redis_url: None,
+            tier_cache: true,
+            tier_cache_ttl_secs: 3600,
+            ledger_url: None,
+            idempotency_retention_hours: 72,
         }
     }
 }

@@ -1,18 +1,38 @@
-//! cards-svc: Who the customer is (FEATURES C1–C8): card numbers, barcodes, magstripe and contactless
-//! identifiers, phones, profiles and consents, tiers (cached), referral links.
+//! cards-svc: who the customer is (FEATURES C1–C8) — card numbers, barcodes, magstripe and
+//! contactless identifiers, phones, profiles and consents, tiers (cached), referral links,
+//! registration links.
 //!
-//! - [`config`]: settings from the environment.
-//! - [`cache`]: the tier cache backend (Redis or in-process).
-//! - [`MIGRATIONS`]: the schema, one migration directory per engine.
+//! - [`identifiers`]: reading every identifier form (pure).
+//! - [`store`]: the only SQL, one [`store::CardsTx`] implemented for both engines.
+//! - [`cache`]: the tier cache (Redis or in-process), never stale by construction.
+//! - [`cards`]: shared state and idempotent mutations; [`customers`], [`identify`], [`tiers`],
+//!   [`referrals`], [`registration`], [`settings`]: the operations.
+//! - [`api`]: the tonic services; [`error`]: the one mapping to gRPC statuses.
 //!
 //! The gRPC API (`kopilka.cards.v1`) is defined in `proto/kopilka/cards/v1`.
 
+pub mod api;
 pub mod cache;
+pub mod cards;
 pub mod config;
+pub mod customers;
+pub mod error;
+pub mod identifiers;
+pub mod identify;
+pub mod referrals;
+pub mod registration;
+pub mod settings;
+pub mod store;
+pub mod tiers;
 
+use std::time::Duration;
+
+use kopilka_proto::cards as pb;
+use kopilka_proto::ledger::ledger_service_client::LedgerServiceClient;
 use kopilka_runtime::db::Migrations;
 use kopilka_runtime::host::{Host, StartError};
 use sqlx::migrate::Migrator;
+use tonic::transport::Endpoint;
 
 pub use config::Config;
 
@@ -32,11 +52,56 @@ pub enum BuildError {
     Start(#[from] StartError),
     #[error("invalid Redis URL")]
     Redis(#[from] redis::RedisError),
+    #[error("invalid ledger URL")]
+    LedgerUrl(#[from] tonic::transport::Error),
 }
 
 /// Opens the database and the cache, runs migrations and binds the port; `run_until` then serves.
 pub async fn build(config: Config) -> Result<Host, BuildError> {
-    let cache = cache::CacheBackend::open(config.redis_url.as_ref()).await?;
+    let cache = cache::TierCache::open(
+        config.redis_url.as_ref(),
+        config.tier_cache,
+        Duration::from_secs(config.tier_cache_ttl_secs),
+    )?;
     tracing::info!(?cache, "tier cache backend");
-    Ok(Host::start("cards-svc", config.service, MIGRATIONS).await?)
+    let ledger = match &config.ledger_url {
+        Some(url) => Some(LedgerServiceClient::new(
+            Endpoint::from_shared(url.clone())?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(10))
+                .connect_lazy(),
+        )),
+        None => None,
+    };
+    let host = Host::start("cards-svc", config.service, MIGRATIONS).await?;
+    let cards = cards::Cards::new(host.db().clone(), cache, ledger);
+    let api = api::CardsApi(cards.clone());
+    let retention = chrono::Duration::hours(config.idempotency_retention_hours as i64);
+    Ok(host
+        .route(|r| {
+            r.add_service(pb::customer_service_server::CustomerServiceServer::new(
+                api.clone(),
+            ))
+            .add_service(pb::identifier_service_server::IdentifierServiceServer::new(
+                api.clone(),
+            ))
+            .add_service(pb::tier_service_server::TierServiceServer::new(api.clone()))
+            .add_service(pb::referral_service_server::ReferralServiceServer::new(
+                api.clone(),
+            ))
+            .add_service(
+                pb::registration_service_server::RegistrationServiceServer::new(api.clone()),
+            )
+            .add_service(pb::cards_settings_service_server::CardsSettingsServiceServer::new(api))
+        })
+        .spawn_background(async move {
+            // Request ids are kept long enough for register retries, then pruned hourly.
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                if let Err(error) = cards.prune(retention).await {
+                    tracing::warn!(%error, "pruning idempotency records failed");
+                }
+            }
+        }))
 }

@@ -109,6 +109,15 @@ impl Addrs {
     }
 }
 
+/// `addr` with an unspecified IP (0.0.0.0, ::) replaced by loopback, for calling it locally.
+pub fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    }
+}
+
 /// The five services, built (databases migrated, ports bound) and ready to run.
 pub struct Suite {
     pub gateway: Host,
@@ -120,11 +129,16 @@ pub struct Suite {
 
 impl Suite {
     /// Builds every service; the first failure stops the start.
-    pub async fn build(config: SuiteConfig) -> anyhow::Result<Self> {
+    pub async fn build(mut config: SuiteConfig) -> anyhow::Result<Self> {
+        // cards-svc calls ledger-svc (customer merges): point it at the ledger just bound.
+        let ledger = ledger_svc::build(config.ledger).await?;
+        if config.cards.ledger_url.is_none() {
+            config.cards.ledger_url = Some(format!("http://{}", loopback(ledger.local_addr())));
+        }
         Ok(Suite {
             cards: cards_svc::build(config.cards).await?,
             rules: rules_svc::build(config.rules).await?,
-            ledger: ledger_svc::build(config.ledger).await?,
+            ledger,
             notify: notify_svc::build(config.notify).await?,
             gateway: gateway::build(config.gateway).await?,
         })

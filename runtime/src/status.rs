@@ -31,6 +31,18 @@ where
     )
 }
 
+/// INVALID_ARGUMENT with one field violation and a stable reason (e.g. INVALID_CHECKSUM), for
+/// bad input a client may want to tell apart from other bad input.
+pub fn invalid_field_with_reason(field: &str, description: &str, reason: &str) -> Status {
+    let mut details = ErrorDetails::with_bad_request(vec![FieldViolation::new(field, description)]);
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {description}"),
+        details,
+    )
+}
+
 /// A status with an `ErrorInfo` whose `reason` is a stable `UPPER_SNAKE` code clients match on.
 pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
     with_reason_and_metadata(code, reason, message, HashMap::new())

@@ -1,0 +1,396 @@
+//! "Who is this?" — LookupCustomer, the checkout's hot path — and the identifier operations:
+//! parse, add, list, block, unblock, replace a card.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use kopilka_proto::cards as pb;
+use kopilka_proto::types::{self, event::Payload, IdentifierInput};
+use kopilka_runtime::Timestamp;
+
+use crate::cards::{check_id, check_len, event, Cards, MerchantSettings, ID_ACTIVE, ID_BLOCKED};
+use crate::error::{done, Error};
+use crate::identifiers::{self, Candidate, Formats, Parsed};
+use crate::on_conn;
+use crate::store::{CardsTx, IdentifierRow, LookupHit};
+
+/// Identifiers a customer may hold.
+const MAX_IDENTIFIERS: usize = 20;
+
+/// Reads `input` from `field` into the stored identifiers it may denote.
+pub(crate) fn read(
+    input: Option<&IdentifierInput>,
+    formats: &Formats,
+    field: &str,
+) -> Result<Parsed, Error> {
+    let input = input.ok_or_else(|| Error::invalid(field, "is required"))?;
+    identifiers::parse(input, formats).map_err(|e| Error::unreadable(format!("{field}.raw"), e))
+}
+
+/// The stored form of `input` (for attaching it to a customer).
+pub(crate) fn storage_form(
+    input: &IdentifierInput,
+    formats: &Formats,
+    field: &str,
+) -> Result<Candidate, Error> {
+    identifiers::storage_form(input, formats)
+        .map_err(|e| Error::unreadable(format!("{field}.raw"), e))
+}
+
+fn candidates(parsed: &Parsed) -> Vec<(i32, String)> {
+    parsed
+        .candidates
+        .iter()
+        .map(|c| (c.kind as i32, c.value.clone()))
+        .collect()
+}
+
+/// The hit for the most likely candidate. Two candidates naming different customers are
+/// IDENTIFIER_AMBIGUOUS; none is CARD_NOT_FOUND.
+fn choose(parsed: &Parsed, hits: Vec<LookupHit>) -> Result<LookupHit, Error> {
+    let owners: BTreeSet<&str> = hits
+        .iter()
+        .map(|h| h.identifier.customer_id.as_str())
+        .collect();
+    if owners.len() > 1 {
+        return Err(Error::Precondition(
+            "IDENTIFIER_AMBIGUOUS",
+            "the input fits identifiers of different customers; retry with a kind hint".to_owned(),
+        ));
+    }
+    let mut hits = hits;
+    let position = |h: &LookupHit| {
+        parsed
+            .candidates
+            .iter()
+            .position(|c| c.kind as i32 == h.identifier.kind && c.value == h.identifier.value)
+            .unwrap_or(usize::MAX)
+    };
+    hits.sort_by_key(position);
+    hits.into_iter().next().ok_or_else(card_not_found)
+}
+
+pub(crate) fn card_not_found() -> Error {
+    Error::NotFound(
+        "CARD_NOT_FOUND",
+        "no customer has this identifier".to_owned(),
+    )
+}
+
+/// The stored identifier `input` names, or CARD_NOT_FOUND.
+pub(crate) async fn find(
+    tx: &mut dyn CardsTx,
+    merchant: &str,
+    input: Option<&IdentifierInput>,
+    formats: &Formats,
+    field: &str,
+) -> Result<LookupHit, Error> {
+    let parsed = read(input, formats, field)?;
+    let hits = tx.lookup(merchant, &candidates(&parsed)).await?;
+    choose(&parsed, hits)
+}
+
+impl Cards {
+    pub(crate) async fn lookup_customer(
+        &self,
+        r: &pb::LookupCustomerRequest,
+    ) -> Result<pb::LookupCustomerResponse, Error> {
+        let mut v = Vec::new();
+        check_id("merchant_id", &r.merchant_id, &mut v);
+        done(v)?;
+        let s = self.settings_for_read(&r.merchant_id).await?;
+        let parsed = read(r.input.as_ref(), &s.formats, "input")?;
+        on_conn!(&self.db, conn => {
+            let conn: &mut dyn CardsTx = &mut conn;
+            let hits = conn.lookup(&r.merchant_id, &candidates(&parsed)).await?;
+            let hit = choose(&parsed, hits)?;
+            if hit.identifier.state == ID_BLOCKED {
+                return Err(Error::Precondition("CARD_BLOCKED", format!("the card {} is blocked", hit.identifier.proto().display)));
+            }
+            let ids = conn.identifiers_of(&r.merchant_id, &hit.customer.customer_id).await?;
+            let (assignment, tier) = self.tier_of(conn, &r.merchant_id, &hit.customer.customer_id, hit.customer.tier_seq, &hit.customer.tier_code, hit.tiers_version).await?;
+            let chain = if r.include_referral_chain {
+                self.chain(conn, &r.merchant_id, &hit.customer.customer_id, s.settings.referral_max_depth as usize).await?
+                    .into_iter().map(|l| l.customer_id).collect()
+            } else {
+                vec![]
+            };
+            Ok(pb::LookupCustomerResponse {
+                customer: Some(hit.customer.proto(&ids, assignment)?),
+                tier,
+                matched: Some(hit.identifier.proto()),
+                input_kind: parsed.input_kind as i32,
+                referrer_chain_customer_ids: chain,
+            })
+        })
+    }
+
+    pub(crate) async fn parse_identifier(
+        &self,
+        r: &pb::ParseIdentifierRequest,
+    ) -> Result<pb::ParseIdentifierResponse, Error> {
+        let mut v = Vec::new();
+        check_id("merchant_id", &r.merchant_id, &mut v);
+        done(v)?;
+        let s = self.settings_for_read(&r.merchant_id).await?;
+        let input = r
+            .input
+            .as_ref()
+            .ok_or_else(|| Error::invalid("input", "is required"))?;
+        let parsed = read(Some(input), &s.formats, "input")?;
+        // As it would be stored; a bare number that reads only as a phone is not stored without
+        // a hint, but a lookup matches it as that phone, so that is what it reads as.
+        let stored = match storage_form(input, &s.formats, "input") {
+            Ok(stored) => stored,
+            Err(e) => parsed.candidates.first().cloned().ok_or(e)?,
+        };
+        Ok(pb::ParseIdentifierResponse {
+            identifier: Some(identifiers::to_proto(&stored)),
+            input_kind: parsed.input_kind as i32,
+        })
+    }
+
+    /// Attaches `c` to `customer`: IDENTIFIER_TAKEN when another customer holds it; nothing to
+    /// do when the customer already does.
+    pub(crate) async fn attach(
+        tx: &mut dyn CardsTx,
+        merchant: &str,
+        customer: &str,
+        c: &Candidate,
+        now: DateTime<Utc>,
+    ) -> Result<IdentifierRow, Error> {
+        let row = IdentifierRow {
+            kind: c.kind as i32,
+            value: c.value.clone(),
+            customer_id: customer.to_owned(),
+            state: ID_ACTIVE,
+            block_reason: 0,
+            block_comment: String::new(),
+            added_at: Timestamp(now),
+            blocked_at: None,
+            replaced_kind: 0,
+            replaced_value: String::new(),
+        };
+        if tx.insert_identifier(merchant, &row).await? {
+            return Ok(row);
+        }
+        let existing = tx
+            .identifier(merchant, row.kind, &row.value)
+            .await?
+            .ok_or(Error::Db(sqlx::Error::RowNotFound))?;
+        if existing.customer_id == customer {
+            Ok(existing)
+        } else {
+            Err(Error::Taken {
+                message: format!(
+                    "{} belongs to another customer",
+                    identifiers::display(c.kind, &c.value)
+                ),
+                owner: existing.customer_id,
+            })
+        }
+    }
+
+    pub(crate) async fn add_identifier(
+        &self,
+        tx: &mut dyn CardsTx,
+        merchant: &str,
+        r: &pb::AddIdentifierRequest,
+        s: &MerchantSettings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::AddIdentifierResponse, Error> {
+        let mut v = Vec::new();
+        check_id("customer_id", &r.customer_id, &mut v);
+        done(v)?;
+        let input = r
+            .input
+            .as_ref()
+            .ok_or_else(|| Error::invalid("input", "is required"))?;
+        let c = storage_form(input, &s.formats, "input")?;
+        let customer = self.active_customer(tx, merchant, &r.customer_id).await?;
+        let held = tx.identifiers_of(merchant, &customer.customer_id).await?;
+        if held.len() >= MAX_IDENTIFIERS
+            && !held
+                .iter()
+                .any(|i| i.kind == c.kind as i32 && i.value == c.value)
+        {
+            return Err(Error::Precondition(
+                "VALIDATION_FAILED",
+                format!("a customer has at most {MAX_IDENTIFIERS} identifiers"),
+            ));
+        }
+        let record = Self::attach(tx, merchant, &customer.customer_id, &c, now).await?;
+        Ok(pb::AddIdentifierResponse {
+            record: Some(record.record()),
+        })
+    }
+
+    pub(crate) async fn list_identifiers(
+        &self,
+        r: &pb::ListIdentifiersRequest,
+    ) -> Result<pb::ListIdentifiersResponse, Error> {
+        let mut v = Vec::new();
+        check_id("merchant_id", &r.merchant_id, &mut v);
+        check_id("customer_id", &r.customer_id, &mut v);
+        done(v)?;
+        on_conn!(&self.db, conn => {
+            let conn: &mut dyn CardsTx = &mut conn;
+            if conn.customer(&r.merchant_id, &r.customer_id).await?.is_none() {
+                return Err(Error::customer_not_found(&r.customer_id));
+            }
+            let rows = conn.identifiers_of(&r.merchant_id, &r.customer_id).await?;
+            Ok(pb::ListIdentifiersResponse {
+                records: rows
+                    .iter()
+                    .filter(|i| r.include_blocked || i.state == ID_ACTIVE)
+                    .map(IdentifierRow::record)
+                    .collect(),
+            })
+        })
+    }
+
+    /// Blocks `row` (no-op when blocked already) and writes a CardBlocked event.
+    #[allow(clippy::too_many_arguments)]
+    async fn block(
+        tx: &mut dyn CardsTx,
+        merchant: &str,
+        correlation: &str,
+        row: &mut IdentifierRow,
+        reason: i32,
+        comment: &str,
+        replaced_by: Option<&Candidate>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let newly = row.state != ID_BLOCKED;
+        if newly {
+            row.state = ID_BLOCKED;
+            row.block_reason = reason;
+            row.block_comment = comment.to_owned();
+            row.blocked_at = Some(Timestamp(now));
+        }
+        if let Some(c) = replaced_by {
+            row.replaced_kind = c.kind as i32;
+            row.replaced_value = c.value.clone();
+        }
+        tx.update_identifier(merchant, row).await?;
+        if newly || replaced_by.is_some() {
+            let reason_name = pb::BlockReason::try_from(reason)
+                .map(|r| r.as_str_name())
+                .unwrap_or("BLOCK_REASON_OTHER");
+            let payload = Payload::CardBlocked(types::CardBlocked {
+                identifier: Some(row.proto()),
+                reason: reason_name.to_owned(),
+                replaced: replaced_by.is_some(),
+            });
+            tx.insert_events(
+                merchant,
+                &[event(merchant, &row.customer_id, correlation, payload, now)],
+                now,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn block_identifier(
+        &self,
+        tx: &mut dyn CardsTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::BlockIdentifierRequest,
+        s: &MerchantSettings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::BlockIdentifierResponse, Error> {
+        let mut v = Vec::new();
+        if r.reason == 0 || pb::BlockReason::try_from(r.reason).is_err() {
+            v.push(("reason".to_owned(), "is required".to_owned()));
+        }
+        check_len("comment", &r.comment, 500, &mut v);
+        check_len("customer_id", &r.customer_id, 128, &mut v);
+        done(v)?;
+        let hit = find(tx, merchant, r.input.as_ref(), &s.formats, "input").await?;
+        if !r.customer_id.is_empty() && hit.identifier.customer_id != r.customer_id {
+            return Err(card_not_found());
+        }
+        let mut row = hit.identifier;
+        Self::block(
+            tx, merchant, request_id, &mut row, r.reason, &r.comment, None, now,
+        )
+        .await?;
+        Ok(pb::BlockIdentifierResponse {
+            record: Some(row.record()),
+        })
+    }
+
+    pub(crate) async fn unblock_identifier(
+        &self,
+        tx: &mut dyn CardsTx,
+        merchant: &str,
+        r: &pb::UnblockIdentifierRequest,
+        s: &MerchantSettings,
+    ) -> Result<pb::UnblockIdentifierResponse, Error> {
+        let mut row = find(tx, merchant, r.input.as_ref(), &s.formats, "input")
+            .await?
+            .identifier;
+        if row.state == ID_BLOCKED {
+            row.state = ID_ACTIVE;
+            row.block_reason = 0;
+            row.block_comment.clear();
+            row.blocked_at = None;
+            tx.update_identifier(merchant, &row).await?;
+        }
+        Ok(pb::UnblockIdentifierResponse {
+            record: Some(row.record()),
+        })
+    }
+
+    pub(crate) async fn replace_card(
+        &self,
+        tx: &mut dyn CardsTx,
+        merchant: &str,
+        request_id: &str,
+        r: &pb::ReplaceCardRequest,
+        s: &MerchantSettings,
+        now: DateTime<Utc>,
+    ) -> Result<pb::ReplaceCardResponse, Error> {
+        let mut v = Vec::new();
+        check_len("comment", &r.comment, 500, &mut v);
+        if r.reason != 0 && pb::BlockReason::try_from(r.reason).is_err() {
+            v.push(("reason".to_owned(), "is not a known reason".to_owned()));
+        }
+        done(v)?;
+        let new_input = r
+            .new_card
+            .as_ref()
+            .ok_or_else(|| Error::invalid("new_card", "is required"))?;
+        let new = storage_form(new_input, &s.formats, "new_card")?;
+        let hit = find(tx, merchant, r.old_card.as_ref(), &s.formats, "old_card").await?;
+        let mut old = hit.identifier;
+        if old.kind == new.kind as i32 && old.value == new.value {
+            return Err(Error::invalid("new_card", "must differ from the old card"));
+        }
+        let customer = self.active_customer(tx, merchant, &old.customer_id).await?;
+        let added = Self::attach(tx, merchant, &customer.customer_id, &new, now).await?;
+        let reason = if r.reason == 0 {
+            pb::BlockReason::Lost as i32
+        } else {
+            r.reason
+        };
+        Self::block(
+            tx,
+            merchant,
+            request_id,
+            &mut old,
+            reason,
+            &r.comment,
+            Some(&new),
+            now,
+        )
+        .await?;
+        Ok(pb::ReplaceCardResponse {
+            customer_id: customer.customer_id,
+            old_card: Some(old.record()),
+            new_card: Some(added.record()),
+        })
+    }
+}
