@@ -74,6 +74,14 @@ pub(crate) fn check_id(field: &str, value: &str, v: &mut Vec<(String, String)>) 
     }
 }
 
+/// Checks the (merchant, customer) pair a per-customer read names.
+pub(crate) fn check_customer_ref(merchant: &str, customer: &str) -> Result<(), Error> {
+    let mut v = Vec::new();
+    check_id("merchant_id", merchant, &mut v);
+    check_id("customer_id", customer, &mut v);
+    done(v)
+}
+
 pub(crate) fn check_len(field: &str, value: &str, max: usize, v: &mut Vec<(String, String)>) {
     if value.chars().count() > max {
         v.push((

@@ -9,8 +9,8 @@ use prost::Message;
 use tonic::Code;
 
 use crate::cards::{
-    check_id, check_len, digest, event, instant, key_reused, new_id, timestamp, Cards,
-    MerchantSettings, STATE_ACTIVE, STATE_MERGED,
+    check_customer_ref, check_id, check_len, digest, event, instant, key_reused, new_id, timestamp,
+    Cards, MerchantSettings, STATE_ACTIVE, STATE_MERGED,
 };
 use crate::error::{done, Error};
 use crate::identifiers::{self, Candidate};
@@ -445,10 +445,7 @@ impl Cards {
         &self,
         r: &pb::GetCustomerRequest,
     ) -> Result<pb::GetCustomerResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        check_id("customer_id", &r.customer_id, &mut v);
-        done(v)?;
+        check_customer_ref(&r.merchant_id, &r.customer_id)?;
         on_conn!(&self.db, conn => {
             let conn: &mut dyn CardsTx = &mut conn;
             let c = conn

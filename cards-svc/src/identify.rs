@@ -8,7 +8,9 @@ use kopilka_proto::cards as pb;
 use kopilka_proto::types::{self, event::Payload, IdentifierInput};
 use kopilka_runtime::Timestamp;
 
-use crate::cards::{check_id, check_len, event, Cards, MerchantSettings, ID_ACTIVE, ID_BLOCKED};
+use crate::cards::{
+    check_customer_ref, check_id, check_len, event, Cards, MerchantSettings, ID_ACTIVE, ID_BLOCKED,
+};
 use crate::error::{done, Error};
 use crate::identifiers::{self, Candidate, Formats, Parsed};
 use crate::on_conn;
@@ -229,10 +231,7 @@ impl Cards {
         &self,
         r: &pb::ListIdentifiersRequest,
     ) -> Result<pb::ListIdentifiersResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        check_id("customer_id", &r.customer_id, &mut v);
-        done(v)?;
+        check_customer_ref(&r.merchant_id, &r.customer_id)?;
         on_conn!(&self.db, conn => {
             let conn: &mut dyn CardsTx = &mut conn;
             if conn.customer(&r.merchant_id, &r.customer_id).await?.is_none() {

@@ -10,7 +10,9 @@ use prost::Message;
 use rust_decimal::Decimal;
 
 use crate::cache::{assignment_key, tiers_key};
-use crate::cards::{check_id, check_len, event, instant, next_token, page, timestamp, Cards};
+use crate::cards::{
+    check_customer_ref, check_id, check_len, event, instant, next_token, page, timestamp, Cards,
+};
 use crate::error::{done, Error};
 use crate::on_conn;
 use crate::store::CardsTx;
@@ -441,10 +443,7 @@ impl Cards {
         &self,
         r: &pb::GetCustomerTierRequest,
     ) -> Result<pb::GetCustomerTierResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        check_id("customer_id", &r.customer_id, &mut v);
-        done(v)?;
+        check_customer_ref(&r.merchant_id, &r.customer_id)?;
         on_conn!(&self.db, conn => {
             let conn: &mut dyn CardsTx = &mut conn;
             let c = conn
@@ -463,10 +462,7 @@ impl Cards {
         &self,
         r: &pb::GetTierHistoryRequest,
     ) -> Result<pb::GetTierHistoryResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        check_id("customer_id", &r.customer_id, &mut v);
-        done(v)?;
+        check_customer_ref(&r.merchant_id, &r.customer_id)?;
         let (limit, offset) = page(r.page_size, &r.page_token, 50, 100, "page_size")?;
         on_conn!(&self.db, conn => {
             let conn: &mut dyn CardsTx = &mut conn;
