@@ -7,6 +7,7 @@
 //!
 //! Each scenario is one async fn run by two `#[tokio::test]`s, one per backend.
 
+#[macro_use]
 mod cards_support;
 
 use std::sync::{Arc, Mutex};
@@ -1149,21 +1150,6 @@ async fn bad_input_is_refused_and_changes_nothing(suite: TestSuite) {
         "Ivan II"
     );
     assert_eq!(customers_of(&c, M).await.len(), 1);
-}
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::Sqlite).await).await;
-            } )*
-        }
-        mod postgres {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::PostgresRedis).await).await;
-            } )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -7,6 +7,7 @@
 //!
 //! Each scenario is one async fn run by two `#[tokio::test]`s, one per backend.
 
+#[macro_use]
 mod cards_support;
 
 use cards_support::*;
@@ -612,21 +613,6 @@ async fn merchants_do_not_see_each_others_customers(suite: TestSuite) {
     assert_ne!(bob.customer_id, alice.customer_id);
     assert_eq!(found(&c, b, raw(&card)).await, bob.customer_id);
     assert_eq!(found(&c, a, raw(&card)).await, alice.customer_id);
-}
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::Sqlite).await).await;
-            } )*
-        }
-        mod postgres {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::PostgresRedis).await).await;
-            } )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -6,6 +6,7 @@
 //!
 //! Each scenario is one async fn run by two `#[tokio::test]`s, one per backend.
 
+#[macro_use]
 mod cards_support;
 
 use std::time::{Duration, Instant};
@@ -707,21 +708,6 @@ async fn the_tier_cache_is_never_stale(mut suite: TestSuite) {
     let olga = customer(&c, M, "+7 912 000 00 02", &[]).await;
     assert_eq!(olga.tier.unwrap().tier_code, "NEW");
     assert_eq!(tier_at_checkout(&c, "+79120000002").await, pair("NEW", "4"));
-}
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::Sqlite).await).await;
-            } )*
-        }
-        mod postgres {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::PostgresRedis).await).await;
-            } )*
-        }
-    };
 }
 
 on_both_backends!(
