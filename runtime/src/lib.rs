@@ -5,12 +5,14 @@
 //! - [`server`]: a gRPC server with health and reflection that drains gracefully on shutdown.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future a binary hands to its server.
 //! - [`host`]: what every service process does around its own RPCs (DB, port, health, drain).
+//! - [`decimal`]: decimal strings of the contract (money, points, percentages) parsed and formatted exactly.
 //! - [`db`]: one handle over PostgreSQL or SQLite, chosen by URL, with each service's migrations.
 //! - [`status`]: building gRPC statuses with `google.rpc` details (field violations, stable reasons).
 //! - [`redact`]: masking phone numbers, e-mails and keys before they reach a log line.
 
 pub mod config;
 pub mod db;
+pub mod decimal;
 pub mod host;
 pub mod redact;
 pub mod server;
