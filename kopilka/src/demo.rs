@@ -12,10 +12,13 @@ use gateway::seed::{seed_demo, DemoTenant};
 use gateway::tenancy::Tenancy;
 use secrecy::ExposeSecret;
 
+use kopilka_proto::rules as rules_pb;
 use kopilka_runtime::Timestamp;
-use prost::Message;
+use rules_svc::cache::{CacheSettings, ProgramCache};
 use rules_svc::document::{self, DEMO_PROGRAM_YAML};
-use rules_svc::store::Programs;
+use rules_svc::error::Error as RulesError;
+use rules_svc::programs::Programs;
+use rules_svc::store::Store;
 
 use crate::Suite;
 
@@ -44,12 +47,11 @@ pub async fn seed(suite: &Suite, data_dir: &Path) -> anyhow::Result<DemoSummary>
             .with_context(|| format!("writing {}", keys_file.display()))?;
     }
     let keys = std::fs::read_to_string(&keys_file).ok();
-    let program = seed_program(
-        &Programs::new(suite.rules.db().clone()),
-        &tenant.merchant_id,
-        now,
-    )
-    .await?;
+    // The same operations ProgramService runs; the serving rules-svc learns of the activation
+    // from the change feed like any other replica would.
+    let store = Store::new(suite.rules.db().clone());
+    let cache = ProgramCache::new(store.clone(), CacheSettings::default());
+    let program = seed_program(&Programs::new(store, cache, None), &tenant.merchant_id).await?;
     Ok(DemoSummary {
         program,
         merchant_id: tenant.merchant_id,
@@ -60,26 +62,65 @@ pub async fn seed(suite: &Suite, data_dir: &Path) -> anyhow::Result<DemoSummary>
     })
 }
 
-/// Publishes and activates the demo program when the merchant has none; returns the active one.
+/// Drafts, publishes and activates the demo program when the merchant has no version yet;
+/// returns the active one. Fixed request ids make a start interrupted half-way resume.
 async fn seed_program(
     programs: &Programs,
     merchant_id: &str,
-    now: Timestamp,
 ) -> anyhow::Result<Option<(i64, String)>> {
-    if programs.count(merchant_id).await? == 0 {
+    let existing = programs
+        .list_versions(&rules_pb::ListVersionsRequest {
+            merchant_id: merchant_id.to_owned(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await?;
+    if existing.versions.is_empty() {
         let program = document::from_yaml(DEMO_PROGRAM_YAML).context("the demo program")?;
-        let version = programs
-            .create_draft(merchant_id, &program.encode_to_vec(), now)
+        let draft = programs
+            .create_draft(&rules_pb::CreateDraftRequest {
+                merchant_id: merchant_id.to_owned(),
+                request_id: "demo-program-draft".to_owned(),
+                source: Some(rules_pb::create_draft_request::Source::Program(program)),
+                comment: "The demo café program".to_owned(),
+                created_by: "kopilka dev".to_owned(),
+            })
             .await?;
-        programs.publish(merchant_id, version, now).await?;
-        programs.activate(merchant_id, version, now, now).await?;
+        let version = draft.version.map(|v| v.version).unwrap_or_default();
+        programs
+            .publish_version(&rules_pb::PublishVersionRequest {
+                merchant_id: merchant_id.to_owned(),
+                request_id: "demo-program-publish".to_owned(),
+                version,
+                ..Default::default()
+            })
+            .await
+            .context("publishing the demo program")?;
+        programs
+            .activate_version(&rules_pb::ActivateVersionRequest {
+                merchant_id: merchant_id.to_owned(),
+                request_id: "demo-program-activate".to_owned(),
+                version,
+                activate_at: None,
+                requested_by: "kopilka dev".to_owned(),
+            })
+            .await?;
     }
-    let Some(active) = programs.active_at(merchant_id, Timestamp::now()).await? else {
-        return Ok(None);
-    };
-    let program = kopilka_proto::rules::Program::decode(active.document.as_slice())
-        .context("decoding the active program")?;
-    Ok(Some((active.version, program.name)))
+    let active = programs
+        .get_active_version(&rules_pb::GetActiveVersionRequest {
+            merchant_id: merchant_id.to_owned(),
+            at: None,
+            include_program: true,
+        })
+        .await;
+    match active {
+        Ok(answer) => Ok(answer.version.map(|v| {
+            let name = v.program.map(|p| p.name).unwrap_or_default();
+            (i64::try_from(v.version).unwrap_or_default(), name)
+        })),
+        Err(RulesError::Precondition("NO_ACTIVE_PROGRAM", ..)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn keys_env(tenant: &DemoTenant) -> Option<String> {

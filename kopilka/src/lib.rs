@@ -135,8 +135,13 @@ impl Suite {
         if config.cards.ledger_url.is_none() {
             config.cards.ledger_url = Some(format!("http://{}", loopback(ledger.local_addr())));
         }
+        let cards = cards_svc::build(config.cards).await?;
+        // rules-svc asks cards-svc for the merchant's tier codes when validating programs.
+        if config.rules.cards_url.is_none() {
+            config.rules.cards_url = Some(format!("http://{}", loopback(cards.local_addr())));
+        }
         Ok(Suite {
-            cards: cards_svc::build(config.cards).await?,
+            cards,
             rules: rules_svc::build(config.rules).await?,
             ledger,
             notify: notify_svc::build(config.notify).await?,

@@ -17,6 +17,17 @@ pub struct Config {
     /// Log format and filter.
     #[serde(flatten)]
     pub telemetry: TelemetrySettings,
+    /// cards-svc (`http://host:50052`), asked for the merchant's tier codes when a validation
+    /// or publication names none (`KOPILKA_CARDS_URL`); unset = tier references are not checked.
+    pub cards_url: Option<String>,
+    /// How often each replica polls the program change feed, in milliseconds
+    /// (`KOPILKA_RULES_CHANGE_POLL_MS`): the delay before a publication or activation made on
+    /// another replica is seen here.
+    pub rules_change_poll_ms: u64,
+    /// Most compiled program versions kept in memory (`KOPILKA_RULES_PLAN_CACHE`).
+    pub rules_plan_cache: u64,
+    /// How long request ids are remembered for retries, in hours.
+    pub idempotency_retention_hours: u64,
 }
 
 impl Default for Config {
@@ -24,6 +35,10 @@ impl Default for Config {
         Self {
             service: ServiceSettings::embedded(DEFAULT_PORT, "data/rules.db"),
             telemetry: TelemetrySettings::default(),
+            cards_url: None,
+            rules_change_poll_ms: 1000,
+            rules_plan_cache: 10_000,
+            idempotency_retention_hours: 72,
         }
     }
 }
