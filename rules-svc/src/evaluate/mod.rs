@@ -21,7 +21,7 @@ use rust_decimal::Decimal;
 use crate::catalog::Catalog;
 use crate::context;
 use crate::error::Error;
-use crate::money::{allocate, allocate_capped, unit};
+use crate::money::{allocate, allocate_capped, unit, MAX_AMOUNT};
 use crate::plan::{BracketValue, Brackets, Effect, LevelValue, Plan, Rule, StampReward, Target};
 
 pub use conditions::in_birthday_window;
@@ -1022,7 +1022,13 @@ impl<'p, 'r> Evaluation<'p, 'r> {
                 let current: Vec<Decimal> = lines.iter().map(|&l| self.lines[l].accrual).collect();
                 let raw: Vec<Decimal> = current
                     .iter()
-                    .map(|a| *a * (factor - Decimal::ONE))
+                    // Points never grow beyond MAX_AMOUNT per line, however many multipliers stack.
+                    .map(|a| {
+                        a.checked_mul(factor - Decimal::ONE)
+                            .map_or((MAX_AMOUNT - *a).max(Decimal::ZERO), |x| {
+                                x.min((MAX_AMOUNT - *a).max(Decimal::ZERO))
+                            })
+                    })
                     .collect();
                 let total: Decimal = raw.iter().sum();
                 if total >= Decimal::ZERO {

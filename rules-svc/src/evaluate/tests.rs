@@ -628,3 +628,23 @@ fn same_input_same_output() {
     let i = input(one("777.77"), Some(customer()), monday_10());
     assert_eq!(run(&p, &i), run(&p, &i));
 }
+
+#[test]
+fn stacked_multipliers_saturate_instead_of_overflowing() {
+    let mut rules = "  - id: huge\n    name: huge\n    accrue_fixed: {points: \"999999999999\", per: PER_UNIT}\n".to_owned();
+    for i in 0..20 {
+        rules.push_str(&format!(
+            "  - id: m{i}\n    name: m\n    accrual_multiplier: {{factor: \"100\"}}\n"
+        ));
+    }
+    let p = plan(&rules);
+    let r = run(
+        &p,
+        &input(
+            vec![line("1", "x", &[], "1", "100000")],
+            Some(customer()),
+            monday_10(),
+        ),
+    );
+    assert!(!totals(&r).points_accrued.is_empty());
+}
