@@ -76,7 +76,7 @@ pub fn allocate(total: Decimal, weights: &[Decimal], scale: u32) -> Vec<Decimal>
         remainders.push((exact - floor, i));
     }
     // Stable sort: equal remainders keep index order.
-    remainders.sort_by(|a, b| b.0.cmp(&a.0));
+    remainders.sort_by_key(|r| std::cmp::Reverse(r.0));
     let step = unit(scale);
     let mut left = total - given;
     let mut k = 0;

@@ -75,11 +75,14 @@ pub struct BasketNeed {
     pub min_amount: Option<Decimal>,
 }
 
+/// A period: (inclusive start, exclusive end), either open.
+pub type Period = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// Compiled conditions; `None` / empty = not a condition.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Conds {
     pub tiers: Vec<String>,
-    pub active: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    pub active: Option<Period>,
     pub windows: Vec<Window>,
     pub birthday: Option<(u32, u32)>,
     pub since_within_days: Option<u32>,
@@ -785,7 +788,7 @@ impl Plan {
             return Err(Error::ProgramInvalid(c.errors));
         }
         // Stable: equal priorities keep document order.
-        rules.sort_by(|a, b| b.0.cmp(&a.0));
+        rules.sort_by_key(|r| std::cmp::Reverse(r.0));
         Ok(Plan {
             version,
             fingerprint: fingerprint(program),

@@ -188,7 +188,7 @@ pub fn check(c: &Conds, r: &Receipt<'_>, money_unit: Decimal) -> Result<(), Fail
             .registered_at
             .as_ref()
             .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32));
-        if !registered.is_some_and(|t| r.at - t <= Duration::days(i64::from(days))) {
+        if registered.is_none_or(|t| r.at - t > Duration::days(i64::from(days))) {
             return fail("registered_within_days");
         }
     }

@@ -23,6 +23,15 @@ fn ts(t: DateTime<Utc>) -> Timestamp {
     }
 }
 
+/// Points to book as one lot, gathered from the lines' contributions.
+struct Lot {
+    kind: LotKind,
+    activates: Option<DateTime<Utc>>,
+    expires: Option<DateTime<Utc>>,
+    amount: Decimal,
+    rule_ids: Vec<String>,
+}
+
 /// A near miss: at most this share of the bound is missing (20 %).
 fn near(missing: Decimal, bound: Decimal) -> bool {
     missing > Decimal::ZERO && missing * Decimal::from(5) <= bound
@@ -118,13 +127,7 @@ pub(super) fn result(e: &Evaluation<'_, '_>) -> EvaluationResult {
     let referral_total: Decimal = e.referrals.iter().map(|x| x.points).sum();
 
     // Lots: one per distinct (kind, activation, expiry).
-    let mut lots: Vec<(
-        LotKind,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-        Decimal,
-        Vec<String>,
-    )> = Vec::new();
+    let mut lots: Vec<Lot> = Vec::new();
     for run in &e.lines {
         for (i, target, amount) in &run.contributions {
             if *target != EffectTarget::Accrual {
@@ -137,48 +140,55 @@ pub(super) fn result(e: &Evaluation<'_, '_>) -> EvaluationResult {
                 LotKind::Purchase
             };
             let (activates, expires) = s.lot_times(rule.terms.as_ref(), r.at);
-            match lots
-                .iter_mut()
-                .find(|x| x.0 == kind && x.1 == activates && x.2 == expires)
+            let lot = match lots
+                .iter()
+                .position(|x| x.kind == kind && x.activates == activates && x.expires == expires)
             {
-                Some(lot) => {
-                    lot.3 += *amount;
-                    if !lot.4.contains(&rule.id) {
-                        lot.4.push(rule.id.clone());
-                    }
+                Some(k) => &mut lots[k],
+                None => {
+                    lots.push(Lot {
+                        kind,
+                        activates,
+                        expires,
+                        amount: Decimal::ZERO,
+                        rule_ids: Vec::new(),
+                    });
+                    lots.last_mut().expect("just pushed")
                 }
-                None => lots.push((kind, activates, expires, *amount, vec![rule.id.clone()])),
+            };
+            lot.amount += *amount;
+            if !lot.rule_ids.contains(&rule.id) {
+                lot.rule_ids.push(rule.id.clone());
             }
         }
     }
-    // A multiplier below 1 may leave its own lot negative: take it from the others.
-    loop {
-        let Some(k) = lots.iter().position(|x| x.3 <= Decimal::ZERO) else {
-            break;
-        };
-        let (_, _, _, deficit, ids) = lots.remove(k);
-        let mut owed = -deficit;
-        lots.sort_by(|a, b| b.3.cmp(&a.3));
+    // A multiplier below 1 may leave its own lot negative: take that from the largest others.
+    while let Some(k) = lots.iter().position(|x| x.amount <= Decimal::ZERO) {
+        let empty = lots.remove(k);
+        let mut owed = -empty.amount;
+        lots.sort_by_key(|x| std::cmp::Reverse(x.amount));
         for lot in lots.iter_mut() {
-            let take = owed.min(lot.3);
-            lot.3 -= take;
+            if owed <= Decimal::ZERO {
+                break;
+            }
+            let take = owed.min(lot.amount);
+            lot.amount -= take;
             owed -= take;
-            for id in &ids {
-                if !lot.4.contains(id) {
-                    lot.4.push(id.clone());
+            for id in &empty.rule_ids {
+                if !lot.rule_ids.contains(id) {
+                    lot.rule_ids.push(id.clone());
                 }
             }
         }
-        lots.retain(|x| !x.3.is_zero() || x.3 > Decimal::ZERO);
     }
     let accruals = lots
         .into_iter()
-        .map(|(kind, activates, expires, amount, rule_ids)| PointsGrant {
-            amount: s.fmt_points(amount),
-            kind: kind as i32,
-            activates_at: activates.map(ts),
-            expires_at: expires.map(ts),
-            rule_ids,
+        .map(|lot| PointsGrant {
+            amount: s.fmt_points(lot.amount),
+            kind: lot.kind as i32,
+            activates_at: lot.activates.map(ts),
+            expires_at: lot.expires.map(ts),
+            rule_ids: lot.rule_ids,
             grant_key: String::new(),
         })
         .collect();

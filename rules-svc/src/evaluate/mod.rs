@@ -338,7 +338,7 @@ impl<'p, 'r> Evaluation<'p, 'r> {
                 if stop.is_some() {
                     stopped_by = stop;
                 }
-                !excluded && stop.is_none() && !(skip_discounted && !line.discount.is_zero())
+                !excluded && stop.is_none() && (!skip_discounted || line.discount.is_zero())
             })
             .collect();
         if open.is_empty() {
@@ -591,7 +591,7 @@ impl<'p, 'r> Evaluation<'p, 'r> {
                 units.push((k, price));
             }
         }
-        units.sort_by(|a, b| b.1.cmp(&a.1));
+        units.sort_by_key(|u| std::cmp::Reverse(u.1));
         units
     }
 
