@@ -18,6 +18,13 @@ use rules_svc::evaluate::{evaluate, evaluate_with, Redemption};
 use rules_svc::plan::Plan;
 use rules_svc::validate::{validate, Known};
 
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
 fn corpus() -> Vec<(PathBuf, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
@@ -209,7 +216,8 @@ fn the_corpus_parses_validates_compiles_and_evaluates() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, .. ProptestConfig::default() })]
+    // PROPTEST_CASES raises the count for a long session.
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, .. ProptestConfig::default() })]
 
     #[test]
     fn mutated_programs_never_panic(
