@@ -54,6 +54,72 @@ pub fn unit(scale: u32) -> Decimal {
 /// none is negative. Zero or negative weights get nothing; if every weight is zero, everything
 /// is zero (the caller decides whether that is an error).
 pub fn allocate(total: Decimal, weights: &[Decimal], scale: u32) -> Vec<Decimal> {
+    allocate_units(total, weights, scale).unwrap_or_else(|| allocate_exact(total, weights, scale))
+}
+
+/// [`allocate`] in integers: `total` in units of `scale`, weights at one common scale, each
+/// share `floor(total × w / whole)` with its remainder. The same answer as the decimal
+/// version, without a 28-digit division per line; `None` when a product would not fit in i128.
+fn allocate_units(total: Decimal, weights: &[Decimal], scale: u32) -> Option<Vec<Decimal>> {
+    if total <= Decimal::ZERO {
+        return Some(vec![Decimal::ZERO; weights.len()]);
+    }
+    if scale > 18 {
+        return None;
+    }
+    let units = |d: Decimal, to: u32| -> Option<i128> {
+        let (m, sc) = (d.mantissa(), d.scale());
+        if sc <= to {
+            m.checked_mul(10i128.checked_pow(to - sc)?)
+        } else {
+            Some(m / 10i128.checked_pow(sc - to)?)
+        }
+    };
+    let total_units = units(total, scale)?;
+    let ws = weights.iter().map(|w| w.scale()).max().unwrap_or(0);
+    let mut w_units: Vec<i128> = Vec::with_capacity(weights.len());
+    let mut whole: i128 = 0;
+    for w in weights {
+        let u = if *w > Decimal::ZERO {
+            units(*w, ws)?
+        } else {
+            0
+        };
+        whole = whole.checked_add(u)?;
+        w_units.push(u);
+    }
+    let mut shares = vec![Decimal::ZERO; weights.len()];
+    if whole == 0 {
+        return Some(shares);
+    }
+    let mut given: i128 = 0;
+    let mut remainders: Vec<(i128, usize)> = Vec::with_capacity(weights.len());
+    let mut floors: Vec<i128> = vec![0; weights.len()];
+    for (i, &w) in w_units.iter().enumerate() {
+        if w == 0 {
+            continue;
+        }
+        let num = total_units.checked_mul(w)?;
+        floors[i] = num / whole;
+        given += floors[i];
+        remainders.push((num % whole, i));
+    }
+    remainders.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut left = total_units - given;
+    let mut k = 0;
+    while left > 0 && !remainders.is_empty() {
+        floors[remainders[k % remainders.len()].1] += 1;
+        left -= 1;
+        k += 1;
+    }
+    for (share, f) in shares.iter_mut().zip(floors) {
+        *share = Decimal::try_from_i128_with_scale(f, scale).ok()?;
+    }
+    Some(shares)
+}
+
+/// [`allocate`] in decimals, for amounts too large for the integer path.
+fn allocate_exact(total: Decimal, weights: &[Decimal], scale: u32) -> Vec<Decimal> {
     let mut shares = vec![Decimal::ZERO; weights.len()];
     let whole: Decimal = weights.iter().filter(|w| **w > Decimal::ZERO).sum();
     if whole <= Decimal::ZERO || total <= Decimal::ZERO {
@@ -171,6 +237,25 @@ mod tests {
         let shares = allocate(d("10"), &[d("150"), d("0"), d("50")], 0);
         assert_eq!(shares, vec![d("8"), d("0"), d("2")]);
         assert_eq!(allocate(d("5"), &[d("0"), d("0")], 0), vec![d("0"), d("0")]);
+    }
+
+    #[test]
+    fn integer_and_decimal_allocation_agree() {
+        let cases: &[(&str, &[&str], u32)] = &[
+            ("100.00", &["1", "1", "1"], 2),
+            ("10", &["150", "0", "50"], 0),
+            ("1203.34", &["333.33", "0.01", "870", "12.5"], 2),
+            ("7", &["0.001", "0.002", "0.003"], 0),
+            ("999999999.99", &["1000000000", "3", "0.07"], 2),
+        ];
+        for (total, weights, scale) in cases {
+            let weights: Vec<Decimal> = weights.iter().map(|w| d(w)).collect();
+            assert_eq!(
+                allocate_units(d(total), &weights, *scale).unwrap(),
+                allocate_exact(d(total), &weights, *scale),
+                "{total} over {weights:?}"
+            );
+        }
     }
 
     #[test]

@@ -50,14 +50,48 @@ pub fn parse(value: &str, scale: u32, sign: Sign) -> Result<Decimal, String> {
     }
 }
 
-/// Formats an amount with exactly `scale` decimals ("100" at scale 2 is "100.00").
+/// Formats an amount with exactly `scale` decimals ("100" at scale 2 is "100.00"), rounding
+/// half away from zero. Written by hand: answers format every amount of every line, and this is
+/// several times faster than `Decimal`'s `Display` with a rescale.
 pub fn format(value: Decimal, scale: u32) -> String {
-    let mut v = value.round_dp_with_strategy(scale, RoundingStrategy::MidpointAwayFromZero);
-    if v.is_zero() {
-        v.set_sign_positive(true);
+    let mut v = value;
+    if v.scale() != scale {
+        v = v.round_dp_with_strategy(scale, RoundingStrategy::MidpointAwayFromZero);
+        v.rescale(scale);
     }
-    v.rescale(scale);
-    v.to_string()
+    let mantissa = v.mantissa();
+    let mut digits = [0u8; 40];
+    let mut i = digits.len();
+    let wide = mantissa.unsigned_abs();
+    // At least scale + 1 digits, so "0.05" keeps its leading zero. Amounts fit in u64 almost
+    // always, and u64 division is far cheaper than u128's.
+    if let Ok(mut n) = u64::try_from(wide) {
+        while n > 0 || digits.len() - i <= scale as usize {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    } else {
+        let mut n = wide;
+        while n > 0 || digits.len() - i <= scale as usize {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    let body = &digits[i..];
+    let mut out = String::with_capacity(body.len() + 2);
+    if mantissa < 0 {
+        out.push('-');
+    }
+    let point = body.len() - scale as usize;
+    for (k, d) in body.iter().enumerate() {
+        if k == point {
+            out.push('.');
+        }
+        out.push(char::from(*d));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -99,5 +133,10 @@ mod tests {
         assert_eq!(format(Decimal::new(125, 1), 0), "13");
         assert_eq!(format(Decimal::ZERO, 0), "0");
         assert_eq!(format(-Decimal::ZERO, 2), "0.00");
+        assert_eq!(format(Decimal::new(5, 2), 2), "0.05");
+        assert_eq!(format(Decimal::new(-1205, 2), 2), "-12.05");
+        assert_eq!(format(Decimal::new(-4, 3), 2), "0.00");
+        assert_eq!(format(Decimal::new(12345, 4), 0), "1");
+        assert_eq!(format(Decimal::MAX, 0), Decimal::MAX.to_string());
     }
 }

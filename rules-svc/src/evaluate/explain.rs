@@ -128,6 +128,9 @@ pub(super) fn result(e: &Evaluation<'_, '_>) -> EvaluationResult {
 
     // Lots: one per distinct (kind, activation, expiry).
     let mut lots: Vec<Lot> = Vec::new();
+    // Lot terms per rule, computed once.
+    type Times = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let mut times: Vec<Option<Times>> = vec![None; plan.rules.len()];
     for run in &e.lines {
         for (i, target, amount) in &run.contributions {
             if *target != EffectTarget::Accrual {
@@ -139,7 +142,8 @@ pub(super) fn result(e: &Evaluation<'_, '_>) -> EvaluationResult {
             } else {
                 LotKind::Purchase
             };
-            let (activates, expires) = s.lot_times(rule.terms.as_ref(), r.at);
+            let (activates, expires) =
+                *times[*i].get_or_insert_with(|| s.lot_times(rule.terms.as_ref(), r.at));
             let lot = match lots
                 .iter()
                 .position(|x| x.kind == kind && x.activates == activates && x.expires == expires)
@@ -482,7 +486,7 @@ fn explanations(e: &Evaluation<'_, '_>, text: &Text) -> Vec<Explanation> {
     let s = plan.settings();
     let full = e.r.explain == ExplainLevel::Full;
     let mut out = Vec::new();
-    for (rule, run) in plan.rules.iter().zip(&e.rules) {
+    for (ri, (rule, run)) in plan.rules.iter().zip(&e.rules).enumerate() {
         let target = target_of(&rule.effect);
         let fmt_amount = |a: Decimal| {
             if target == EffectTarget::Discount {
@@ -500,13 +504,7 @@ fn explanations(e: &Evaluation<'_, '_>, text: &Text) -> Vec<Explanation> {
         let affected = |want_amount: bool| -> Vec<String> {
             run.lines
                 .iter()
-                .filter(|&&l| {
-                    !want_amount
-                        || e.lines[l]
-                            .contributions
-                            .iter()
-                            .any(|c| c.0 == plan_index(plan, rule))
-                })
+                .filter(|&&l| !want_amount || e.lines[l].contributions.iter().any(|c| c.0 == ri))
                 .map(|&l| e.r.lines[l].id.to_owned())
                 .collect()
         };
@@ -675,12 +673,4 @@ fn explanations(e: &Evaluation<'_, '_>, text: &Text) -> Vec<Explanation> {
         out.push(x);
     }
     out
-}
-
-/// The plan index of a rule (rules are few; explanations are off the hot path).
-fn plan_index(plan: &crate::plan::Plan, rule: &crate::plan::Rule) -> usize {
-    plan.rules
-        .iter()
-        .position(|r| std::ptr::eq(r, rule))
-        .unwrap_or(usize::MAX)
 }

@@ -145,10 +145,14 @@ struct Evaluation<'p, 'r> {
     money_unit: Decimal,
 }
 
+/// One hundredth: multiplying by it is exact and much cheaper than dividing by 100.
+const HUNDREDTH: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
+
 fn pct(amount: Decimal, percent: Decimal) -> Decimal {
     amount
         .checked_mul(percent)
-        .map_or(Decimal::ZERO, |v| v / Decimal::ONE_HUNDRED)
+        .and_then(|v| v.checked_mul(HUNDREDTH))
+        .unwrap_or(Decimal::ZERO)
 }
 
 impl<'p, 'r> Evaluation<'p, 'r> {
@@ -453,7 +457,11 @@ impl<'p, 'r> Evaluation<'p, 'r> {
             plan.settings()
         };
         let gross = self.r.lines[l].gross;
-        let cap = s.round_money(pct(gross, s.max_discount_percent)).min(gross);
+        let cap = if s.max_discount_percent == Decimal::ONE_HUNDRED {
+            gross
+        } else {
+            s.round_money(pct(gross, s.max_discount_percent)).min(gross)
+        };
         (cap - self.lines[l].discount).max(Decimal::ZERO)
     }
 
@@ -762,7 +770,13 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         }
         let point_value = s.point_value;
         let to_points = |money: Decimal| {
-            crate::money::Rounding::Down.round(money / point_value, s.points_scale)
+            // The usual point value is 1: no division then.
+            let points = if point_value == Decimal::ONE {
+                money
+            } else {
+                money.checked_div(point_value).unwrap_or(Decimal::ZERO)
+            };
+            crate::money::Rounding::Down.round(points, s.points_scale)
         };
         let mut caps: Vec<Decimal> = (0..n)
             .map(|l| {
