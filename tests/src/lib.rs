@@ -17,6 +17,23 @@ pub use postgres::{PgOptions, TempPostgres};
 pub use redis::TempRedis;
 pub use suite::{Backend, TestSuite};
 
+/// Runs each scenario `async fn(TestSuite)` as two tests: on SQLite and on PostgreSQL + Redis.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $scenario() {
+                super::$scenario($crate::TestSuite::start($crate::Backend::Sqlite).await).await;
+            } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $scenario() {
+                super::$scenario($crate::TestSuite::start($crate::Backend::PostgresRedis).await).await;
+            } )*
+        }
+    };
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

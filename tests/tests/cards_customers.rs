@@ -7,7 +7,6 @@
 //!
 //! Each scenario is one async fn run by two `#[tokio::test]`s, one per backend.
 
-#[macro_use]
 mod cards_support;
 
 use std::sync::{Arc, Mutex};
@@ -16,7 +15,7 @@ use cards_support::*;
 use kopilka_proto::cards as pb;
 use kopilka_proto::types::{self, IdentifierKind};
 use kopilka_proto::wkt;
-use kopilka_tests::{Backend, TestSuite};
+use kopilka_tests::{on_both_backends, Backend, TestSuite};
 use tonic::{Code, Status};
 
 const M: &str = "m-customers";

@@ -6,14 +6,13 @@
 //!
 //! Each scenario is one async fn run by two `#[tokio::test]`s, one per backend.
 
-#[macro_use]
 mod cards_support;
 
 use std::time::{Duration, Instant};
 
 use cards_support::*;
 use kopilka_proto::cards as pb;
-use kopilka_tests::{Backend, TestSuite};
+use kopilka_tests::{on_both_backends, TestSuite};
 use tonic::{Code, Status};
 
 const M: &str = "m-tiers";

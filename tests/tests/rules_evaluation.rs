@@ -23,27 +23,12 @@ use kopilka_proto::types::{
 };
 use kopilka_proto::wkt::Timestamp;
 use kopilka_runtime::status::{field_violations_of, reason_of};
-use kopilka_tests::{Backend, TestSuite};
+use kopilka_tests::{on_both_backends, TestSuite};
 use rules_svc::document::from_yaml;
 use rust_decimal::Decimal;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::Sqlite).await).await;
-            } )*
-        }
-        mod postgres {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::PostgresRedis).await).await;
-            } )*
-        }
-    };
-}
 
 on_both_backends!(
     evaluate_gives_the_seed_numbers,

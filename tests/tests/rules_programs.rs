@@ -14,26 +14,11 @@ use kopilka_proto::rules::{Program, VersionState};
 use kopilka_proto::wkt;
 use kopilka_runtime::host::ServiceSettings;
 use kopilka_runtime::status::{field_violations_of, reason_of};
-use kopilka_tests::{Backend, TestSuite};
+use kopilka_tests::{on_both_backends, Backend, TestSuite};
 use rules_svc::document::{self, DEMO_PROGRAM_YAML};
 use secrecy::SecretString;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::Sqlite).await).await;
-            } )*
-        }
-        mod postgres {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::PostgresRedis).await).await;
-            } )*
-        }
-    };
-}
 
 on_both_backends!(
     drafts_are_validated_published_and_frozen,

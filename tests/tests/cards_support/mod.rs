@@ -5,22 +5,6 @@
 // Each test binary uses its own subset of the helpers.
 #![allow(dead_code)]
 
-/// Runs each scenario `async fn(TestSuite)` as two tests: on SQLite and on PostgreSQL + Redis.
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::Sqlite).await).await;
-            } )*
-        }
-        mod postgres {
-            $( #[tokio::test] async fn $scenario() {
-                super::$scenario(super::TestSuite::start(super::Backend::PostgresRedis).await).await;
-            } )*
-        }
-    };
-}
-
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
