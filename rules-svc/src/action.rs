@@ -16,6 +16,7 @@ use kopilka_proto::rules::{
 };
 use kopilka_proto::types::{ActionKind, AmountRange, BeneficiaryGrant, LotKind, PointsGrant};
 use kopilka_proto::wkt::Timestamp;
+use kopilka_runtime::timestamps::to_proto as timestamp;
 use rust_decimal::Decimal;
 
 use crate::context;
@@ -191,9 +192,7 @@ fn check_request(
     }
     let at = match &request.occurred_at {
         None => Some(now),
-        Some(t) => u32::try_from(t.nanos)
-            .ok()
-            .and_then(|n| DateTime::from_timestamp(t.seconds, n)),
+        Some(t) => kopilka_runtime::timestamps::from_proto(t),
     };
     if at.is_none() {
         violations.push((
@@ -284,16 +283,8 @@ fn parse_points(path: &str, value: &str, settings: &Settings) -> Result<Decimal,
         .map_err(|e| Error::invalid(path.to_owned(), e))
 }
 
-fn timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
 fn instant(t: Option<&Timestamp>) -> Option<DateTime<Utc>> {
-    let t = t?;
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+    kopilka_runtime::timestamps::from_proto(t?)
 }
 
 /// The first condition that does not hold for an action at `at`: `(path, message)`.

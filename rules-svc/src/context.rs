@@ -62,5 +62,5 @@ pub fn purchase_count(aggregates: Option<&PurchaseAggregates>) -> u64 {
 /// Time of the previous purchase, if any.
 pub fn last_purchase_at(aggregates: Option<&PurchaseAggregates>) -> Option<DateTime<Utc>> {
     let t = aggregates?.last_purchase_at.as_ref()?;
-    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+    kopilka_runtime::timestamps::from_proto(t)
 }

@@ -39,7 +39,7 @@ impl EvaluationApi {
 fn instant(t: &Option<Timestamp>, field: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
     match t {
         None => Ok(now),
-        Some(t) => DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+        Some(t) => kopilka_runtime::timestamps::from_proto(t)
             .ok_or_else(|| Error::invalid(field, "is not a valid timestamp")),
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, Utc};
 use kopilka_proto::rules::{
     self as pb, bracket, referral_level, rule::Effect as PbEffect, stamp_card, AmountBasis,
     BracketBasis, GroupMode, Per, Program, Violation, ViolationSeverity,
@@ -409,23 +409,14 @@ impl Compiler<'_> {
         out
     }
 
-    fn time(&mut self, path: String, value: &str, default: u32) -> u32 {
+    fn time(&mut self, path: String, value: &str, default: u32, end_of_day: bool) -> u32 {
         if value.is_empty() {
             return default;
         }
-        if value == "24:00" {
-            return 24 * 60;
-        }
-        match NaiveTime::parse_from_str(value, "%H:%M") {
-            Ok(t) => {
-                use chrono::Timelike;
-                t.hour() * 60 + t.minute()
-            }
-            Err(_) => {
-                self.fail(path, format!("`{value}` is not a time HH:MM"));
-                0
-            }
-        }
+        crate::validate::parse_hhmm(value, end_of_day).unwrap_or_else(|| {
+            self.fail(path, format!("`{value}` is not a time HH:MM"));
+            0
+        })
     }
 
     fn conds(&mut self, path: &str, c: Option<&pb::Conditions>) -> Conds {
@@ -433,8 +424,7 @@ impl Compiler<'_> {
             return Conds::default();
         };
         let instant = |t: &Option<pbjson_types::Timestamp>| {
-            t.as_ref()
-                .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+            t.as_ref().and_then(kopilka_runtime::timestamps::from_proto)
         };
         let windows = c
             .time_windows
@@ -442,8 +432,18 @@ impl Compiler<'_> {
             .enumerate()
             .map(|(i, w)| Window {
                 weekdays: w.weekdays.iter().map(|d| *d as u32).collect(),
-                start: self.time(format!("{path}.time_windows[{i}].start"), &w.start, 0),
-                end: self.time(format!("{path}.time_windows[{i}].end"), &w.end, 24 * 60),
+                start: self.time(
+                    format!("{path}.time_windows[{i}].start"),
+                    &w.start,
+                    0,
+                    false,
+                ),
+                end: self.time(
+                    format!("{path}.time_windows[{i}].end"),
+                    &w.end,
+                    24 * 60,
+                    true,
+                ),
             })
             .collect();
         let basket = c.basket_contains.as_ref().map(|b| BasketNeed {

@@ -8,6 +8,7 @@
 //! writers collide, and followed by dropping what this replica caches for the merchant (other
 //! replicas learn of it from the change feed, see [`crate::cache`]).
 
+use kopilka_runtime::timestamps::to_proto as timestamp;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -229,15 +230,7 @@ fn new_id() -> String {
 
 /// A request timestamp as an instant with microsecond precision (as stored).
 fn instant(t: &PbTimestamp) -> Option<DateTime<Utc>> {
-    let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000)?;
-    DateTime::from_timestamp(t.seconds, nanos).map(|d| Timestamp::from(d).0)
-}
-
-fn timestamp(t: DateTime<Utc>) -> PbTimestamp {
-    PbTimestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    kopilka_runtime::timestamps::from_proto(t).map(|d| Timestamp::from(d).0)
 }
 
 fn version_not_found(version: u64) -> Error {

@@ -8,6 +8,7 @@
 //! - [`decimal`]: decimal strings of the contract (money, points, percentages) parsed and formatted exactly.
 //! - [`db`]: one handle over PostgreSQL or SQLite, chosen by URL, with each service's migrations.
 //! - [`status`]: building gRPC statuses with `google.rpc` details (field violations, stable reasons).
+//! - [`timestamps`]: proto timestamps to and from `chrono` instants.
 //! - [`redact`]: masking phone numbers, e-mails and keys before they reach a log line.
 
 pub mod config;
@@ -19,5 +20,6 @@ pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod timestamps;
 
 pub use db::{Amount, Db, Timestamp};

@@ -187,7 +187,7 @@ pub fn check(c: &Conds, r: &Receipt<'_>, money_unit: Decimal) -> Result<(), Fail
         let registered = customer
             .registered_at
             .as_ref()
-            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32));
+            .and_then(kopilka_runtime::timestamps::from_proto);
         if registered.is_none_or(|t| r.at - t > Duration::days(i64::from(days))) {
             return fail("registered_within_days");
         }

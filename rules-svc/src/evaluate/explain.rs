@@ -8,20 +8,13 @@ use kopilka_proto::rules::{
     ReceiptTotals, RuleAmount, RuleOutcome,
 };
 use kopilka_proto::types::{BeneficiaryGrant, LotKind, PointsGrant, StampChange};
-use kopilka_proto::wkt::Timestamp;
+use kopilka_runtime::timestamps::to_proto as ts;
 use rust_decimal::Decimal;
 
 use super::{Evaluation, Outcome};
 use crate::context;
 use crate::plan::{BracketValue, Effect, Target};
 use kopilka_proto::rules::BracketBasis;
-
-fn ts(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
 
 /// Points to book as one lot, gathered from the lines' contributions.
 struct Lot {

@@ -212,7 +212,7 @@ impl<'a> Receipt<'a> {
         }
         let at = match &input.occurred_at {
             None => now,
-            Some(t) => match DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32) {
+            Some(t) => match kopilka_runtime::timestamps::from_proto(t) {
                 Some(at) if at > now + Duration::minutes(5) => {
                     p.add("input.occurred_at", "is more than 5 minutes in the future");
                     now

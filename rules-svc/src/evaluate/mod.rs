@@ -104,6 +104,21 @@ struct RuleRun {
     stamps: Option<(u32, u32, u32)>,
 }
 
+impl RuleRun {
+    /// A rule that takes no part (in a standalone valuation of another rule).
+    fn idle() -> Self {
+        RuleRun {
+            outcome: Outcome::Disabled,
+            lines: Vec::new(),
+            amount: Decimal::ZERO,
+            bracket: None,
+            basis: Decimal::ZERO,
+            one_more: false,
+            stamps: None,
+        }
+    }
+}
+
 /// What happened to one line.
 #[derive(Debug, Clone, Default)]
 struct LineRun {
@@ -167,6 +182,12 @@ impl<'p, 'r> Evaluation<'p, 'r> {
             total_max_redeem: Decimal::ZERO,
             money_unit: unit(plan.settings().money_scale),
         }
+    }
+
+    /// The program's settings, borrowed from the plan (not from `self`, so `&mut self` calls
+    /// stay possible while they are in use).
+    fn settings(&self) -> &'p crate::settings::Settings {
+        self.plan.settings()
     }
 
     fn anonymous(&self) -> bool {
@@ -255,18 +276,27 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         let mut scratch = Evaluation {
             plan: self.plan,
             r: self.r,
-            rules: self.rules.clone(),
+            // Only rule `i` acts; the others need no line lists.
+            rules: self
+                .rules
+                .iter()
+                .enumerate()
+                .map(
+                    |(j, run)| {
+                        if j == i {
+                            run.clone()
+                        } else {
+                            RuleRun::idle()
+                        }
+                    },
+                )
+                .collect(),
             lines: vec![LineRun::default(); self.lines.len()],
             referrals: Vec::new(),
             stamp_points: Vec::new(),
             total_max_redeem: Decimal::ZERO,
             money_unit: self.money_unit,
         };
-        for (j, run) in scratch.rules.iter_mut().enumerate() {
-            if j != i && run.outcome == Outcome::Eligible {
-                run.outcome = Outcome::Disabled;
-            }
-        }
         let rule = &self.plan.rules[i];
         match rule.effect.target() {
             Target::Discount => {
@@ -452,10 +482,7 @@ impl<'p, 'r> Evaluation<'p, 'r> {
 
     /// Room left for discount on a line under `max_discount_percent`.
     fn room(&self, l: usize) -> Decimal {
-        let s = {
-            let plan: &'p Plan = self.plan;
-            plan.settings()
-        };
+        let s = self.settings();
         let gross = self.r.lines[l].gross;
         let cap = if s.max_discount_percent == Decimal::ONE_HUNDRED {
             gross
@@ -532,10 +559,7 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         percent: Decimal,
         max: Option<Decimal>,
     ) -> Vec<Decimal> {
-        let s = {
-            let plan: &'p Plan = self.plan;
-            plan.settings()
-        };
+        let s = self.settings();
         let bases: Vec<Decimal> = lines
             .iter()
             .map(|&l| {
@@ -562,10 +586,7 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         per: crate::plan::PerKind,
     ) -> Vec<Decimal> {
         use crate::plan::PerKind;
-        let s = {
-            let plan: &'p Plan = self.plan;
-            plan.settings()
-        };
+        let s = self.settings();
         let rooms: Vec<Decimal> = lines.iter().map(|&l| self.room(l)).collect();
         match per {
             PerKind::Receipt => {
@@ -650,10 +671,7 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         percent: Decimal,
         max_times: u32,
     ) -> Vec<Decimal> {
-        let s = {
-            let plan: &'p Plan = self.plan;
-            plan.settings()
-        };
+        let s = self.settings();
         let units = self.units_desc(lines);
         let every = every as usize;
         let mut amounts = vec![Decimal::ZERO; lines.len()];
@@ -728,10 +746,7 @@ impl<'p, 'r> Evaluation<'p, 'r> {
     // ---- redemption ----
 
     fn redemption(&mut self, mode: Redemption) -> Result<(), Error> {
-        let s = {
-            let plan: &'p Plan = self.plan;
-            plan.settings()
-        };
+        let s = self.settings();
         let n = self.lines.len();
         if self.anonymous() {
             return Ok(());
@@ -902,10 +917,7 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         percent: Decimal,
         max: Option<Decimal>,
     ) -> Vec<Decimal> {
-        let s = {
-            let plan: &'p Plan = self.plan;
-            plan.settings()
-        };
+        let s = self.settings();
         let raw: Vec<Decimal> = bases.iter().map(|b| pct(*b, percent)).collect();
         let mut total = s.round_points(raw.iter().sum());
         if let Some(max) = max {
@@ -916,10 +928,7 @@ impl<'p, 'r> Evaluation<'p, 'r> {
 
     /// Fixed points for the receipt, spread over the lines by their bases (evenly if all are 0).
     fn receipt_points(&self, bases: &[Decimal], points: Decimal) -> Vec<Decimal> {
-        let s = {
-            let plan: &'p Plan = self.plan;
-            plan.settings()
-        };
+        let s = self.settings();
         let points = s.round_points(points);
         if bases.iter().all(|b| b.is_zero()) {
             return allocate(points, &vec![Decimal::ONE; bases.len()], s.points_scale);
@@ -947,25 +956,15 @@ impl<'p, 'r> Evaluation<'p, 'r> {
             e if e.target() == Target::Accrual => e.clone(),
             _ => return,
         };
-        if let Effect::Stamp { .. } = effect {
-            // Points rewards of stamp cards are booked by `accruals`; stamps by `discounts`.
+        if let Effect::Stamp {
+            every,
+            per_receipt,
+            reward,
+        } = effect
+        {
+            // A points reward: stamps are counted here, the points booked by `accruals`.
             if self.rules[i].outcome == Outcome::Eligible {
                 let lines = self.rules[i].lines.clone();
-                let every = match rule.effect {
-                    Effect::Stamp { every, .. } => every,
-                    _ => 2,
-                };
-                let per_receipt = matches!(
-                    rule.effect,
-                    Effect::Stamp {
-                        per_receipt: true,
-                        ..
-                    }
-                );
-                let reward = match rule.effect {
-                    Effect::Stamp { reward, .. } => reward,
-                    _ => StampReward::Percent(Decimal::ZERO),
-                };
                 self.stamp_card(i, &lines, every, per_receipt, reward);
                 if self.rules[i].stamps.is_some_and(|(e, c, _)| e > 0 || c > 0) {
                     self.rules[i].outcome = Outcome::Applied;
