@@ -3,21 +3,37 @@
 //!
 //! - [`config`]: settings from the environment.
 //! - [`keys`]: API key generation, parsing and constant-time verification.
-//! - [`tenancy`]: merchants, stores, terminals and API keys (the gateway's only SQL).
+//! - [`auth`]: who is calling (merchant, scope, terminal) and per-terminal rate limits.
+//! - [`tenancy`]: merchants, stores, terminals and API keys (SQL).
+//! - [`deps`]: the clients of cards, rules and ledger with their tower layers.
+//! - [`requests`]: answers of mutating calls by request id (idempotency).
+//! - [`error`]: errors → gRPC statuses, in one place.
 //! - [`seed`]: the demo tenant of the embedded default.
 //!
 //! The public API (`kopilka.gateway.v1`) is defined in `proto/kopilka/gateway/v1`.
 
+pub mod auth;
 pub mod config;
+pub mod deps;
+pub mod error;
 pub mod keys;
+pub mod requests;
 pub mod seed;
 pub mod tenancy;
+
+use std::time::Duration;
 
 use kopilka_runtime::db::Migrations;
 use kopilka_runtime::host::{Host, StartError};
 use sqlx::migrate::Migrator;
+use tonic::transport::server::Router;
 
 pub use config::Config;
+
+use auth::Auth;
+use deps::Deps;
+use requests::Requests;
+use tenancy::Tenancy;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -28,7 +44,52 @@ pub const MIGRATIONS: Migrations = Migrations {
     sqlite: &SQLITE_MIGRATIONS,
 };
 
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("invalid dependency URL")]
+    DependencyUrl(#[from] tonic::transport::Error),
+}
+
+/// What every handler shares: storage, authentication and the dependencies' clients.
+#[derive(Clone)]
+pub struct Gateway {
+    pub config: Config,
+    pub tenancy: Tenancy,
+    pub auth: Auth,
+    pub deps: Deps,
+    pub requests: Requests,
+}
+
+impl Gateway {
+    pub fn new(config: Config, db: kopilka_runtime::Db) -> Result<Self, BuildError> {
+        let tenancy = Tenancy::new(db.clone());
+        let auth = Auth::new(
+            tenancy.clone(),
+            Duration::from_secs(config.key_cache_ttl_secs),
+            config.terminal_rate_limit,
+            config.admin_rate_limit,
+        );
+        Ok(Self {
+            deps: Deps::new(&config)?,
+            requests: Requests::new(db),
+            tenancy,
+            auth,
+            config,
+        })
+    }
+}
+
 /// Opens the database, runs migrations and binds the port; `run_until` then serves.
-pub async fn build(config: Config) -> Result<Host, StartError> {
-    Host::start("gateway", config.service, MIGRATIONS).await
+pub async fn build(config: Config) -> Result<Host, BuildError> {
+    let host = Host::start("gateway", config.service.clone(), MIGRATIONS).await?;
+    let gateway = Gateway::new(config, host.db().clone())?;
+    Ok(host.route(|router| services(router, &gateway)))
+}
+
+/// The public gRPC services, all sharing one [`Gateway`].
+fn services(router: Router, _gateway: &Gateway) -> Router {
+    router
 }

@@ -140,6 +140,22 @@ impl Tenancy {
         Ok(done == 1)
     }
 
+    /// One terminal by id.
+    pub async fn terminal(
+        &self,
+        merchant_id: &str,
+        terminal_id: &str,
+    ) -> Result<Option<Terminal>, sqlx::Error> {
+        with_db!(&self.db, pool => sqlx::query_as(
+            "SELECT merchant_id, terminal_id, store_id, name, disabled_at, created_at
+             FROM terminals WHERE merchant_id = $1 AND terminal_id = $2",
+        )
+        .bind(merchant_id)
+        .bind(terminal_id)
+        .fetch_optional(pool)
+        .await)
+    }
+
     /// Stores a generated key's digest for a merchant (and terminal, for terminal keys).
     pub async fn insert_key(
         &self,

@@ -1,0 +1,243 @@
+//! Who is calling: the API key in `authorization: Bearer <key>` decides the merchant, the scope
+//! and (for a terminal key) the terminal. Verified keys are cached briefly; every call is also
+//! counted against its terminal's (or admin key's) rate limit.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use moka::future::Cache;
+use tonic::Request;
+
+use crate::error::{Error, Result};
+use crate::keys::{KeyScope, PresentedKey};
+use crate::tenancy::{Merchant, Tenancy};
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The key's merchant: every read and write of the call is scoped to it.
+    pub merchant: Arc<Merchant>,
+    /// The key's public id (safe to log).
+    pub key_id: String,
+    pub scope: KeyScope,
+    /// For a terminal key: its terminal and that terminal's store.
+    pub terminal: Option<TerminalRef>,
+}
+
+/// A terminal and its store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminalRef {
+    pub terminal_id: String,
+    pub store_id: String,
+}
+
+impl Caller {
+    /// The merchant's id.
+    pub fn merchant_id(&self) -> &str {
+        &self.merchant.merchant_id
+    }
+}
+
+#[derive(Debug)]
+struct VerifiedKey {
+    digest: Vec<u8>,
+    caller: Caller,
+    revoked: bool,
+    terminal_disabled: bool,
+}
+
+/// Authenticates calls and applies rate limits.
+#[derive(Clone)]
+pub struct Auth {
+    tenancy: Tenancy,
+    keys: Cache<String, Option<Arc<VerifiedKey>>>,
+    terminal_limits: Arc<DefaultKeyedRateLimiter<String>>,
+    admin_limits: Arc<DefaultKeyedRateLimiter<String>>,
+}
+
+fn quota(per_second: u32) -> Quota {
+    Quota::per_second(NonZeroU32::new(per_second.max(1)).expect("at least 1"))
+}
+
+impl Auth {
+    pub fn new(tenancy: Tenancy, key_ttl: Duration, terminal_rps: u32, admin_rps: u32) -> Self {
+        Self {
+            tenancy,
+            keys: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(key_ttl)
+                .build(),
+            terminal_limits: Arc::new(RateLimiter::keyed(quota(terminal_rps))),
+            admin_limits: Arc::new(RateLimiter::keyed(quota(admin_rps))),
+        }
+    }
+
+    /// Forgets a cached key at once (after a revocation or a terminal change on this replica).
+    pub async fn forget(&self, key_id: &str) {
+        self.keys.invalidate(key_id).await;
+    }
+
+    /// Forgets every cached key (after disabling a terminal: its keys are found by terminal).
+    pub fn forget_all(&self) {
+        self.keys.invalidate_all();
+    }
+
+    /// The caller, if the key is valid; rate limits applied.
+    pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller> {
+        let presented = bearer(request)
+            .and_then(PresentedKey::parse)
+            .ok_or(Error::Unauthenticated)?;
+        let verified = self.verified(&presented.key_id).await?;
+        let verified = verified.ok_or(Error::Unauthenticated)?;
+        if verified.revoked || !presented.matches(&verified.digest) {
+            return Err(Error::Unauthenticated);
+        }
+        if verified.terminal_disabled {
+            return Err(Error::PermissionDenied(
+                "TERMINAL_DISABLED",
+                "this key's terminal is disabled".to_owned(),
+            ));
+        }
+        let caller = verified.caller.clone();
+        let (limiter, bucket) = match &caller.terminal {
+            Some(t) => (
+                &self.terminal_limits,
+                format!("{}/{}", caller.merchant_id(), t.terminal_id),
+            ),
+            None => (&self.admin_limits, caller.key_id.clone()),
+        };
+        if let Err(not_until) = limiter.check_key(&bucket) {
+            return Err(Error::RateLimited(
+                not_until.wait_time_from(DefaultClock::default().now()),
+            ));
+        }
+        Ok(caller)
+    }
+
+    /// A terminal key, or an admin key (which must then name a terminal where one is needed).
+    pub async fn terminal_or_admin<T>(&self, request: &Request<T>) -> Result<Caller> {
+        let caller = self.authenticate(request).await?;
+        match caller.scope {
+            KeyScope::Terminal | KeyScope::Admin => Ok(caller),
+            KeyScope::Platform => Err(wrong_scope("a terminal or admin key")),
+        }
+    }
+
+    /// An admin key only.
+    pub async fn admin<T>(&self, request: &Request<T>) -> Result<Caller> {
+        let caller = self.authenticate(request).await?;
+        match caller.scope {
+            KeyScope::Admin => Ok(caller),
+            _ => Err(wrong_scope("an admin key")),
+        }
+    }
+
+    /// The terminal a checkout runs at: the terminal key's own (a different `requested` one is
+    /// refused), or for an admin key the one it names.
+    pub async fn terminal_for(&self, caller: &Caller, requested: &str) -> Result<TerminalRef> {
+        match &caller.terminal {
+            Some(own) if requested.is_empty() || requested == own.terminal_id => Ok(own.clone()),
+            Some(_) => Err(Error::PermissionDenied(
+                "PERMISSION_DENIED_KEY_SCOPE",
+                "a terminal key acts for its own terminal only; leave terminal_id empty".to_owned(),
+            )),
+            None if requested.is_empty() => Err(Error::invalid(
+                "terminal_id",
+                "required with an admin key: name the terminal the receipt is rung up at",
+            )),
+            None => {
+                let terminal = self
+                    .tenancy
+                    .terminal(caller.merchant_id(), requested)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::NotFound("TERMINAL_NOT_FOUND", format!("no terminal {requested}"))
+                    })?;
+                if terminal.disabled_at.is_some() {
+                    return Err(Error::PermissionDenied(
+                        "TERMINAL_DISABLED",
+                        format!("terminal {requested} is disabled"),
+                    ));
+                }
+                Ok(TerminalRef {
+                    terminal_id: terminal.terminal_id,
+                    store_id: terminal.store_id,
+                })
+            }
+        }
+    }
+
+    async fn verified(&self, key_id: &str) -> Result<Option<Arc<VerifiedKey>>> {
+        let tenancy = self.tenancy.clone();
+        let id = key_id.to_owned();
+        let loaded = self
+            .keys
+            .try_get_with(key_id.to_owned(), async move {
+                load(&tenancy, &id).await.map(|found| found.map(Arc::new))
+            })
+            .await;
+        match loaded {
+            Ok(found) => Ok(found),
+            Err(error) => match Arc::try_unwrap(error) {
+                Ok(error) => Err(error.into()),
+                Err(shared) => Err(Error::Db(sqlx::Error::Protocol(shared.to_string()))),
+            },
+        }
+    }
+}
+
+fn wrong_scope(needed: &str) -> Error {
+    Error::PermissionDenied(
+        "PERMISSION_DENIED_KEY_SCOPE",
+        format!("this call needs {needed}"),
+    )
+}
+
+fn bearer<T>(request: &Request<T>) -> Option<&str> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Reads a key with its merchant and terminal; `None` when unknown (cached too, briefly, so a
+/// flood of bad keys does not reach the database).
+async fn load(tenancy: &Tenancy, key_id: &str) -> Result<Option<VerifiedKey>, sqlx::Error> {
+    let Some(record) = tenancy.key(key_id).await? else {
+        return Ok(None);
+    };
+    let Some(scope) = KeyScope::parse(&record.scope) else {
+        return Ok(None);
+    };
+    let Some(merchant) = tenancy.merchant(&record.merchant_id).await? else {
+        return Ok(None);
+    };
+    let mut terminal_disabled = false;
+    let terminal = match (&record.terminal_id, scope) {
+        (Some(id), KeyScope::Terminal) => match tenancy.terminal(&record.merchant_id, id).await? {
+            Some(t) => {
+                terminal_disabled = t.disabled_at.is_some();
+                Some(TerminalRef {
+                    terminal_id: t.terminal_id,
+                    store_id: t.store_id,
+                })
+            }
+            None => return Ok(None),
+        },
+        (None, KeyScope::Terminal) => return Ok(None),
+        _ => None,
+    };
+    Ok(Some(VerifiedKey {
+        digest: record.secret_digest,
+        revoked: record.revoked_at.is_some(),
+        terminal_disabled,
+        caller: Caller {
+            merchant: Arc::new(merchant),
+            key_id: record.key_id,
+            scope,
+            terminal,
+        },
+    }))
+}
