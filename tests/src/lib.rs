@@ -3,16 +3,19 @@
 //! - [`TempPostgres`]: a throw-away PostgreSQL cluster (initdb in a temp dir, free port).
 //! - [`TempRedis`]: a throw-away `redis-server` on a free port.
 //! - [`TestSuite`]: the five Kopilka services on random ports, on SQLite or on PostgreSQL + Redis.
+//! - [`TestSuite::seed_merchant`] and [`authed`]: gateway tenants and keys for gateway tests.
 //!
 //! Missing server binaries are installed with apt (when running as root), so a fresh machine
 //! needs nothing but `cargo test --workspace`.
 
+pub mod gateway;
 pub mod install;
 pub mod ledger;
 pub mod postgres;
 pub mod redis;
 pub mod suite;
 
+pub use gateway::{authed, SeededMerchant};
 pub use postgres::{PgOptions, TempPostgres};
 pub use redis::TempRedis;
 pub use suite::{Backend, TestSuite};

@@ -24,6 +24,8 @@ pub struct TestSuite {
     pub addrs: Addrs,
     pub postgres: Option<TempPostgres>,
     pub redis: Option<TempRedis>,
+    /// The gateway's database (to seed tenants: see [`TestSuite::seed_merchant`]).
+    pub gateway_db: kopilka_runtime::Db,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -57,12 +59,14 @@ impl TestSuite {
         };
         let suite = Suite::build(config).await.expect("the suite builds");
         let addrs = suite.addrs();
+        let gateway_db = suite.gateway.db().clone();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(suite.run_until(shutdown.clone()));
         TestSuite {
             addrs,
             postgres,
             redis,
+            gateway_db,
             shutdown,
             task: Some(task),
             _dir: dir,
