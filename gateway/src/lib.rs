@@ -2,6 +2,7 @@
 //! keeps merchants apart, and composes each checkout from cards, rules and ledger.
 //!
 //! - [`config`]: settings from the environment.
+//! - [`customers`]: CustomerService — registration with the start bonus, lookup, balances, cards.
 //! - [`keys`]: API key generation, parsing and constant-time verification.
 //! - [`auth`]: who is calling (merchant, scope, terminal) and per-terminal rate limits.
 //! - [`tenancy`]: merchants, stores, terminals and API keys (SQL).
@@ -14,6 +15,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod customers;
 pub mod deps;
 pub mod error;
 pub mod keys;
@@ -23,6 +25,7 @@ pub mod tenancy;
 
 use std::time::Duration;
 
+use kopilka_proto::gateway::customer_service_server::CustomerServiceServer;
 use kopilka_runtime::db::Migrations;
 use kopilka_runtime::host::{Host, StartError};
 use sqlx::migrate::Migrator;
@@ -90,6 +93,8 @@ pub async fn build(config: Config) -> Result<Host, BuildError> {
 }
 
 /// The public gRPC services, all sharing one [`Gateway`].
-fn services(router: Router, _gateway: &Gateway) -> Router {
-    router
+fn services(router: Router, gateway: &Gateway) -> Router {
+    router.add_service(CustomerServiceServer::new(customers::CustomerApi::new(
+        gateway.clone(),
+    )))
 }
