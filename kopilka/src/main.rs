@@ -1,4 +1,8 @@
-//! The `kopilka` command. `kopilka dev` runs the whole suite on the embedded default.
+//! The `kopilka` command. `kopilka dev` runs the whole suite on the embedded default;
+//! `kopilka admin …` and `kopilka receipt …` call a gateway; `kopilka load` drives one.
+
+mod cli;
+mod load;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -23,6 +27,15 @@ struct Cli {
 enum Command {
     /// Run all five services in one process on SQLite files, with a demo merchant seeded.
     Dev(DevArgs),
+    /// Administer a merchant over the gateway with an admin key: stores, terminals, keys, program.
+    Admin(cli::admin::AdminArgs),
+    /// Ring up a receipt by hand: calculate, confirm, refund.
+    Receipt(cli::receipt::ReceiptArgs),
+    /// Generate checkout load against a running gateway and report latencies.
+    Load(load::LoadArgs),
+    /// Seed the demo merchant straight into a gateway database and print its keys.
+    #[command(hide = true)]
+    SeedDemo(cli::seed::SeedArgs),
 }
 
 #[derive(Args)]
@@ -48,11 +61,21 @@ struct DevArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let telemetry: TelemetrySettings =
-        kopilka_runtime::config::from_env(TelemetrySettings::default())?;
-    kopilka_runtime::telemetry::init(&telemetry);
+    let client = |result: cli::CliResult| match result {
+        Ok(()) => Ok(()),
+        Err(e) => std::process::exit(cli::exit_code(&e)),
+    };
     match cli.command {
-        Command::Dev(args) => dev(args).await,
+        Command::Dev(args) => {
+            let telemetry: TelemetrySettings =
+                kopilka_runtime::config::from_env(TelemetrySettings::default())?;
+            kopilka_runtime::telemetry::init(&telemetry);
+            dev(args).await
+        }
+        Command::Admin(args) => client(cli::admin::run(args).await),
+        Command::Receipt(args) => client(cli::receipt::run(args).await),
+        Command::Load(args) => client(load::run(args).await.map_err(cli::CliError::Other)),
+        Command::SeedDemo(args) => client(cli::seed::run(args).await.map_err(cli::CliError::Other)),
     }
 }
 
