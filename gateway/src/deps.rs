@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use kopilka_proto::cards::customer_service_client::CustomerServiceClient;
 use kopilka_proto::cards::identifier_service_client::IdentifierServiceClient;
+use kopilka_proto::cards::referral_service_client::ReferralServiceClient;
 use kopilka_proto::cards::tier_service_client::TierServiceClient;
 use kopilka_proto::ledger::ledger_service_client::LedgerServiceClient;
 use kopilka_proto::rules::catalog_service_client::CatalogServiceClient;
@@ -97,6 +98,7 @@ pub struct Deps {
     pub identifiers: IdentifierServiceClient<Svc>,
     pub customers: CustomerServiceClient<Svc>,
     pub tiers: TierServiceClient<Svc>,
+    pub referrals: ReferralServiceClient<Svc>,
     pub evaluation: EvaluationServiceClient<Svc>,
     pub programs: ProgramServiceClient<Svc>,
     pub catalog: CatalogServiceClient<Svc>,
@@ -128,6 +130,7 @@ impl Deps {
         Ok(Self {
             identifiers: IdentifierServiceClient::new(cards.clone()),
             customers: CustomerServiceClient::new(cards.clone()),
+            referrals: ReferralServiceClient::new(cards.clone()),
             tiers: TierServiceClient::new(cards),
             evaluation: EvaluationServiceClient::new(rules.clone()),
             programs: ProgramServiceClient::new(rules.clone()),
@@ -240,4 +243,19 @@ mod tests {
             Some(Duration::from_secs(1))
         );
     }
+}
+
+/// One call through [`Deps::call`]: `dep_call!(gw, LEDGER, deadline, Retry::Idempotent,
+/// ledger.get_balance(message))`.
+#[macro_export]
+macro_rules! dep_call {
+    ($gw:expr, $dependency:expr, $deadline:expr, $retry:expr, $client:ident . $method:ident ($message:expr)) => {{
+        let client = $gw.deps.$client.clone();
+        $gw.deps
+            .call($dependency, $deadline, $retry, $message, move |request| {
+                let mut client = client.clone();
+                async move { client.$method(request).await }
+            })
+            .await
+    }};
 }

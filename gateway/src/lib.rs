@@ -2,18 +2,23 @@
 //! keeps merchants apart, and composes each checkout from cards, rules and ledger.
 //!
 //! - [`config`]: settings from the environment.
+//! - [`admin`]: AdminService — stores, terminals, API keys; tiers, programs and categories forwarded.
 //! - [`customers`]: CustomerService — registration with the start bonus, lookup, balances, cards.
 //! - [`keys`]: API key generation, parsing and constant-time verification.
 //! - [`auth`]: who is calling (merchant, scope, terminal) and per-terminal rate limits.
 //! - [`tenancy`]: merchants, stores, terminals and API keys (SQL).
 //! - [`deps`]: the clients of cards, rules and ledger with their tower layers.
 //! - [`requests`]: answers of mutating calls by request id (idempotency).
+//! - [`checkout`]: CheckoutService — Calculate, Reserve, Confirm, Cancel, Refund, offline receipts.
 //! - [`error`]: errors → gRPC statuses, in one place.
 //! - [`seed`]: the demo tenant of the embedded default.
+//! - [`tier_job`]: the monthly tier recalculation (R13), one replica per merchant and month.
 //!
 //! The public API (`kopilka.gateway.v1`) is defined in `proto/kopilka/gateway/v1`.
 
+pub mod admin;
 pub mod auth;
+pub mod checkout;
 pub mod config;
 pub mod customers;
 pub mod deps;
@@ -22,9 +27,12 @@ pub mod keys;
 pub mod requests;
 pub mod seed;
 pub mod tenancy;
+pub mod tier_job;
 
 use std::time::Duration;
 
+use kopilka_proto::gateway::admin_service_server::AdminServiceServer;
+use kopilka_proto::gateway::checkout_service_server::CheckoutServiceServer;
 use kopilka_proto::gateway::customer_service_server::CustomerServiceServer;
 use kopilka_runtime::db::Migrations;
 use kopilka_runtime::host::{Host, StartError};
@@ -85,16 +93,49 @@ impl Gateway {
     }
 }
 
+/// The largest request accepted (larger: OUT_OF_RANGE before decoding), as common.proto says.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
 /// Opens the database, runs migrations and binds the port; `run_until` then serves.
 pub async fn build(config: Config) -> Result<Host, BuildError> {
     let host = Host::start("gateway", config.service.clone(), MIGRATIONS).await?;
     let gateway = Gateway::new(config, host.db().clone())?;
-    Ok(host.route(|router| services(router, &gateway)))
+    let host = spawn_tier_job(host, &gateway);
+    host.health()
+        .set_serving::<AdminServiceServer<admin::AdminApi>>()
+        .await;
+    let checkout = checkout::CheckoutApi::new(gateway.clone(), host.db().clone());
+    host.health()
+        .set_serving::<CheckoutServiceServer<checkout::CheckoutApi>>()
+        .await;
+    let host = host.route(|router| {
+        services(router, &gateway).add_service(
+            CheckoutServiceServer::new(checkout).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+    });
+    Ok(host)
 }
 
 /// The public gRPC services, all sharing one [`Gateway`].
 fn services(router: Router, gateway: &Gateway) -> Router {
-    router.add_service(CustomerServiceServer::new(customers::CustomerApi::new(
+    router
+        .add_service(AdminServiceServer::new(admin::AdminApi::new(
+            gateway.clone(),
+        )))
+        .add_service(CustomerServiceServer::new(customers::CustomerApi::new(
+            gateway.clone(),
+        )))
+}
+
+/// Runs the monthly tier recalculation in the background when `config.tier_job` is set.
+fn spawn_tier_job(host: Host, gateway: &Gateway) -> Host {
+    if !gateway.config.tier_job {
+        return host;
+    }
+    let interval = Duration::from_secs(gateway.config.tier_job_interval_secs.max(1));
+    host.spawn_background(tier_job::run_forever(
         gateway.clone(),
-    )))
+        interval,
+        tier_job::replica_id(),
+    ))
 }

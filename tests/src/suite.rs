@@ -38,6 +38,8 @@ impl TestSuite {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config =
             SuiteConfig::embedded(dir.path(), IpAddr::V4(Ipv4Addr::LOCALHOST), Ports::RANDOM);
+        // Scenarios ring up receipts faster than a cashier; rate limiting has its own test.
+        config.gateway.terminal_rate_limit = 50;
         let (postgres, redis) = match backend {
             Backend::Sqlite => (None, None),
             Backend::PostgresRedis => {

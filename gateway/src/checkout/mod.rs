@@ -1,0 +1,1236 @@
+//! CheckoutService (FEATURES G1–G3): Calculate → Reserve → Confirm → Refund, or Cancel, and
+//! offline receipts, keyed by the register's receipt id per merchant.
+//!
+//! - [`validate`]: input limits, checked before anything else (pure).
+//! - [`compose`]: one evaluation from cards, ledger and rules.
+//! - [`store`]: the checkout rows and their stored answers.
+//! - [`present`]: display and slip lines.
+//!
+//! Every step is idempotent: answers are kept by request id (`requests`), a confirmed receipt
+//! is found again by its receipt id and content, and what the gateway asks of the ledger
+//! carries request ids derived from the caller's, so a retry at any point books nothing twice.
+//! Calls for one receipt are serialised in the process; across replicas the ledger's receipt
+//! uniqueness is the guard.
+
+pub mod compose;
+pub mod present;
+pub mod store;
+pub mod validate;
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use chrono::Utc;
+use kopilka_proto::cards as cards_pb;
+use kopilka_proto::gateway::checkout_service_server::CheckoutService;
+use kopilka_proto::gateway::*;
+use kopilka_proto::ledger as ledger_pb;
+use kopilka_proto::rules as rules_pb;
+use kopilka_proto::types::BasketLine;
+use kopilka_proto::wkt::{Duration as ProtoDuration, Timestamp};
+use kopilka_runtime::timestamps;
+use tokio::sync::{Mutex, MutexGuard};
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Caller, TerminalRef};
+use crate::deps::{Deadline, Retry, CARDS, LEDGER, RULES};
+use crate::error::{Error, Result};
+use crate::requests::digest;
+use crate::{dep_call, Gateway};
+
+use compose::{Composer, Evaluated, Known, NeedsCache, Receipt};
+use store::{Checkouts, Stored};
+use validate::{Violations, MAX_ID, MAX_TEXT};
+
+/// Hold time-out when the register sets none, and the longest allowed.
+const DEFAULT_HOLD_TTL: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+const MAX_HOLD_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// How old an offline receipt may be.
+const OFFLINE_MAX_AGE: chrono::Duration = chrono::Duration::days(30);
+const LOCK_STRIPES: usize = 1024;
+
+/// The CheckoutService handlers.
+#[derive(Clone)]
+pub struct CheckoutApi {
+    gw: Gateway,
+    checkouts: Checkouts,
+    needs: NeedsCache,
+    locks: Arc<Vec<Mutex<()>>>,
+}
+
+impl Violations {
+    fn into_result(self) -> Result<()> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(self.0))
+        }
+    }
+}
+
+/// What a Confirm or an offline submission books.
+struct Booking<'a> {
+    request_id: &'a str,
+    receipt_id: &'a str,
+    buyer: Option<&'a Buyer>,
+    lines: &'a [BasketLine],
+    promo_codes: &'a [String],
+    redeem_points: &'a str,
+    occurred_at: Option<Timestamp>,
+    fiscal_ref: &'a str,
+    register: Option<&'a CustomerDetails>,
+    offline: bool,
+    content_hash: Vec<u8>,
+}
+
+fn conflict(message: impl Into<String>) -> Error {
+    Error::precondition("CHECKOUT_STATE_CONFLICT", message)
+}
+
+fn not_found(receipt_id: &str) -> Error {
+    Error::NotFound(
+        "CHECKOUT_NOT_FOUND",
+        format!("no checkout with receipt_id {receipt_id}"),
+    )
+}
+
+fn is_booked(state: CheckoutState) -> bool {
+    matches!(
+        state,
+        CheckoutState::Confirmed | CheckoutState::PartiallyRefunded | CheckoutState::Refunded
+    )
+}
+
+fn now_proto() -> Timestamp {
+    timestamps::to_proto(Utc::now())
+}
+
+fn ledger_request_id(request_id: &str) -> String {
+    format!("gw:{request_id}")
+}
+
+impl CheckoutApi {
+    pub fn new(gw: Gateway, db: kopilka_runtime::Db) -> Self {
+        Self {
+            gw,
+            checkouts: Checkouts::new(db),
+            needs: NeedsCache::default(),
+            locks: Arc::new((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect()),
+        }
+    }
+
+    async fn lock(&self, merchant_id: &str, receipt_id: &str) -> MutexGuard<'_, ()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (merchant_id, receipt_id).hash(&mut hasher);
+        self.locks[(hasher.finish() as usize) % LOCK_STRIPES]
+            .lock()
+            .await
+    }
+
+    fn composer<'a>(
+        &'a self,
+        caller: &'a Caller,
+        terminal: &'a TerminalRef,
+        deadline: Deadline,
+    ) -> Composer<'a> {
+        Composer {
+            gw: &self.gw,
+            caller,
+            terminal,
+            deadline,
+            needs: &self.needs,
+        }
+    }
+
+    fn calculation(&self, caller: &Caller, ev: &Evaluated) -> Calculation {
+        let r = &ev.result;
+        let totals = r.totals.clone().unwrap_or_default();
+        let currency = if r.currency.is_empty() {
+            caller.merchant.currency.clone()
+        } else {
+            r.currency.clone()
+        };
+        Calculation {
+            customer: ev.buyer.as_ref().map(|k| summary(k, caller)),
+            lines: r.lines.clone(),
+            display_lines: present::display_lines(&totals, &currency, ev.balance.as_ref()),
+            totals: Some(totals),
+            balance: ev.balance.clone(),
+            hints: r.hints.clone(),
+            explanations: r.explanations.clone(),
+            program_version: r.program_version,
+            currency,
+            applied_promo_codes: r.applied_promo_codes.clone(),
+        }
+    }
+
+    fn new_checkout(&self, receipt_id: &str, terminal: &TerminalRef) -> Stored {
+        let now = now_proto();
+        Stored {
+            checkout: Checkout {
+                receipt_id: receipt_id.to_owned(),
+                store_id: terminal.store_id.clone(),
+                terminal_id: terminal.terminal_id.clone(),
+                created_at: Some(now),
+                updated_at: Some(now),
+                ..Default::default()
+            },
+            hold_id: String::new(),
+            content_hash: None,
+        }
+    }
+
+    /// Identifies the buyer; with `register` an unknown phone becomes a new customer.
+    async fn identify(
+        &self,
+        c: &Composer<'_>,
+        buyer: Option<&Buyer>,
+        levels: u32,
+        register: Option<(&str, &CustomerDetails)>,
+    ) -> Result<Option<Known>> {
+        match c.identify(buyer, levels).await {
+            Err(e) if e.reason().as_deref() == Some("CARD_NOT_FOUND") => {
+                let (Some((request_id, details)), Some(buyer::Who::Identifier(input))) =
+                    (register, buyer.and_then(|b| b.who.as_ref()))
+                else {
+                    return Err(e);
+                };
+                let registered = crate::customers::register(
+                    &self.gw,
+                    c.caller,
+                    Some(c.terminal),
+                    c.deadline,
+                    &format!("{request_id}:register"),
+                    &input.raw,
+                    &[],
+                    Some(details),
+                    "",
+                )
+                .await?;
+                let mut known = c.by_id(&registered.customer.customer_id, levels).await?;
+                known.registered_now = registered.registered_now;
+                Ok(Some(known))
+            }
+            other => other,
+        }
+    }
+
+    async fn calculate_inner(
+        &self,
+        request: Request<CalculateRequest>,
+    ) -> Result<CalculateResponse> {
+        let deadline = Deadline::of(&request);
+        let caller = self.gw.auth.terminal_or_admin(&request).await?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        v.id("receipt_id", &req.receipt_id, MAX_ID, false);
+        validate::buyer(&mut v, "buyer", req.buyer.as_ref(), false);
+        validate::lines(&mut v, "lines", &req.lines, &caller.merchant.currency);
+        validate::promo_codes(&mut v, "promo_codes", &req.promo_codes);
+        v.points("redeem_points", &req.redeem_points, false);
+        v.not_future("occurred_at", req.occurred_at.as_ref(), Utc::now());
+        v.id("terminal_id", &req.terminal_id, MAX_ID, false);
+        v.enumeration::<rules_pb::ExplainLevel>("explain", req.explain);
+        v.into_result()?;
+        let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
+        let c = self.composer(&caller, &terminal, deadline);
+        let levels = c.referral_levels(None).await?;
+        let buyer = match c.identify(req.buyer.as_ref(), levels).await {
+            Err(e)
+                if req.preview_new_customer && e.reason().as_deref() == Some("CARD_NOT_FOUND") =>
+            {
+                Some(self.preview_customer(&c).await?)
+            }
+            other => other?,
+        };
+        let evaluated = c
+            .evaluate(
+                buyer,
+                Receipt {
+                    lines: &req.lines,
+                    promo_codes: &req.promo_codes,
+                    redeem_points: &req.redeem_points,
+                    occurred_at: req.occurred_at,
+                    explain: req.explain,
+                    held_points: None,
+                },
+            )
+            .await?;
+        let calculation = self.calculation(&caller, &evaluated);
+        if !req.receipt_id.is_empty() {
+            let _guard = self.lock(caller.merchant_id(), &req.receipt_id).await;
+            let stored = self
+                .checkouts
+                .get(caller.merchant_id(), &req.receipt_id)
+                .await?;
+            let mut stored = match stored {
+                None => {
+                    let mut s = self.new_checkout(&req.receipt_id, &terminal);
+                    s.checkout.state = CheckoutState::Calculated as i32;
+                    s
+                }
+                Some(s)
+                    if matches!(
+                        s.state(),
+                        CheckoutState::Calculated | CheckoutState::Reserved
+                    ) =>
+                {
+                    s
+                }
+                // Booked or cancelled: the stored answer stays what was booked.
+                Some(_) => {
+                    return Ok(CalculateResponse {
+                        calculation: Some(calculation),
+                    })
+                }
+            };
+            stored.checkout.customer_id = customer_id_of(&evaluated);
+            stored.checkout.calculation = Some(calculation.clone());
+            stored.checkout.updated_at = Some(now_proto());
+            self.checkouts.put(caller.merchant_id(), &stored).await?;
+        }
+        Ok(CalculateResponse {
+            calculation: Some(calculation),
+        })
+    }
+
+    /// A customer that does not exist yet, as registration would make them (default tier).
+    async fn preview_customer(&self, c: &Composer<'_>) -> Result<Known> {
+        let tiers = dep_call!(
+            self.gw,
+            CARDS,
+            c.deadline,
+            Retry::Idempotent,
+            tiers.list_tiers(cards_pb::ListTiersRequest {
+                merchant_id: c.caller.merchant_id().to_owned(),
+            })
+        )?;
+        Ok(Known {
+            customer: cards_pb::Customer {
+                customer_id: "preview-new-customer".to_owned(),
+                registered_at: Some(now_proto()),
+                ..Default::default()
+            },
+            tier: tiers.tiers.into_iter().find(|t| t.is_default),
+            matched: None,
+            input_kind: 0,
+            referrers: Vec::new(),
+            registered_now: true,
+        })
+    }
+
+    async fn reserve_inner(&self, request: Request<ReserveRequest>) -> Result<ReserveResponse> {
+        let deadline = Deadline::of(&request);
+        let caller = self.gw.auth.terminal_or_admin(&request).await?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        v.id("request_id", &req.request_id, MAX_ID, true);
+        v.id("receipt_id", &req.receipt_id, MAX_ID, true);
+        validate::buyer(&mut v, "buyer", req.buyer.as_ref(), true);
+        validate::lines(&mut v, "lines", &req.lines, &caller.merchant.currency);
+        validate::promo_codes(&mut v, "promo_codes", &req.promo_codes);
+        v.points("points", &req.points, true);
+        let ttl = match &req.ttl {
+            None => DEFAULT_HOLD_TTL,
+            Some(d) => match std::time::Duration::try_from(*d) {
+                Ok(ttl) if !ttl.is_zero() && ttl <= MAX_HOLD_TTL => ttl,
+                _ => {
+                    v.add("ttl", "must be positive and at most 30 minutes");
+                    DEFAULT_HOLD_TTL
+                }
+            },
+        };
+        v.id("terminal_id", &req.terminal_id, MAX_ID, false);
+        v.into_result()?;
+        let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
+        let merchant = caller.merchant_id().to_owned();
+        let _guard = self.lock(&merchant, &req.receipt_id).await;
+        self.gw
+            .requests
+            .once(&merchant, &req.request_id, "reserve", &req, || async {
+                let stored = self.checkouts.get(&merchant, &req.receipt_id).await?;
+                let previous = match &stored {
+                    Some(s) if is_booked(s.state()) || s.state() == CheckoutState::Cancelled => {
+                        return Err(conflict(format!(
+                            "receipt {} is already {}",
+                            req.receipt_id,
+                            state_word(s.state())
+                        )))
+                    }
+                    Some(s) if s.state() == CheckoutState::Reserved => Some(s.hold_id.clone()),
+                    _ => None,
+                };
+                let c = self.composer(&caller, &terminal, deadline);
+                let levels = c.referral_levels(None).await?;
+                let buyer = self.identify(&c, req.buyer.as_ref(), levels, None).await?;
+                // A new reservation replaces the old one: release it first.
+                let held_before = match &previous {
+                    Some(hold_id) => {
+                        self.void_hold(&c, &format!("{}:replace", req.request_id), hold_id)
+                            .await?;
+                        stored
+                            .as_ref()
+                            .and_then(|s| s.checkout.hold.as_ref())
+                            .map(|h| h.points.clone())
+                    }
+                    None => None,
+                };
+                let _ = held_before;
+                let evaluated = c
+                    .evaluate(
+                        buyer,
+                        Receipt {
+                            lines: &req.lines,
+                            promo_codes: &req.promo_codes,
+                            redeem_points: &req.points,
+                            occurred_at: None,
+                            explain: 0,
+                            held_points: None,
+                        },
+                    )
+                    .await?;
+                let customer_id = customer_id_of(&evaluated);
+                let held = dep_call!(
+                    self.gw,
+                    LEDGER,
+                    deadline,
+                    Retry::Idempotent,
+                    ledger.reserve(ledger_pb::ReserveRequest {
+                        merchant_id: merchant.clone(),
+                        request_id: ledger_request_id(&req.request_id),
+                        customer_id: customer_id.clone(),
+                        amount: req.points.clone(),
+                        ttl: Some(ProtoDuration::try_from(ttl).unwrap_or_default()),
+                        reference: req.receipt_id.clone(),
+                    })
+                )?;
+                let hold = held.hold.unwrap_or_default();
+                let mut calculation = self.calculation(&caller, &evaluated);
+                calculation.balance = held.balance;
+                let mut stored =
+                    stored.unwrap_or_else(|| self.new_checkout(&req.receipt_id, &terminal));
+                stored.hold_id = hold.hold_id.clone();
+                stored.checkout.state = CheckoutState::Reserved as i32;
+                stored.checkout.customer_id = customer_id;
+                stored.checkout.calculation = Some(calculation);
+                stored.checkout.hold = Some(CheckoutHold {
+                    points: hold.amount,
+                    expires_at: hold.expires_at,
+                    state: hold.state,
+                });
+                stored.checkout.updated_at = Some(now_proto());
+                self.checkouts.put(&merchant, &stored).await?;
+                Ok(ReserveResponse {
+                    checkout: Some(stored.checkout),
+                })
+            })
+            .await
+    }
+
+    async fn void_hold(&self, c: &Composer<'_>, request_id: &str, hold_id: &str) -> Result<()> {
+        dep_call!(
+            self.gw,
+            LEDGER,
+            c.deadline,
+            Retry::Idempotent,
+            ledger.void_hold(ledger_pb::VoidHoldRequest {
+                merchant_id: c.caller.merchant_id().to_owned(),
+                request_id: ledger_request_id(request_id),
+                hold_id: hold_id.to_owned(),
+            })
+        )
+        .map(|_| ())
+    }
+
+    async fn confirm_inner(&self, request: Request<ConfirmRequest>) -> Result<ConfirmResponse> {
+        let deadline = Deadline::of(&request);
+        let caller = self.gw.auth.terminal_or_admin(&request).await?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        v.id("request_id", &req.request_id, MAX_ID, true);
+        v.id("receipt_id", &req.receipt_id, MAX_ID, true);
+        validate::buyer(&mut v, "buyer", req.buyer.as_ref(), false);
+        validate::lines(&mut v, "lines", &req.lines, &caller.merchant.currency);
+        validate::promo_codes(&mut v, "promo_codes", &req.promo_codes);
+        v.points("redeem_points", &req.redeem_points, false);
+        v.not_future("occurred_at", req.occurred_at.as_ref(), Utc::now());
+        v.id("terminal_id", &req.terminal_id, MAX_ID, false);
+        v.text("fiscal_ref", &req.fiscal_ref, MAX_ID);
+        details(
+            &mut v,
+            "register_if_unknown",
+            req.register_if_unknown.as_ref(),
+        );
+        v.into_result()?;
+        let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
+        let content = ConfirmRequest {
+            buyer: req.buyer.clone(),
+            lines: req.lines.clone(),
+            promo_codes: req.promo_codes.clone(),
+            redeem_points: req.redeem_points.clone(),
+            occurred_at: req.occurred_at,
+            ..Default::default()
+        };
+        let merchant = caller.merchant_id().to_owned();
+        let _guard = self.lock(&merchant, &req.receipt_id).await;
+        self.gw
+            .requests
+            .once(&merchant, &req.request_id, "confirm", &req, || {
+                self.book(
+                    &caller,
+                    &terminal,
+                    deadline,
+                    Booking {
+                        request_id: &req.request_id,
+                        receipt_id: &req.receipt_id,
+                        buyer: req.buyer.as_ref(),
+                        lines: &req.lines,
+                        promo_codes: &req.promo_codes,
+                        redeem_points: &req.redeem_points,
+                        occurred_at: req.occurred_at,
+                        fiscal_ref: &req.fiscal_ref,
+                        register: req.register_if_unknown.as_ref(),
+                        offline: false,
+                        content_hash: digest(&content),
+                    },
+                )
+            })
+            .await
+    }
+
+    /// Books a receipt (Confirm, SubmitOfflineReceipt); the receipt's lock is held.
+    async fn book(
+        &self,
+        caller: &Caller,
+        terminal: &TerminalRef,
+        deadline: Deadline,
+        b: Booking<'_>,
+    ) -> Result<ConfirmResponse> {
+        let merchant = caller.merchant_id().to_owned();
+        // The answer under the receipt itself: a repeat of the same receipt under another
+        // request id gets it too.
+        let receipt_key = format!("receipt:{}", b.receipt_id);
+        let stored = self.checkouts.get(&merchant, b.receipt_id).await?;
+        let mut hold_id = String::new();
+        let mut held_points = None;
+        match &stored {
+            Some(s) if is_booked(s.state()) => {
+                if s.content_hash.as_deref() == Some(b.content_hash.as_slice())
+                    && s.checkout.offline == b.offline
+                {
+                    if let Some(mut answer) = self
+                        .gw
+                        .requests
+                        .find::<ConfirmResponse>(&merchant, &receipt_key, "book", &b.content_hash)
+                        .await?
+                    {
+                        answer.checkout = Some(s.checkout.clone());
+                        return Ok(answer);
+                    }
+                }
+                return Err(conflict(format!(
+                    "receipt {} is already {} with other content",
+                    b.receipt_id,
+                    state_word(s.state())
+                )));
+            }
+            Some(s) if s.state() == CheckoutState::Cancelled => {
+                return Err(conflict(format!("receipt {} was cancelled", b.receipt_id)))
+            }
+            Some(s) if s.state() == CheckoutState::Reserved => {
+                if b.offline {
+                    return Err(conflict(format!(
+                        "receipt {} was reserved online; confirm it instead",
+                        b.receipt_id
+                    )));
+                }
+                hold_id = s.hold_id.clone();
+                held_points = s.checkout.hold.as_ref().map(|h| h.points.clone());
+            }
+            _ => {}
+        }
+        let c = self.composer(caller, terminal, deadline);
+        let at = if b.offline {
+            b.occurred_at.as_ref()
+        } else {
+            None
+        };
+        let levels = c.referral_levels(at).await?;
+        let buyer = self
+            .identify(&c, b.buyer, levels, b.register.map(|d| (b.request_id, d)))
+            .await?;
+        if buyer.is_none() && !b.redeem_points.is_empty() && b.redeem_points != "0" {
+            return Err(Error::invalid(
+                "redeem_points",
+                "an anonymous receipt cannot be paid with points",
+            ));
+        }
+        // The sale time is fixed now so that a retry books the same content.
+        let occurred_at = b.occurred_at.unwrap_or_else(now_proto);
+        let evaluated = c
+            .evaluate(
+                buyer,
+                Receipt {
+                    lines: b.lines,
+                    promo_codes: b.promo_codes,
+                    redeem_points: b.redeem_points,
+                    occurred_at: Some(occurred_at),
+                    explain: 0,
+                    held_points: held_points.as_deref(),
+                },
+            )
+            .await?;
+        let customer_id = customer_id_of(&evaluated);
+        let result = &evaluated.result;
+        let totals = result.totals.clone().unwrap_or_default();
+        let input = ledger_pb::ReceiptInput {
+            receipt_id: b.receipt_id.to_owned(),
+            customer_id: customer_id.clone(),
+            store_id: terminal.store_id.clone(),
+            terminal_id: terminal.terminal_id.clone(),
+            occurred_at: Some(occurred_at),
+            currency: if result.currency.is_empty() {
+                caller.merchant.currency.clone()
+            } else {
+                result.currency.clone()
+            },
+            program_version: result.program_version,
+            lines: receipt_lines(b.lines, &result.lines),
+            redeem_points: totals.redeem_points.clone(),
+            hold_id: hold_id.clone(),
+            accruals: result.accruals.clone(),
+            beneficiary_grants: result.referral_rewards.clone(),
+            stamp_changes: result.stamp_changes.clone(),
+            promo_codes: result.applied_promo_codes.clone(),
+            offline: b.offline,
+        };
+        let recorded = dep_call!(
+            self.gw,
+            LEDGER,
+            deadline,
+            Retry::Idempotent,
+            ledger.record_receipt(ledger_pb::RecordReceiptRequest {
+                merchant_id: merchant.clone(),
+                request_id: ledger_request_id(&format!("book:{}", b.receipt_id)),
+                receipt: Some(input),
+            })
+        );
+        let recorded = match recorded {
+            Ok(r) => r,
+            // Booked by an earlier attempt whose answer was lost (its sale time was "now"
+            // then): the same sale is the same receipt.
+            Err(e)
+                if matches!(
+                    e.reason().as_deref(),
+                    Some("RECEIPT_ALREADY_RECORDED" | "IDEMPOTENCY_KEY_REUSED")
+                ) =>
+            {
+                self.recover_recorded(&c, b.receipt_id, &customer_id, b.lines, e)
+                    .await?
+            }
+            Err(e) => return Err(e),
+        };
+        let receipt = recorded.receipt.unwrap_or_default();
+        let mut balance = recorded.balance;
+        // After the purchase: the tier (R13). The receipt is booked whatever happens here;
+        // a failed decision is retried by the next purchase or the monthly recalculation.
+        let mut known = evaluated.buyer.clone();
+        let mut tier_changed = false;
+        if let Some(k) = known.as_mut() {
+            match self
+                .decide_tier(
+                    &c,
+                    &evaluated,
+                    &totals.net_amount,
+                    occurred_at,
+                    b.receipt_id,
+                )
+                .await
+            {
+                Ok(Some(tier)) => {
+                    k.tier = Some(tier);
+                    tier_changed = true;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, receipt_id = b.receipt_id, "tier decision after purchase failed")
+                }
+            }
+            if balance.is_none() {
+                balance = evaluated.balance.clone();
+            }
+        }
+        let mut calculation = self.calculation(
+            caller,
+            &Evaluated {
+                buyer: known.clone(),
+                ..evaluated.clone()
+            },
+        );
+        calculation.balance = evaluated.balance.clone();
+        let currency = calculation.currency.clone();
+        let customer = known.as_ref().map(|k| summary(k, caller));
+        let now = now_proto();
+        let mut stored = stored.unwrap_or_else(|| self.new_checkout(b.receipt_id, terminal));
+        stored.checkout.state = CheckoutState::Confirmed as i32;
+        stored.checkout.customer_id = customer_id;
+        stored.checkout.calculation = Some(calculation);
+        stored.checkout.receipt = Some(receipt);
+        stored.checkout.offline = b.offline;
+        stored.checkout.fiscal_ref = b.fiscal_ref.to_owned();
+        stored.checkout.store_id = terminal.store_id.clone();
+        stored.checkout.terminal_id = terminal.terminal_id.clone();
+        if let Some(hold) = stored.checkout.hold.as_mut() {
+            hold.state = ledger_pb::HoldState::Committed as i32;
+        }
+        stored.checkout.updated_at = Some(now);
+        stored.content_hash = Some(b.content_hash.clone());
+        self.checkouts.put(&merchant, &stored).await?;
+        let answer = ConfirmResponse {
+            print_lines: present::print_lines(
+                &totals,
+                &currency,
+                balance.as_ref(),
+                customer
+                    .as_ref()
+                    .map(|c| c.tier_name.as_str())
+                    .filter(|n| !n.is_empty()),
+            ),
+            checkout: Some(stored.checkout),
+            balance,
+            customer,
+            tier_changed,
+        };
+        self.gw
+            .requests
+            .save(&merchant, &receipt_key, "book", &b.content_hash, answer)
+            .await
+    }
+
+    async fn recover_recorded(
+        &self,
+        c: &Composer<'_>,
+        receipt_id: &str,
+        customer_id: &str,
+        lines: &[BasketLine],
+        error: Error,
+    ) -> Result<ledger_pb::RecordReceiptResponse> {
+        let found = dep_call!(
+            self.gw,
+            LEDGER,
+            c.deadline,
+            Retry::Idempotent,
+            ledger.get_receipt(ledger_pb::GetReceiptRequest {
+                merchant_id: c.caller.merchant_id().to_owned(),
+                receipt_id: receipt_id.to_owned(),
+            })
+        )?;
+        let receipt = found.receipt.unwrap_or_default();
+        let same_sale = receipt.customer_id == customer_id
+            && receipt.lines.len() == lines.len()
+            && receipt.lines.iter().zip(lines).all(|(stored, sent)| {
+                stored.line.as_ref().is_some_and(|l| {
+                    l.line_id == sent.line_id
+                        && l.product_id == sent.product_id
+                        && same_decimal(&l.quantity, &sent.quantity)
+                        && same_decimal(&l.unit_price, &sent.unit_price)
+                })
+            });
+        if !same_sale {
+            tracing::info!(%error, receipt_id, "receipt id already booked with other content");
+            return Err(conflict(format!(
+                "receipt {receipt_id} is already booked with other content"
+            )));
+        }
+        let balance = if customer_id.is_empty() {
+            None
+        } else {
+            self.balance(c, customer_id).await?
+        };
+        Ok(ledger_pb::RecordReceiptResponse {
+            receipt: Some(receipt),
+            already_recorded: true,
+            transaction_id: String::new(),
+            balance,
+        })
+    }
+
+    async fn balance(
+        &self,
+        c: &Composer<'_>,
+        customer_id: &str,
+    ) -> Result<Option<ledger_pb::Balance>> {
+        Ok(dep_call!(
+            self.gw,
+            LEDGER,
+            c.deadline,
+            Retry::Idempotent,
+            ledger.get_balance(ledger_pb::GetBalanceRequest {
+                merchant_id: c.caller.merchant_id().to_owned(),
+                customer_id: customer_id.to_owned(),
+                ..Default::default()
+            })
+        )?
+        .balance)
+    }
+
+    /// R13 after a purchase: upgrades only; returns the new tier when it changed.
+    async fn decide_tier(
+        &self,
+        c: &Composer<'_>,
+        ev: &Evaluated,
+        purchase_amount: &str,
+        occurred_at: Timestamp,
+        receipt_id: &str,
+    ) -> Result<Option<cards_pb::Tier>> {
+        let Some(context) = ev.context.clone() else {
+            return Ok(None);
+        };
+        let customer_id = context.customer_id.clone();
+        let decision = dep_call!(
+            self.gw,
+            RULES,
+            c.deadline,
+            Retry::Idempotent,
+            evaluation.decide_tier(rules_pb::DecideTierRequest {
+                merchant_id: c.caller.merchant_id().to_owned(),
+                program: None,
+                customer: Some(context.clone()),
+                trigger: rules_pb::TierTrigger::Purchase as i32,
+                purchase_amount: purchase_amount.to_owned(),
+                decided_at: Some(occurred_at),
+            })
+        );
+        let decision = match decision {
+            Ok(d) => d,
+            Err(e) if e.reason().as_deref() == Some("NO_ACTIVE_PROGRAM") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if decision.decision() != rules_pb::TierDecision::Upgrade {
+            return Ok(None);
+        }
+        dep_call!(
+            self.gw,
+            CARDS,
+            c.deadline,
+            Retry::Idempotent,
+            tiers.assign_tier(cards_pb::AssignTierRequest {
+                merchant_id: c.caller.merchant_id().to_owned(),
+                request_id: ledger_request_id(&format!("tier:{receipt_id}")),
+                customer_id: customer_id.clone(),
+                tier_code: decision.tier_code.clone(),
+                source: cards_pb::TierSource::Rule as i32,
+                reason: decision.reason.clone(),
+                rule_id: decision.rule_id.clone(),
+                program_version: decision.program_version,
+                lock: false,
+                effective_at: None,
+            })
+        )?;
+        let now = dep_call!(
+            self.gw,
+            CARDS,
+            c.deadline,
+            Retry::Idempotent,
+            tiers.get_customer_tier(cards_pb::GetCustomerTierRequest {
+                merchant_id: c.caller.merchant_id().to_owned(),
+                customer_id,
+            })
+        )?;
+        Ok(now.tier)
+    }
+
+    async fn cancel_inner(&self, request: Request<CancelRequest>) -> Result<CancelResponse> {
+        let deadline = Deadline::of(&request);
+        let caller = self.gw.auth.terminal_or_admin(&request).await?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        v.id("request_id", &req.request_id, MAX_ID, true);
+        v.id("receipt_id", &req.receipt_id, MAX_ID, true);
+        v.text("reason", &req.reason, MAX_TEXT);
+        v.id("terminal_id", &req.terminal_id, MAX_ID, false);
+        v.into_result()?;
+        let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
+        let merchant = caller.merchant_id().to_owned();
+        let _guard = self.lock(&merchant, &req.receipt_id).await;
+        self.gw
+            .requests
+            .once(&merchant, &req.request_id, "cancel", &req, || async {
+                let stored = self.checkouts.get(&merchant, &req.receipt_id).await?;
+                let c = self.composer(&caller, &terminal, deadline);
+                let mut stored = match stored {
+                    Some(s) if is_booked(s.state()) => {
+                        return Err(conflict(format!(
+                            "receipt {} is already {}: refund it instead",
+                            req.receipt_id,
+                            state_word(s.state())
+                        )))
+                    }
+                    Some(s) => s,
+                    None => self.new_checkout(&req.receipt_id, &terminal),
+                };
+                if stored.state() == CheckoutState::Reserved {
+                    self.void_hold(&c, &req.request_id, &stored.hold_id).await?;
+                    if let Some(hold) = stored.checkout.hold.as_mut() {
+                        hold.state = ledger_pb::HoldState::Voided as i32;
+                    }
+                }
+                let balance = if stored.checkout.customer_id.is_empty() {
+                    None
+                } else {
+                    self.balance(&c, &stored.checkout.customer_id).await?
+                };
+                stored.checkout.state = CheckoutState::Cancelled as i32;
+                stored.checkout.updated_at = Some(now_proto());
+                self.checkouts.put(&merchant, &stored).await?;
+                Ok(CancelResponse {
+                    checkout: Some(stored.checkout),
+                    balance,
+                })
+            })
+            .await
+    }
+
+    async fn refund_inner(&self, request: Request<RefundRequest>) -> Result<RefundResponse> {
+        let deadline = Deadline::of(&request);
+        let caller = self.gw.auth.terminal_or_admin(&request).await?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        v.id("request_id", &req.request_id, MAX_ID, true);
+        v.id("receipt_id", &req.receipt_id, MAX_ID, true);
+        v.id("refund_id", &req.refund_id, MAX_ID, true);
+        if req.lines.len() > validate::MAX_LINES {
+            v.add("lines", format!("at most {} lines", validate::MAX_LINES));
+        }
+        for (i, line) in req.lines.iter().enumerate() {
+            v.id(
+                &format!("lines[{i}].line_id"),
+                &line.line_id,
+                validate::MAX_LINE_ID,
+                true,
+            );
+            if !line.quantity.is_empty() {
+                if let Err(why) = kopilka_runtime::decimal::parse(
+                    &line.quantity,
+                    validate::QUANTITY_SCALE,
+                    kopilka_runtime::decimal::Sign::Positive,
+                ) {
+                    v.add(format!("lines[{i}].quantity"), why);
+                }
+            }
+        }
+        v.not_future("occurred_at", req.occurred_at.as_ref(), Utc::now());
+        v.text("reason", &req.reason, MAX_TEXT);
+        v.id("terminal_id", &req.terminal_id, MAX_ID, false);
+        v.into_result()?;
+        let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
+        let merchant = caller.merchant_id().to_owned();
+        let _guard = self.lock(&merchant, &req.receipt_id).await;
+        self.gw
+            .requests
+            .once(&merchant, &req.request_id, "refund", &req, || async {
+                let mut stored = self
+                    .checkouts
+                    .get(&merchant, &req.receipt_id)
+                    .await?
+                    .ok_or_else(|| not_found(&req.receipt_id))?;
+                if !is_booked(stored.state()) {
+                    return Err(conflict(format!(
+                        "receipt {} is {}: only a confirmed receipt can be refunded",
+                        req.receipt_id,
+                        state_word(stored.state())
+                    )));
+                }
+                let c = self.composer(&caller, &terminal, deadline);
+                let refunded = dep_call!(
+                    self.gw,
+                    LEDGER,
+                    deadline,
+                    Retry::Idempotent,
+                    ledger.refund_receipt(ledger_pb::RefundReceiptRequest {
+                        merchant_id: merchant.clone(),
+                        request_id: ledger_request_id(&format!(
+                            "refund:{}:{}",
+                            req.receipt_id, req.refund_id
+                        )),
+                        receipt_id: req.receipt_id.clone(),
+                        refund_id: req.refund_id.clone(),
+                        lines: req
+                            .lines
+                            .iter()
+                            .map(|l| ledger_pb::RefundLineRequest {
+                                line_id: l.line_id.clone(),
+                                quantity: l.quantity.clone(),
+                            })
+                            .collect(),
+                        policy: 0,
+                        occurred_at: req.occurred_at,
+                        reason: req.reason.clone(),
+                    })
+                )?;
+                let _ = &c;
+                let receipt = refunded.receipt.unwrap_or_default();
+                stored.checkout.state = match receipt.refund_state() {
+                    ledger_pb::RefundState::Full => CheckoutState::Refunded,
+                    _ => CheckoutState::PartiallyRefunded,
+                } as i32;
+                stored.checkout.receipt = Some(receipt);
+                stored.checkout.updated_at = Some(now_proto());
+                self.checkouts.put(&merchant, &stored).await?;
+                let refund = refunded.refund.unwrap_or_default();
+                let currency = stored
+                    .checkout
+                    .calculation
+                    .as_ref()
+                    .map(|c| c.currency.clone())
+                    .unwrap_or_else(|| caller.merchant.currency.clone());
+                Ok(RefundResponse {
+                    print_lines: present::refund_lines(
+                        &refund,
+                        &currency,
+                        refunded.balance.as_ref(),
+                    ),
+                    refund: Some(refund),
+                    checkout: Some(stored.checkout),
+                    balance: refunded.balance,
+                })
+            })
+            .await
+    }
+
+    async fn get_checkout_inner(
+        &self,
+        request: Request<GetCheckoutRequest>,
+    ) -> Result<GetCheckoutResponse> {
+        let caller = self.gw.auth.terminal_or_admin(&request).await?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        v.id("receipt_id", &req.receipt_id, MAX_ID, true);
+        v.into_result()?;
+        let stored = self
+            .checkouts
+            .get(caller.merchant_id(), &req.receipt_id)
+            .await?
+            .ok_or_else(|| not_found(&req.receipt_id))?;
+        Ok(GetCheckoutResponse {
+            checkout: Some(stored.checkout),
+        })
+    }
+
+    async fn offline_inner(
+        &self,
+        request: Request<SubmitOfflineReceiptRequest>,
+    ) -> Result<SubmitOfflineReceiptResponse> {
+        let deadline = Deadline::of(&request);
+        let caller = self.gw.auth.terminal_or_admin(&request).await?;
+        let req = request.into_inner();
+        let now = Utc::now();
+        let mut v = Violations::default();
+        v.id("request_id", &req.request_id, MAX_ID, true);
+        v.id("receipt_id", &req.receipt_id, MAX_ID, true);
+        validate::buyer(&mut v, "buyer", req.buyer.as_ref(), false);
+        validate::lines(&mut v, "lines", &req.lines, &caller.merchant.currency);
+        validate::promo_codes(&mut v, "promo_codes", &req.promo_codes);
+        match &req.occurred_at {
+            None => v.add("occurred_at", "required: the original sale time"),
+            Some(at) => v.not_future("occurred_at", Some(at), now),
+        }
+        v.id("terminal_id", &req.terminal_id, MAX_ID, false);
+        v.text("fiscal_ref", &req.fiscal_ref, MAX_ID);
+        details(
+            &mut v,
+            "register_if_unknown",
+            req.register_if_unknown.as_ref(),
+        );
+        v.into_result()?;
+        let sold_at = req
+            .occurred_at
+            .as_ref()
+            .and_then(timestamps::from_proto)
+            .unwrap_or(now);
+        if sold_at > now + chrono::Duration::from_std(validate::MAX_CLOCK_SKEW).unwrap_or_default()
+        {
+            return Err(Error::precondition(
+                "TIMESTAMP_IN_FUTURE",
+                "occurred_at is in the future",
+            ));
+        }
+        if now - sold_at > OFFLINE_MAX_AGE {
+            return Err(Error::Precondition(
+                "RECEIPT_TOO_OLD",
+                "offline receipts older than 30 days are not accepted".to_owned(),
+                vec![("max_age_days".to_owned(), "30".to_owned())],
+            ));
+        }
+        let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
+        let content = SubmitOfflineReceiptRequest {
+            buyer: req.buyer.clone(),
+            lines: req.lines.clone(),
+            promo_codes: req.promo_codes.clone(),
+            occurred_at: req.occurred_at,
+            ..Default::default()
+        };
+        let merchant = caller.merchant_id().to_owned();
+        let _guard = self.lock(&merchant, &req.receipt_id).await;
+        self.gw
+            .requests
+            .once(&merchant, &req.request_id, "offline", &req, || async {
+                let booked = self
+                    .book(
+                        &caller,
+                        &terminal,
+                        deadline,
+                        Booking {
+                            request_id: &req.request_id,
+                            receipt_id: &req.receipt_id,
+                            buyer: req.buyer.as_ref(),
+                            lines: &req.lines,
+                            promo_codes: &req.promo_codes,
+                            redeem_points: "",
+                            occurred_at: req.occurred_at,
+                            fiscal_ref: &req.fiscal_ref,
+                            register: req.register_if_unknown.as_ref(),
+                            offline: true,
+                            content_hash: digest(&content),
+                        },
+                    )
+                    .await?;
+                Ok(SubmitOfflineReceiptResponse {
+                    checkout: booked.checkout,
+                    balance: booked.balance,
+                })
+            })
+            .await
+    }
+}
+
+fn same_decimal(a: &str, b: &str) -> bool {
+    match (
+        a.parse::<rust_decimal::Decimal>(),
+        b.parse::<rust_decimal::Decimal>(),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+fn customer_id_of(ev: &Evaluated) -> String {
+    ev.buyer
+        .as_ref()
+        .map(|k| k.customer.customer_id.clone())
+        .unwrap_or_default()
+}
+
+fn state_word(state: CheckoutState) -> &'static str {
+    match state {
+        CheckoutState::Unspecified => "unknown",
+        CheckoutState::Calculated => "calculated",
+        CheckoutState::Reserved => "reserved",
+        CheckoutState::Confirmed => "confirmed",
+        CheckoutState::Cancelled => "cancelled",
+        CheckoutState::PartiallyRefunded => "partially refunded",
+        CheckoutState::Refunded => "refunded",
+    }
+}
+
+/// The booked lines: the register's line with what loyalty did to it.
+fn receipt_lines(
+    lines: &[BasketLine],
+    results: &[rules_pb::LineResult],
+) -> Vec<ledger_pb::ReceiptLine> {
+    lines
+        .iter()
+        .zip(results)
+        .map(|(line, r)| ledger_pb::ReceiptLine {
+            line: Some(line.clone()),
+            gross_amount: String::new(),
+            discount: r.discount.clone(),
+            redeem_points: r.redeem_points.clone(),
+            redeem_money: r.redeem_money.clone(),
+            accrual_points: r.accrual_points.clone(),
+            rule_ids: r
+                .contributions
+                .iter()
+                .map(|c| c.rule_id.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            refunded_quantity: String::new(),
+        })
+        .collect()
+}
+
+/// Checks registration details given with a checkout.
+fn details(v: &mut Violations, field: &str, details: Option<&CustomerDetails>) {
+    let Some(d) = details else { return };
+    v.text(&format!("{field}.first_name"), &d.first_name, 100);
+    v.text(&format!("{field}.last_name"), &d.last_name, 100);
+    v.text(&format!("{field}.middle_name"), &d.middle_name, 100);
+    v.text(&format!("{field}.email"), &d.email, 254);
+    v.enumeration::<kopilka_proto::types::Gender>(&format!("{field}.gender"), d.gender);
+}
+
+/// The cashier's view of a buyer.
+fn summary(known: &Known, caller: &Caller) -> CustomerSummary {
+    crate::customers::summary(
+        &known.customer,
+        known.tier.as_ref(),
+        known.matched.as_ref(),
+        known.input_kind,
+        known.registered_now,
+        caller.terminal.is_some(),
+    )
+}
+
+#[tonic::async_trait]
+impl CheckoutService for CheckoutApi {
+    async fn calculate(
+        &self,
+        request: Request<CalculateRequest>,
+    ) -> Result<Response<CalculateResponse>, Status> {
+        Ok(Response::new(self.calculate_inner(request).await?))
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        Ok(Response::new(self.reserve_inner(request).await?))
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<ConfirmRequest>,
+    ) -> Result<Response<ConfirmResponse>, Status> {
+        Ok(Response::new(self.confirm_inner(request).await?))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        Ok(Response::new(self.cancel_inner(request).await?))
+    }
+
+    async fn refund(
+        &self,
+        request: Request<RefundRequest>,
+    ) -> Result<Response<RefundResponse>, Status> {
+        Ok(Response::new(self.refund_inner(request).await?))
+    }
+
+    async fn get_checkout(
+        &self,
+        request: Request<GetCheckoutRequest>,
+    ) -> Result<Response<GetCheckoutResponse>, Status> {
+        Ok(Response::new(self.get_checkout_inner(request).await?))
+    }
+
+    async fn submit_offline_receipt(
+        &self,
+        request: Request<SubmitOfflineReceiptRequest>,
+    ) -> Result<Response<SubmitOfflineReceiptResponse>, Status> {
+        Ok(Response::new(self.offline_inner(request).await?))
+    }
+}

@@ -1,0 +1,394 @@
+//! Input limits of the checkout (documented in proto/kopilka/gateway/v1/common.proto), checked
+//! before anything is called or stored: every violation is reported with its field path, and a
+//! request with any violation changes nothing.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kopilka_proto::gateway::Buyer;
+use kopilka_proto::types::{BasketLine, IdentifierKind};
+use kopilka_proto::wkt::Timestamp;
+use kopilka_runtime::decimal::{self, Sign};
+use rust_decimal::Decimal;
+
+/// Most lines per receipt.
+pub const MAX_LINES: usize = 500;
+/// Longest receipt, request, refund and terminal id.
+pub const MAX_ID: usize = 128;
+/// Longest line, product and category id.
+pub const MAX_LINE_ID: usize = 64;
+/// Longest product name and free text.
+pub const MAX_TEXT: usize = 256;
+/// Most categories per line.
+pub const MAX_CATEGORIES: usize = 16;
+/// Most promo codes, and the longest.
+pub const MAX_PROMO_CODES: usize = 10;
+pub const MAX_PROMO_CODE: usize = 32;
+/// Largest quantity and its decimals.
+pub const MAX_QUANTITY: i64 = 100_000;
+pub const QUANTITY_SCALE: u32 = 3;
+/// Largest price or amount.
+pub const MAX_MONEY: i64 = 1_000_000_000;
+/// Most decimals of points the gateway accepts (the merchant's own scale is checked by rules).
+pub const MAX_POINTS_SCALE: u32 = 4;
+/// How far in the future a timestamp may be (register clocks drift).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+/// Longest raw identifier input.
+pub const MAX_IDENTIFIER: usize = 256;
+
+/// Field violations collected over one request.
+#[derive(Debug, Default)]
+pub struct Violations(pub Vec<(String, String)>);
+
+impl Violations {
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push((field.into(), description.into()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// An id of 1 to `max` printable ASCII characters (`required`), or empty.
+    pub fn id(&mut self, field: &str, value: &str, max: usize, required: bool) {
+        if value.is_empty() {
+            if required {
+                self.add(field, format!("required: 1 to {max} characters"));
+            }
+        } else if value.len() > max || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            self.add(
+                field,
+                format!("must be 1 to {max} printable ASCII characters"),
+            );
+        }
+    }
+
+    /// Free text of at most `max` characters.
+    pub fn text(&mut self, field: &str, value: &str, max: usize) {
+        if value.chars().count() > max {
+            self.add(field, format!("at most {max} characters"));
+        }
+    }
+
+    /// A known value of a proto enum (unknown numbers are refused, not ignored).
+    pub fn enumeration<E: TryFrom<i32>>(&mut self, field: &str, value: i32) {
+        if E::try_from(value).is_err() {
+            self.add(field, format!("unknown enum value {value}"));
+        }
+    }
+
+    /// A timestamp at most five minutes ahead of `now`.
+    pub fn not_future(&mut self, field: &str, value: Option<&Timestamp>, now: DateTime<Utc>) {
+        let Some(ts) = value else { return };
+        match kopilka_runtime::timestamps::from_proto(ts) {
+            None => self.add(field, "not a valid timestamp"),
+            Some(at) if at > now + MAX_CLOCK_SKEW => self.add(
+                field,
+                "more than 5 minutes in the future (check the register's clock)",
+            ),
+            Some(_) => {}
+        }
+    }
+
+    /// A decimal string of points, >= 0 (empty = none); the parsed value.
+    pub fn points(&mut self, field: &str, value: &str, positive: bool) -> Option<Decimal> {
+        if value.is_empty() {
+            if positive {
+                self.add(field, "required: a decimal string > 0");
+            }
+            return None;
+        }
+        let sign = if positive {
+            Sign::Positive
+        } else {
+            Sign::NonNegative
+        };
+        match decimal::parse(value, MAX_POINTS_SCALE, sign) {
+            Ok(points) => Some(points),
+            Err(why) => {
+                self.add(field, why);
+                None
+            }
+        }
+    }
+}
+
+/// Decimals of a currency's minor unit (ISO 4217); 2 unless listed.
+pub fn currency_scale(currency: &str) -> u32 {
+    match currency {
+        "JPY" | "KRW" | "VND" | "CLP" | "ISK" | "UGX" | "XAF" | "XOF" | "PYG" => 0,
+        "BHD" | "KWD" | "OMR" | "JOD" | "TND" | "LYD" | "IQD" => 3,
+        _ => 2,
+    }
+}
+
+/// Checks the receipt lines; `prefix` is the field name ("lines").
+pub fn lines(v: &mut Violations, prefix: &str, lines: &[BasketLine], currency: &str) {
+    if lines.is_empty() {
+        v.add(prefix, format!("a receipt needs 1 to {MAX_LINES} lines"));
+        return;
+    }
+    if lines.len() > MAX_LINES {
+        v.add(
+            prefix,
+            format!("at most {MAX_LINES} lines per receipt, got {}", lines.len()),
+        );
+        return;
+    }
+    let scale = currency_scale(currency);
+    let max_money = Decimal::from(MAX_MONEY);
+    let mut seen = HashSet::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let at = |field: &str| format!("{prefix}[{i}].{field}");
+        v.id(&at("line_id"), &line.line_id, MAX_LINE_ID, true);
+        if !line.line_id.is_empty() && !seen.insert(line.line_id.as_str()) {
+            v.add(at("line_id"), "duplicate line id in this receipt");
+        }
+        v.id(&at("product_id"), &line.product_id, MAX_LINE_ID, true);
+        v.text(&at("sku"), &line.sku, MAX_LINE_ID);
+        v.text(&at("name"), &line.name, MAX_TEXT);
+        if line.category_ids.len() > MAX_CATEGORIES {
+            v.add(
+                at("category_ids"),
+                format!("at most {MAX_CATEGORIES} categories"),
+            );
+        }
+        for (j, category) in line.category_ids.iter().enumerate() {
+            v.id(
+                &format!("{prefix}[{i}].category_ids[{j}]"),
+                category,
+                MAX_LINE_ID,
+                true,
+            );
+        }
+        let price = money(
+            v,
+            &at("unit_price"),
+            &line.unit_price,
+            scale,
+            max_money,
+            true,
+        );
+        let quantity = match decimal::parse(&line.quantity, QUANTITY_SCALE, Sign::Positive) {
+            Ok(q) if q > Decimal::from(MAX_QUANTITY) => {
+                v.add(at("quantity"), format!("at most {MAX_QUANTITY}"));
+                None
+            }
+            Ok(q) => Some(q),
+            Err(why) => {
+                v.add(at("quantity"), why);
+                None
+            }
+        };
+        if !line.amount.is_empty() {
+            let amount = money(v, &at("amount"), &line.amount, scale, max_money, false);
+            if let (Some(amount), Some(price), Some(quantity)) = (amount, price, quantity) {
+                if amount > price * quantity {
+                    v.add(at("amount"), "must not be above unit_price x quantity");
+                }
+            }
+        }
+    }
+}
+
+fn money(
+    v: &mut Violations,
+    field: &str,
+    value: &str,
+    scale: u32,
+    max: Decimal,
+    required: bool,
+) -> Option<Decimal> {
+    if value.is_empty() && !required {
+        return None;
+    }
+    match decimal::parse(value, scale, Sign::NonNegative) {
+        Ok(m) if m > max => {
+            v.add(field, format!("at most {max}"));
+            None
+        }
+        Ok(m) => Some(m),
+        Err(why) => {
+            v.add(
+                field,
+                format!("{why} (at most {scale} decimals for this currency)"),
+            );
+            None
+        }
+    }
+}
+
+/// Checks promo codes.
+pub fn promo_codes(v: &mut Violations, field: &str, codes: &[String]) {
+    if codes.len() > MAX_PROMO_CODES {
+        v.add(field, format!("at most {MAX_PROMO_CODES} promo codes"));
+    }
+    for (i, code) in codes.iter().enumerate() {
+        v.id(&format!("{field}[{i}]"), code, MAX_PROMO_CODE, true);
+    }
+}
+
+/// Checks who is buying; `required` when points need a customer.
+pub fn buyer(v: &mut Violations, field: &str, buyer: Option<&Buyer>, required: bool) {
+    use kopilka_proto::gateway::buyer::Who;
+    match buyer.and_then(|b| b.who.as_ref()) {
+        None if required => v.add(field, "required: an identifier or a customer_id"),
+        None => {}
+        Some(Who::CustomerId(id)) => v.id(&format!("{field}.customer_id"), id, MAX_ID, true),
+        Some(Who::Identifier(input)) => {
+            let raw = format!("{field}.identifier.raw");
+            if input.raw.trim().is_empty() {
+                v.add(&raw, format!("required: 1 to {MAX_IDENTIFIER} characters"));
+            } else if input.raw.chars().count() > MAX_IDENTIFIER {
+                v.add(&raw, format!("at most {MAX_IDENTIFIER} characters"));
+            } else if input
+                .raw
+                .chars()
+                .any(|c| c.is_numeric() && !c.is_ascii_digit())
+            {
+                v.add(
+                    &raw,
+                    "digits must be ASCII 0-9 (re-type the number on the register's keyboard)",
+                );
+            } else if input.raw.chars().any(char::is_control) {
+                v.add(&raw, "must not contain control characters");
+            }
+            v.enumeration::<IdentifierKind>(
+                &format!("{field}.identifier.kind_hint"),
+                input.kind_hint,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: &str, price: &str, quantity: &str) -> BasketLine {
+        BasketLine {
+            line_id: id.into(),
+            product_id: "p".into(),
+            unit_price: price.into(),
+            quantity: quantity.into(),
+            ..Default::default()
+        }
+    }
+
+    fn fields(v: Violations) -> Vec<String> {
+        v.0.into_iter().map(|(f, _)| f).collect()
+    }
+
+    #[test]
+    fn good_lines_pass() {
+        let mut v = Violations::default();
+        lines(
+            &mut v,
+            "lines",
+            &[line("1", "100.50", "2"), line("2", "0", "0.125")],
+            "RUB",
+        );
+        assert!(v.is_empty(), "{:?}", v.0);
+    }
+
+    #[test]
+    fn bad_lines_are_named_by_path() {
+        let mut v = Violations::default();
+        let mut weighted = line("3", "10", "1.5");
+        weighted.amount = "16".into();
+        lines(
+            &mut v,
+            "lines",
+            &[
+                line("1", "100.505", "1"),
+                line("1", "10", "0"),
+                weighted,
+                line("4", "-1", "-2"),
+                line("5", "1", "100001"),
+            ],
+            "RUB",
+        );
+        assert_eq!(
+            fields(v),
+            [
+                "lines[0].unit_price",
+                "lines[1].line_id",
+                "lines[1].quantity",
+                "lines[2].amount",
+                "lines[3].unit_price",
+                "lines[3].quantity",
+                "lines[4].quantity",
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_oversized_receipts_are_refused() {
+        let mut v = Violations::default();
+        lines(&mut v, "lines", &[], "RUB");
+        let many: Vec<_> = (0..=MAX_LINES)
+            .map(|i| line(&i.to_string(), "1", "1"))
+            .collect();
+        lines(&mut v, "lines", &many, "RUB");
+        assert_eq!(fields(v), ["lines", "lines"]);
+    }
+
+    #[test]
+    fn yen_has_no_decimals() {
+        let mut v = Violations::default();
+        lines(&mut v, "lines", &[line("1", "100.5", "1")], "JPY");
+        assert_eq!(fields(v), ["lines[0].unit_price"]);
+    }
+
+    #[test]
+    fn phones_with_non_ascii_digits_are_refused() {
+        use kopilka_proto::gateway::buyer::Who;
+        use kopilka_proto::types::IdentifierInput;
+        let buyer_with = |raw: &str, hint: i32| Buyer {
+            who: Some(Who::Identifier(IdentifierInput {
+                raw: raw.into(),
+                kind_hint: hint,
+            })),
+        };
+        let mut v = Violations::default();
+        buyer(
+            &mut v,
+            "buyer",
+            Some(&buyer_with("+7 912 ٣٤٥-67-89", 0)),
+            false,
+        );
+        buyer(
+            &mut v,
+            "buyer",
+            Some(&buyer_with("+7 912 345-67-89", 999)),
+            false,
+        );
+        buyer(
+            &mut v,
+            "buyer",
+            Some(&buyer_with("+7 912 345-67-89", 0)),
+            true,
+        );
+        buyer(&mut v, "buyer", None, true);
+        assert_eq!(
+            fields(v),
+            [
+                "buyer.identifier.raw",
+                "buyer.identifier.kind_hint",
+                "buyer"
+            ]
+        );
+    }
+
+    #[test]
+    fn timestamps_far_ahead_are_refused() {
+        let now = Utc::now();
+        let mut v = Violations::default();
+        let soon = kopilka_runtime::timestamps::to_proto(now + chrono::Duration::minutes(4));
+        let later = kopilka_runtime::timestamps::to_proto(now + chrono::Duration::minutes(6));
+        v.not_future("a", Some(&soon), now);
+        v.not_future("b", Some(&later), now);
+        assert_eq!(fields(v), ["b"]);
+    }
+}
