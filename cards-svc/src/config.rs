@@ -30,6 +30,10 @@ pub struct Config {
     pub ledger_url: Option<String>,
     /// How long request ids are remembered for retries, in hours.
     pub idempotency_retention_hours: u64,
+    /// notify-svc (`http://host:50055`), to which the outbox's domain events are relayed
+    /// (`KOPILKA_NOTIFY_URL`); unset = no relay, events stay in the outbox.
+    #[serde(default)]
+    pub notify_url: Option<String>,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             tier_cache_ttl_secs: 3600,
             ledger_url: None,
             idempotency_retention_hours: 72,
+            notify_url: None,
         }
     }
 }

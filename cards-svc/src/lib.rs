@@ -31,6 +31,7 @@ use kopilka_proto::cards as pb;
 use kopilka_proto::ledger::ledger_service_client::LedgerServiceClient;
 use kopilka_runtime::db::Migrations;
 use kopilka_runtime::host::{Host, StartError};
+use kopilka_runtime::outbox::{NotifySink, RelayOptions};
 use sqlx::migrate::Migrator;
 use tonic::transport::Endpoint;
 
@@ -54,9 +55,12 @@ pub enum BuildError {
     Redis(#[from] redis::RedisError),
     #[error("invalid ledger URL")]
     LedgerUrl(#[from] tonic::transport::Error),
+    #[error("invalid notify URL")]
+    NotifyUrl(#[source] tonic::transport::Error),
 }
 
 /// Opens the database and the cache, runs migrations and binds the port; `run_until` then serves.
+/// With a `notify_url`, a background job relays the outbox's events to notify-svc.
 pub async fn build(config: Config) -> Result<Host, BuildError> {
     let cache = cache::TierCache::open(
         config.redis_url.as_ref(),
@@ -73,11 +77,19 @@ pub async fn build(config: Config) -> Result<Host, BuildError> {
         )),
         None => None,
     };
+    let notify = match &config.notify_url {
+        Some(url) => Some(
+            NotifySink::connect_lazy(url, Duration::from_secs(10))
+                .map_err(BuildError::NotifyUrl)?,
+        ),
+        None => None,
+    };
     let host = Host::start("cards-svc", config.service, MIGRATIONS).await?;
     let cards = cards::Cards::new(host.db().clone(), cache, ledger);
     let api = api::CardsApi(cards.clone());
     let retention = chrono::Duration::hours(config.idempotency_retention_hours as i64);
-    Ok(host
+    let outbox = store::Outbox(host.db().clone());
+    let host = host
         .route(|r| {
             r.add_service(pb::customer_service_server::CustomerServiceServer::new(
                 api.clone(),
@@ -103,5 +115,14 @@ pub async fn build(config: Config) -> Result<Host, BuildError> {
                     tracing::warn!(%error, "pruning idempotency records failed");
                 }
             }
-        }))
+        });
+    Ok(match notify {
+        Some(sink) => host.spawn_background(kopilka_runtime::outbox::relay(
+            "cards-svc",
+            outbox,
+            sink,
+            RelayOptions::default(),
+        )),
+        None => host,
+    })
 }

@@ -130,6 +130,15 @@ pub struct Suite {
 impl Suite {
     /// Builds every service; the first failure stops the start.
     pub async fn build(mut config: SuiteConfig) -> anyhow::Result<Self> {
+        // ledger-svc and cards-svc relay their outbox events to notify-svc: bind it first.
+        let notify = notify_svc::build(config.notify).await?;
+        let notify_url = format!("http://{}", loopback(notify.local_addr()));
+        if config.ledger.notify_url.is_none() {
+            config.ledger.notify_url = Some(notify_url.clone());
+        }
+        if config.cards.notify_url.is_none() {
+            config.cards.notify_url = Some(notify_url);
+        }
         // cards-svc calls ledger-svc (customer merges): point it at the ledger just bound.
         let ledger = ledger_svc::build(config.ledger).await?;
         if config.cards.ledger_url.is_none() {
@@ -144,7 +153,7 @@ impl Suite {
             cards,
             rules: rules_svc::build(config.rules).await?,
             ledger,
-            notify: notify_svc::build(config.notify).await?,
+            notify,
             gateway: gateway::build(config.gateway).await?,
         })
     }

@@ -21,6 +21,10 @@ pub struct Config {
     /// timed-out holds (`KOPILKA_DUE_INTERVAL`).
     #[serde(with = "seconds")]
     pub due_interval: std::time::Duration,
+    /// notify-svc (`http://host:50055`), to which the outbox's domain events are relayed
+    /// (`KOPILKA_NOTIFY_URL`); unset = no relay, events stay in the outbox.
+    #[serde(default)]
+    pub notify_url: Option<String>,
 }
 
 impl Default for Config {
@@ -29,6 +33,7 @@ impl Default for Config {
             service: ServiceSettings::embedded(DEFAULT_PORT, "data/ledger.db"),
             telemetry: TelemetrySettings::default(),
             due_interval: std::time::Duration::from_secs(30),
+            notify_url: None,
         }
     }
 }

@@ -28,10 +28,12 @@ pub mod settings;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kopilka_proto::ledger::ledger_service_server::LedgerServiceServer;
 use kopilka_runtime::db::Migrations;
 use kopilka_runtime::host::{Host, StartError};
+use kopilka_runtime::outbox::{self, NotifySink, RelayOptions};
 use sqlx::migrate::Migrator;
 
 pub use config::Config;
@@ -49,20 +51,43 @@ pub const MIGRATIONS: Migrations = Migrations {
     sqlite: &SQLITE_MIGRATIONS,
 };
 
-/// Opens the database, runs migrations and binds the port; `run_until` then serves.
-pub async fn build(config: Config) -> Result<Host, StartError> {
+/// Why ledger-svc could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("invalid notify URL")]
+    NotifyUrl(#[source] tonic::transport::Error),
+}
+
+/// Opens the database, runs migrations and binds the port; `run_until` then serves. With a
+/// `notify_url`, a background job relays the outbox's events to notify-svc.
+pub async fn build(config: Config) -> Result<Host, BuildError> {
     build_with_clock(config, Arc::new(SystemClock)).await
 }
 
 /// Like [`build`], with the clock injected (tests move time by hand).
-pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Host, StartError> {
+pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Host, BuildError> {
     let interval = config.due_interval;
+    let options = RelayOptions::default();
+    let notify = match &config.notify_url {
+        Some(url) => Some(
+            NotifySink::connect_lazy(url, Duration::from_secs(10))
+                .map_err(BuildError::NotifyUrl)?,
+        ),
+        None => None,
+    };
     let host = Host::start("ledger-svc", config.service, MIGRATIONS).await?;
     let ledger = Ledger::new(host.db().clone(), clock);
     let health = host.health();
     health.set_serving::<LedgerServiceServer<LedgerApi>>().await;
     let jobs = ledger.clone();
-    Ok(host
+    let mut host = host
         .route(|router| router.add_service(LedgerServiceServer::new(LedgerApi::new(ledger))))
-        .spawn_background(async move { jobs::run_due_work(jobs, interval).await }))
+        .spawn_background(async move { jobs::run_due_work(jobs, interval).await });
+    if let Some(sink) = notify {
+        let outbox = store::Outbox(host.db().clone());
+        host = host.spawn_background(outbox::relay("ledger-svc", outbox, sink, options));
+    }
+    Ok(host)
 }

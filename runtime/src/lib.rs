@@ -9,12 +9,14 @@
 //! - [`db`]: one handle over PostgreSQL or SQLite, chosen by URL, with each service's migrations.
 //! - [`status`]: building gRPC statuses with `google.rpc` details (field violations, stable reasons).
 //! - [`timestamps`]: proto timestamps to and from `chrono` instants.
+//! - [`outbox`]: the relay of outbox events to notify-svc, at least once, with back-off.
 //! - [`redact`]: masking phone numbers, e-mails and keys before they reach a log line.
 
 pub mod config;
 pub mod db;
 pub mod decimal;
 pub mod host;
+pub mod outbox;
 pub mod redact;
 pub mod server;
 pub mod shutdown;
