@@ -34,6 +34,7 @@ on_both_backends!(
     merchants_are_isolated_and_scopes_enforced,
     bad_input_is_refused_with_field_paths_and_changes_nothing,
     offline_receipts_are_booked_once_under_the_program_of_their_time,
+    happy_hours_birthday_frequency_and_turnover_through_the_gateway,
 );
 
 // ---- helpers ----------------------------------------------------------------------------------
@@ -130,8 +131,11 @@ impl Shop {
 
     /// Drafts, publishes and activates a program now; returns its version.
     async fn program(&mut self, rules_yaml: &str, tag: &str) -> u64 {
-        let program = rules_svc::document::from_yaml(&format!("{HEAD}{rules_yaml}"))
-            .expect("a valid program document");
+        self.program_doc(&format!("{HEAD}{rules_yaml}"), tag).await
+    }
+
+    async fn program_doc(&mut self, document: &str, tag: &str) -> u64 {
+        let program = rules_svc::document::from_yaml(document).expect("a valid program document");
         let merchant_id = self.m.merchant_id.clone();
         let draft = self
             .programs
@@ -173,6 +177,15 @@ impl Shop {
         phone: &str,
         referrer: Option<&str>,
     ) -> gw::RegisterCustomerResponse {
+        self.register_born(phone, referrer, None).await
+    }
+
+    async fn register_born(
+        &mut self,
+        phone: &str,
+        referrer: Option<&str>,
+        birth_date: Option<kopilka_proto::types::Date>,
+    ) -> gw::RegisterCustomerResponse {
         let details = gw::CustomerDetails {
             first_name: "Ирина".into(),
             last_name: "Смирнова".into(),
@@ -180,6 +193,7 @@ impl Shop {
                 raw: r.into(),
                 kind_hint: 0,
             }),
+            birth_date,
             ..Default::default()
         };
         self.customers
@@ -1260,5 +1274,129 @@ async fn offline_receipts_are_booked_once_under_the_program_of_their_time(suite:
         .await
         .unwrap_err();
     assert_eq!(fields(&err), ["occurred_at"]);
+    suite.stop().await.unwrap();
+}
+
+async fn happy_hours_birthday_frequency_and_turnover_through_the_gateway(suite: TestSuite) {
+    use chrono::{Datelike, Timelike};
+    let mut shop = Shop::open(&suite, "time").await;
+    // Happy hours around the current time (UTC, every weekday), so a real "now" falls inside.
+    let now = Utc::now();
+    let hhmm = |t: chrono::DateTime<Utc>| format!("{:02}:{:02}", t.hour(), t.minute());
+    let (start, end) = (
+        hhmm(now - Duration::hours(2)),
+        hhmm(now + Duration::hours(2)),
+    );
+    let program = format!(
+        r#"name: t
+settings: {{currency: RUB, time_zone: UTC}}
+groups: [{{id: rate, mode: GROUP_MODE_FIRST}}]
+rules:
+  - id: happy-hours
+    name: 10 % off in happy hours
+    when:
+      time_windows:
+        - weekdays: [WEEKDAY_MONDAY, WEEKDAY_TUESDAY, WEEKDAY_WEDNESDAY, WEEKDAY_THURSDAY, WEEKDAY_FRIDAY, WEEKDAY_SATURDAY, WEEKDAY_SUNDAY]
+          start: "{start}"
+          end: "{end}"
+    discount_percent: {{percent: "10"}}
+  - id: active
+    name: 15 % for more than 30 000 in 3 months
+    group: rate
+    priority: 10
+    when: {{turnover: {{lookback: {{months: 3}}, amount: {{above: "30000"}}}}}}
+    accrue_percent: {{percent: "15"}}
+  - id: base
+    name: 5 % otherwise
+    group: rate
+    accrue_percent: {{percent: "5"}}
+  - id: again
+    name: +3 % within 7 days of the last purchase
+    when: {{since_last_purchase: {{within_days: 7}}}}
+    accrue_percent: {{percent: "3"}}
+  - id: birthday
+    name: double points 3 days around the birthday
+    when: {{birthday: {{days_before: 3, days_after: 3}}}}
+    accrual_multiplier: {{factor: "2"}}
+"#
+    );
+    shop.program_doc(&program, "time").await;
+    let far = now + Duration::days(40);
+    let plain = shop
+        .register_born(
+            "+7 912 500-00-01",
+            None,
+            Some(kopilka_proto::types::Date {
+                year: 1990,
+                month: far.month() as i32,
+                day: far.day() as i32,
+            }),
+        )
+        .await
+        .customer
+        .unwrap()
+        .customer_id;
+    let accrued = |r: &gw::ConfirmResponse| {
+        dec(&r
+            .checkout
+            .as_ref()
+            .unwrap()
+            .receipt
+            .as_ref()
+            .unwrap()
+            .summary
+            .as_ref()
+            .unwrap()
+            .points_accrued)
+    };
+    // Happy hours: 10 % off; first purchase: 5 % of 900.00.
+    let first = shop
+        .confirm("t-1", "t-1", customer(&plain), one("1000.00"), "")
+        .await
+        .unwrap();
+    let c = first
+        .checkout
+        .as_ref()
+        .unwrap()
+        .calculation
+        .as_ref()
+        .unwrap();
+    assert_eq!(dec(&totals(c).discount), dec("100.00"), "happy hours 10 %");
+    assert_eq!(accrued(&first), Decimal::from(45));
+    // Within 7 days of the last purchase: +3 %.
+    let second = shop
+        .confirm("t-2", "t-2", customer(&plain), one("1000.00"), "")
+        .await
+        .unwrap();
+    assert_eq!(accrued(&second), Decimal::from(72), "8 % of 900.00");
+    // Over 30 000 in three months: the 15 % rate wins the group (plus 3 % for frequency).
+    shop.confirm("t-3", "t-3", customer(&plain), one("40000.00"), "")
+        .await
+        .unwrap();
+    let fourth = shop
+        .confirm("t-4", "t-4", customer(&plain), one("1000.00"), "")
+        .await
+        .unwrap();
+    assert_eq!(accrued(&fourth), Decimal::from(162), "18 % of 900.00");
+    // Birthday today: double points.
+    let born = shop
+        .register_born(
+            "+7 912 500-00-02",
+            None,
+            Some(kopilka_proto::types::Date {
+                year: 1990,
+                month: now.month() as i32,
+                day: now.day() as i32,
+            }),
+        )
+        .await
+        .customer
+        .unwrap()
+        .customer_id;
+    let party = shop
+        .confirm("t-5", "t-5", customer(&born), one("1000.00"), "")
+        .await
+        .unwrap();
+    assert_eq!(accrued(&party), Decimal::from(90), "5 % of 900.00, doubled");
     suite.stop().await.unwrap();
 }
