@@ -84,7 +84,9 @@ impl From<Error> for Status {
             Error::PermissionDenied(reason, message) => {
                 status::with_reason(Code::PermissionDenied, reason, message)
             }
-            Error::NotFound(reason, message) => status::with_reason(Code::NotFound, reason, message),
+            Error::NotFound(reason, message) => {
+                status::with_reason(Code::NotFound, reason, message)
+            }
             Error::Precondition(reason, message, metadata) => status::with_reason_and_metadata(
                 Code::FailedPrecondition,
                 reason,
@@ -105,7 +107,9 @@ impl From<Error> for Status {
                 status::with_reason_and_metadata(
                     Code::Unavailable,
                     "DEPENDENCY_UNAVAILABLE",
-                    format!("{dependency} is unavailable; retry the same call with the same request_id"),
+                    format!(
+                        "{dependency} is unavailable; retry the same call with the same request_id"
+                    ),
                     HashMap::from([("dependency".to_owned(), dependency.to_owned())]),
                 )
             }

@@ -120,10 +120,7 @@ impl Requests {
         Fut: Future<Output = Result<R>>,
     {
         let hash = digest(request);
-        if let Some(answer) = self
-            .find(merchant_id, request_id, operation, &hash)
-            .await?
-        {
+        if let Some(answer) = self.find(merchant_id, request_id, operation, &hash).await? {
             return Ok(answer);
         }
         let answer = run().await?;

@@ -149,12 +149,18 @@ impl Suite {
         if config.rules.cards_url.is_none() {
             config.rules.cards_url = Some(format!("http://{}", loopback(cards.local_addr())));
         }
+        let rules = rules_svc::build(config.rules).await?;
+        // The gateway composes checkouts from the three just bound.
+        let url = |host: &Host| format!("http://{}", loopback(host.local_addr()));
+        config.gateway.cards_url = url(&cards);
+        config.gateway.rules_url = url(&rules);
+        config.gateway.ledger_url = url(&ledger);
         Ok(Suite {
-            cards,
-            rules: rules_svc::build(config.rules).await?,
-            ledger,
-            notify,
             gateway: gateway::build(config.gateway).await?,
+            notify,
+            cards,
+            rules,
+            ledger,
         })
     }
 
