@@ -1730,7 +1730,7 @@ mod tests {
         assert_eq!(s.phone_masked, "+7*******789");
         assert_eq!(s.tier_code, "VIP");
         assert_eq!(s.perks, vec!["free coffee".to_owned()]);
-        assert_eq!(s.matched.unwrap().value, "+7*******789");
+        assert_eq!(s.matched.as_ref().unwrap().value, "+7*******789");
         assert!(s.registered_now);
         assert!(!format!("{s:?}").contains("+79123456789"));
         assert!(!format!("{s:?}").contains("irina@"));
