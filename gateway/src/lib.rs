@@ -13,7 +13,6 @@
 //! - [`error`]: errors → gRPC statuses, in one place.
 //! - [`seed`]: the demo tenant of the embedded default.
 //! - [`tier_job`]: the monthly tier recalculation (R13), one replica per merchant and month.
-//! - [`tier_job`]: the monthly tier recalculation (R13), one replica per merchant and month.
 //!
 //! The public API (`kopilka.gateway.v1`) is defined in `proto/kopilka/gateway/v1`.
 
@@ -28,7 +27,6 @@ pub mod keys;
 pub mod requests;
 pub mod seed;
 pub mod tenancy;
-pub mod tier_job;
 pub mod tier_job;
 
 use std::time::Duration;
@@ -103,7 +101,6 @@ pub async fn build(config: Config) -> Result<Host, BuildError> {
     let host = Host::start("gateway", config.service.clone(), MIGRATIONS).await?;
     let gateway = Gateway::new(config, host.db().clone())?;
     let host = spawn_tier_job(host, &gateway);
-    let host = spawn_tier_job(host, &gateway);
     host.health()
         .set_serving::<AdminServiceServer<admin::AdminApi>>()
         .await;
@@ -128,19 +125,6 @@ fn services(router: Router, gateway: &Gateway) -> Router {
         .add_service(CustomerServiceServer::new(customers::CustomerApi::new(
             gateway.clone(),
         )))
-}
-
-/// Runs the monthly tier recalculation in the background when `config.tier_job` is set.
-fn spawn_tier_job(host: Host, gateway: &Gateway) -> Host {
-    if !gateway.config.tier_job {
-        return host;
-    }
-    let interval = Duration::from_secs(gateway.config.tier_job_interval_secs.max(1));
-    host.spawn_background(tier_job::run_forever(
-        gateway.clone(),
-        interval,
-        tier_job::replica_id(),
-    ))
 }
 
 /// Runs the monthly tier recalculation in the background when `config.tier_job` is set.

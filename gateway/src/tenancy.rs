@@ -511,21 +511,6 @@ impl Tenancy {
     pub fn db(&self) -> &Db {
         &self.db
     }
-
-    /// Every merchant, by id (scheduled jobs walk them; the list is small: one row per tenant).
-    pub async fn merchants(&self) -> Result<Vec<Merchant>, sqlx::Error> {
-        with_db!(&self.db, pool => sqlx::query_as(
-            "SELECT merchant_id, name, currency, time_zone, phone_region, created_at
-             FROM merchants ORDER BY merchant_id",
-        )
-        .fetch_all(pool)
-        .await)
-    }
-
-    /// The gateway database (for the scheduled jobs' claims, see `tier_job::JobRuns`).
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
 }
 
 /// A store with every column (what AdminService shows and changes).
