@@ -46,6 +46,7 @@ struct VerifiedKey {
     digest: Vec<u8>,
     caller: Caller,
     revoked: bool,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
     terminal_disabled: bool,
 }
 
@@ -92,7 +93,10 @@ impl Auth {
             .ok_or(Error::Unauthenticated)?;
         let verified = self.verified(&presented.key_id).await?;
         let verified = verified.ok_or(Error::Unauthenticated)?;
-        if verified.revoked || !presented.matches(&verified.digest) {
+        let expired = verified
+            .expires_at
+            .is_some_and(|at| at <= chrono::Utc::now());
+        if verified.revoked || expired || !presented.matches(&verified.digest) {
             return Err(Error::Unauthenticated);
         }
         if verified.terminal_disabled {
@@ -232,6 +236,7 @@ async fn load(tenancy: &Tenancy, key_id: &str) -> Result<Option<VerifiedKey>, sq
     Ok(Some(VerifiedKey {
         digest: record.secret_digest,
         revoked: record.revoked_at.is_some(),
+        expires_at: record.expires_at.map(|t| t.0),
         terminal_disabled,
         caller: Caller {
             merchant: Arc::new(merchant),

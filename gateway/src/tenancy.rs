@@ -52,6 +52,8 @@ pub struct ApiKeyRecord {
     pub secret_digest: Vec<u8>,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// When the key stops working; `None` = never.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// Tenancy storage on either engine.
@@ -185,7 +187,7 @@ impl Tenancy {
     /// The key record for a presented key id, revoked or not.
     pub async fn key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, sqlx::Error> {
         with_db!(&self.db, pool => sqlx::query_as(
-            "SELECT merchant_id, key_id, scope, terminal_id, label, secret_digest, created_at, revoked_at
+            "SELECT merchant_id, key_id, scope, terminal_id, label, secret_digest, created_at, revoked_at, expires_at
              FROM api_keys WHERE key_id = $1",
         )
         .bind(key_id)
