@@ -13,12 +13,12 @@
 //!
 //! Served by this version: RegisterCustomer, LookupCustomer, GetCustomer, SetConsent, GetBalance,
 //! ListHistory, ListPurchases, RecordAction, AttachCard, BlockCard, ReplaceCard, ListCustomers,
-//! MergeCustomers, AssignTier, GetTierHistory, AdjustPoints, GrantGift.
+//! MergeCustomers, AssignTier, GetTierHistory, AdjustPoints, GrantGift, ListReferrals.
 //!
 //! UNIMPLEMENTED here: UpdateCustomer (terminal keys may fill empty fields only, which needs a
-//! read-then-write the cards API does not offer atomically), ListReferrals and the registration
-//! links (CreateRegistrationLink, ListRegistrationLinks, RevokeRegistrationLink), whose cards-svc
-//! services (ReferralService, RegistrationService) the gateway holds no client for yet.
+//! read-then-write the cards API does not offer atomically) and the registration links
+//! (CreateRegistrationLink, ListRegistrationLinks, RevokeRegistrationLink), whose cards-svc
+//! RegistrationService the gateway holds no client for yet.
 
 use std::str::FromStr;
 
@@ -1411,6 +1411,54 @@ impl CustomerApi {
         })
     }
 
+    async fn list_referrals(
+        &self,
+        request: &Request<pb::ListReferralsRequest>,
+    ) -> Result<pb::ListReferralsResponse> {
+        let gw = &self.gw;
+        let caller = gw.auth.admin(request).await?;
+        let r = request.get_ref();
+        let mut v = Vec::new();
+        check_customer_id(&r.customer_id, &mut v);
+        check_page_size(r.page_size, &mut v);
+        done(v)?;
+        let deadline = Deadline::of(request);
+        let merchant = caller.merchant_id();
+        customer_of(gw, merchant, deadline, &r.customer_id).await?;
+        let chain = call!(
+            gw,
+            deps::CARDS,
+            deadline,
+            Retry::Idempotent,
+            referrals.get_referral_chain(cards::GetReferralChainRequest {
+                merchant_id: merchant.to_owned(),
+                customer_id: r.customer_id.clone(),
+                max_levels: 0,
+            })
+        )
+        .await?;
+        let referred = call!(
+            gw,
+            deps::CARDS,
+            deadline,
+            Retry::Idempotent,
+            referrals.list_referrals(cards::ListReferralsRequest {
+                merchant_id: merchant.to_owned(),
+                customer_id: r.customer_id.clone(),
+                level: 1,
+                page_size: if r.page_size == 0 { 50 } else { r.page_size },
+                page_token: r.page_token.clone(),
+            })
+        )
+        .await?;
+        Ok(pb::ListReferralsResponse {
+            referrers: chain.referrers,
+            referrals: referred.referrals,
+            total_referrals: referred.total_count,
+            next_page_token: referred.next_page_token,
+        })
+    }
+
     async fn adjust_points(
         &self,
         request: &Request<pb::AdjustPointsRequest>,
@@ -1660,9 +1708,9 @@ impl CustomerService for CustomerApi {
 
     async fn list_referrals(
         &self,
-        _request: Request<pb::ListReferralsRequest>,
+        request: Request<pb::ListReferralsRequest>,
     ) -> std::result::Result<Response<pb::ListReferralsResponse>, Status> {
-        Err(unimplemented("ListReferrals"))
+        reply(CustomerApi::list_referrals(self, &request).await)
     }
 
     async fn create_registration_link(

@@ -447,7 +447,7 @@ async fn referrers_are_rewarded_and_bad_phones_refused(suite: TestSuite) {
         .await
         .expect("B registered");
     assert!(b.customer.as_ref().unwrap().registered_now);
-    assert_eq!(dec(&b.start_bonus.unwrap().points), dec("100"));
+    assert_eq!(dec(&b.start_bonus.as_ref().unwrap().points), dec("100"));
     assert_eq!(dec(&shop.balance(&a_id).await.available), dec("130"));
     // B again under another id: nothing more for anyone.
     shop.register_as(
@@ -459,6 +459,38 @@ async fn referrers_are_rewarded_and_bad_phones_refused(suite: TestSuite) {
     .await
     .expect("B found");
     assert_eq!(dec(&shop.balance(&a_id).await.available), dec("130"));
+
+    // A's referrals list B; B's chain names A.
+    let listed = shop
+        .customers
+        .clone()
+        .list_referrals(authed(
+            gw::ListReferralsRequest {
+                customer_id: a_id.clone(),
+                ..Default::default()
+            },
+            &shop.m.admin_key,
+        ))
+        .await
+        .expect("A's referrals")
+        .into_inner();
+    assert_eq!(listed.total_referrals, 1);
+    assert_eq!(listed.referrals[0].customer_id, customer_id(&b));
+    let chain = shop
+        .customers
+        .clone()
+        .list_referrals(authed(
+            gw::ListReferralsRequest {
+                customer_id: customer_id(&b),
+                ..Default::default()
+            },
+            &shop.m.admin_key,
+        ))
+        .await
+        .expect("B's referrals")
+        .into_inner();
+    assert_eq!(chain.referrers.len(), 1);
+    assert_eq!(chain.referrers[0].customer_id, a_id);
 
     // An unknown referrer fails the registration.
     let no_referrer = shop
