@@ -219,6 +219,21 @@ fn is_retryable(status: &Status) -> bool {
     )
 }
 
+/// One call through [`Deps::call`]: `dep_call!(gw, LEDGER, deadline, Retry::Idempotent,
+/// ledger.get_balance(message))`.
+#[macro_export]
+macro_rules! dep_call {
+    ($gw:expr, $dependency:expr, $deadline:expr, $retry:expr, $client:ident . $method:ident ($message:expr)) => {{
+        let client = $gw.deps.$client.clone();
+        $gw.deps
+            .call($dependency, $deadline, $retry, $message, move |request| {
+                let mut client = client.clone();
+                async move { client.$method(request).await }
+            })
+            .await
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,19 +258,4 @@ mod tests {
             Some(Duration::from_secs(1))
         );
     }
-}
-
-/// One call through [`Deps::call`]: `dep_call!(gw, LEDGER, deadline, Retry::Idempotent,
-/// ledger.get_balance(message))`.
-#[macro_export]
-macro_rules! dep_call {
-    ($gw:expr, $dependency:expr, $deadline:expr, $retry:expr, $client:ident . $method:ident ($message:expr)) => {{
-        let client = $gw.deps.$client.clone();
-        $gw.deps
-            .call($dependency, $deadline, $retry, $message, move |request| {
-                let mut client = client.clone();
-                async move { client.$method(request).await }
-            })
-            .await
-    }};
 }

@@ -365,18 +365,10 @@ impl CheckoutApi {
                 let levels = c.referral_levels(None).await?;
                 let buyer = self.identify(&c, req.buyer.as_ref(), levels, None).await?;
                 // A new reservation replaces the old one: release it first.
-                let held_before = match &previous {
-                    Some(hold_id) => {
-                        self.void_hold(&c, &format!("{}:replace", req.request_id), hold_id)
-                            .await?;
-                        stored
-                            .as_ref()
-                            .and_then(|s| s.checkout.hold.as_ref())
-                            .map(|h| h.points.clone())
-                    }
-                    None => None,
-                };
-                let _ = held_before;
+                if let Some(hold_id) = &previous {
+                    self.void_hold(&c, &format!("{}:replace", req.request_id), hold_id)
+                        .await?;
+                }
                 let evaluated = c
                     .evaluate(
                         buyer,
@@ -401,7 +393,7 @@ impl CheckoutApi {
                         request_id: ledger_request_id(&req.request_id),
                         customer_id: customer_id.clone(),
                         amount: req.points.clone(),
-                        ttl: Some(ProtoDuration::try_from(ttl).unwrap_or_default()),
+                        ttl: Some(ProtoDuration::from(ttl)),
                         reference: req.receipt_id.clone(),
                     })
                 )?;
@@ -924,7 +916,8 @@ impl CheckoutApi {
         v.text("reason", &req.reason, MAX_TEXT);
         v.id("terminal_id", &req.terminal_id, MAX_ID, false);
         v.into_result()?;
-        let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
+        // Any terminal of the merchant may take a return; the key must still be good for it.
+        self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
         let merchant = caller.merchant_id().to_owned();
         let _guard = self.lock(&merchant, &req.receipt_id).await;
         self.gw
@@ -942,7 +935,6 @@ impl CheckoutApi {
                         state_word(stored.state())
                     )));
                 }
-                let c = self.composer(&caller, &terminal, deadline);
                 let refunded = dep_call!(
                     self.gw,
                     LEDGER,
@@ -969,7 +961,6 @@ impl CheckoutApi {
                         reason: req.reason.clone(),
                     })
                 )?;
-                let _ = &c;
                 let receipt = refunded.receipt.unwrap_or_default();
                 stored.checkout.state = match receipt.refund_state() {
                     ledger_pb::RefundState::Full => CheckoutState::Refunded,
