@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod install;
 pub mod ledger;
 pub mod postgres;
+pub mod processes;
 pub mod redis;
 pub mod suite;
 
