@@ -44,12 +44,13 @@ impl Table {
         let widths: Vec<usize> = (0..columns).map(width).collect();
         let numeric: Vec<bool> = (0..columns)
             .map(|i| {
-                self.rows
+                let mut cells = self
+                    .rows
                     .iter()
                     .filter_map(|r| r.get(i))
                     .filter(|c| !c.is_empty() && c.as_str() != "-")
-                    .all(|c| looks_numeric(c))
-                    && self.rows.iter().any(|r| r.get(i).is_some())
+                    .peekable();
+                cells.peek().is_some() && cells.all(|c| looks_numeric(c))
             })
             .collect();
         let pad = " ".repeat(indent);

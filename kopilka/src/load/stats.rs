@@ -135,6 +135,10 @@ impl Stats {
 
 /// `"UNAVAILABLE DEPENDENCY_UNAVAILABLE"`, or the code alone without an ErrorInfo.
 pub fn error_key(status: &Status) -> String {
+    // tonic reports the client's own deadline as CANCELLED "Timeout expired".
+    if status.code() == tonic::Code::Cancelled && status.message().contains("Timeout expired") {
+        return "DEADLINE_EXCEEDED (client deadline)".to_owned();
+    }
     let code = code_name(status.code());
     match kopilka_runtime::status::reason_of(status) {
         Some(reason) => format!("{code} {reason}"),
