@@ -132,7 +132,15 @@ async fn admin_and_receipts_over_the_gateway() {
 
     // Stores and terminals.
     let store = cli
-        .run(&["admin", "store", "create", "--name", "Side street", "--address", "2 Side street"])
+        .run(&[
+            "admin",
+            "store",
+            "create",
+            "--name",
+            "Side street",
+            "--address",
+            "2 Side street",
+        ])
         .await
         .ok("store create");
     let store_id = store.value_after("Store created:");
@@ -141,23 +149,39 @@ async fn admin_and_receipts_over_the_gateway() {
     assert!(list.stdout.contains(&store_id), "{}", list.stdout);
 
     let terminal = cli
-        .run(&["admin", "terminal", "create", "--store", &store_id, "--name", "Till 2"])
+        .run(&[
+            "admin", "terminal", "create", "--store", &store_id, "--name", "Till 2",
+        ])
         .await
         .ok("terminal create");
     let terminal_id = terminal.value_after("Terminal created:");
-    let list = cli.run(&["admin", "terminal", "list"]).await.ok("terminal list");
+    let list = cli
+        .run(&["admin", "terminal", "list"])
+        .await
+        .ok("terminal list");
     assert!(list.stdout.contains(&terminal_id), "{}", list.stdout);
     assert!(list.stdout.contains("Till 2"), "{}", list.stdout);
 
     // Keys: the secret is printed once, never listed.
     let issued = cli
         .run(&[
-            "admin", "key", "issue", "--scope", "terminal", "--terminal", &terminal_id, "--name",
+            "admin",
+            "key",
+            "issue",
+            "--scope",
+            "terminal",
+            "--terminal",
+            &terminal_id,
+            "--name",
             "till 2",
         ])
         .await
         .ok("key issue");
-    assert!(issued.stdout.contains("shown only this once"), "{}", issued.stdout);
+    assert!(
+        issued.stdout.contains("shown only this once"),
+        "{}",
+        issued.stdout
+    );
     let key_id = issued.value_after("API key issued:");
     let secret = issued
         .stdout
@@ -171,7 +195,10 @@ async fn admin_and_receipts_over_the_gateway() {
     let keys = cli.run(&["admin", "key", "list"]).await.ok("key list");
     assert!(keys.stdout.contains(&key_id), "{}", keys.stdout);
     assert!(!keys.stdout.contains(&secret), "key list shows a secret");
-    assert!(!keys.stdout.contains(&merchant.admin_key), "key list shows the admin key");
+    assert!(
+        !keys.stdout.contains(&merchant.admin_key),
+        "key list shows the admin key"
+    );
     let admin = cli
         .run(&["admin", "key", "issue", "--scope", "admin", "--name", "ops"])
         .await
@@ -180,14 +207,30 @@ async fn admin_and_receipts_over_the_gateway() {
 
     // The program.
     let applied = cli
-        .run(&["admin", "program", "apply", "rules-svc/programs/demo-cafe.yaml"])
+        .run(&[
+            "admin",
+            "program",
+            "apply",
+            "rules-svc/programs/demo-cafe.yaml",
+        ])
         .await
         .ok("program apply");
-    assert!(applied.stdout.contains("Program published: version"), "{}", applied.stdout);
+    assert!(
+        applied.stdout.contains("Program published: version"),
+        "{}",
+        applied.stdout
+    );
     assert!(applied.stdout.contains("active now"), "{}", applied.stdout);
-    let active = cli.run(&["admin", "program", "active"]).await.ok("program active");
+    let active = cli
+        .run(&["admin", "program", "active"])
+        .await
+        .ok("program active");
     assert!(active.stdout.contains("Demo café"), "{}", active.stdout);
-    assert!(active.stdout.contains("receipt-brackets"), "{}", active.stdout);
+    assert!(
+        active.stdout.contains("receipt-brackets"),
+        "{}",
+        active.stdout
+    );
 
     // An invalid program: non-zero exit, the field path printed.
     let dir = tempfile::tempdir().unwrap();
@@ -201,51 +244,112 @@ async fn admin_and_receipts_over_the_gateway() {
         .run(&["admin", "program", "apply", broken.to_str().unwrap()])
         .await
         .failed("invalid program apply");
-    assert!(invalid.stderr.contains("PROGRAM_INVALID"), "{}", invalid.stderr);
+    assert!(
+        invalid.stderr.contains("PROGRAM_INVALID"),
+        "{}",
+        invalid.stderr
+    );
     assert!(invalid.stderr.contains("rules[0]"), "{}", invalid.stderr);
     let missing = cli
         .run(&["admin", "program", "apply", "no/such/file.yaml"])
         .await
         .failed("missing program file");
-    assert!(missing.stderr.contains("no/such/file.yaml"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("no/such/file.yaml"),
+        "{}",
+        missing.stderr
+    );
 
     // Receipts rung up by hand: with the admin key naming the new terminal.
     let phone = "+7 912 345-67-89";
     let lines = [
-        "--line", "latte:2:200", "--line", "cheesecake:1:290", "--line", "old-bun:1:60:sale",
+        "--line",
+        "latte:2:200",
+        "--line",
+        "cheesecake:1:290",
+        "--line",
+        "old-bun:1:60:sale",
     ];
     let mut args = vec![
-        "receipt", "calculate", "--terminal", &terminal_id, "--card", phone,
+        "receipt",
+        "calculate",
+        "--terminal",
+        &terminal_id,
+        "--card",
+        phone,
         "--preview-new-customer",
     ];
     args.extend(lines);
     let calc = cli.run(&args).await.ok("receipt calculate");
     assert!(calc.stdout.contains("gross"), "{}", calc.stdout);
-    assert!(calc.stdout.contains("750"), "gross 2×200 + 290 + 60:\n{}", calc.stdout);
+    assert!(
+        calc.stdout.contains("750"),
+        "gross 2×200 + 290 + 60:\n{}",
+        calc.stdout
+    );
     assert!(calc.stdout.contains("latte"), "{}", calc.stdout);
 
     let mut args = vec![
-        "receipt", "confirm", "--terminal", &terminal_id, "--card", phone, "--register",
-        "--first-name", "Ирина", "--receipt-id", "r-1",
+        "receipt",
+        "confirm",
+        "--terminal",
+        &terminal_id,
+        "--card",
+        phone,
+        "--register",
+        "--first-name",
+        "Ирина",
+        "--receipt-id",
+        "r-1",
     ];
     args.extend(lines);
     let confirmed = cli.run(&args).await.ok("receipt confirm");
-    assert!(confirmed.stdout.contains("Receipt r-1 confirmed (CONFIRMED)"), "{}", confirmed.stdout);
-    assert!(confirmed.stdout.contains("Balance after"), "{}", confirmed.stdout);
+    assert!(
+        confirmed
+            .stdout
+            .contains("Receipt r-1 confirmed (CONFIRMED)"),
+        "{}",
+        confirmed.stdout
+    );
+    assert!(
+        confirmed.stdout.contains("Balance after"),
+        "{}",
+        confirmed.stdout
+    );
 
     // The same terminal's own key, no --terminal: the customer now has points.
     let mut args = vec!["receipt", "calculate", "--card", phone, "--redeem", "10"];
     args.extend(lines);
-    let again = cli.run_with_key(&secret, &args).await.ok("calculate with the terminal key");
+    let again = cli
+        .run_with_key(&secret, &args)
+        .await
+        .ok("calculate with the terminal key");
     assert!(again.stdout.contains("Balance before"), "{}", again.stdout);
     assert!(!again.stdout.contains("anonymous"), "{}", again.stdout);
 
     let refund = cli
-        .run(&["receipt", "refund", "--terminal", &terminal_id, "--receipt-id", "r-1", "--line", "1:1"])
+        .run(&[
+            "receipt",
+            "refund",
+            "--terminal",
+            &terminal_id,
+            "--receipt-id",
+            "r-1",
+            "--line",
+            "1:1",
+        ])
         .await
         .ok("receipt refund");
-    assert!(refund.stdout.contains("PARTIALLY_REFUNDED"), "{}", refund.stdout);
-    assert!(refund.stdout.contains("money refunded"), "{}", refund.stdout);
+    assert!(
+        refund.stdout.contains("PARTIALLY_REFUNDED"),
+        "{}",
+        refund.stdout
+    );
+    assert!(
+        refund.stdout.contains("money refunded"),
+        "{}",
+        refund.stdout
+    );
     let get = cli
         .run(&["receipt", "get", "--receipt-id", "r-1"])
         .await
@@ -257,21 +361,44 @@ async fn admin_and_receipts_over_the_gateway() {
         .run_with_key("kpk_not_a_key", &["admin", "store", "list"])
         .await
         .failed("a bad key");
-    assert!(refused.stderr.contains("UNAUTHENTICATED"), "{}", refused.stderr);
-    assert!(!refused.stderr.contains("kpk_not_a_key"), "the key is echoed");
+    assert!(
+        refused.stderr.contains("UNAUTHENTICATED"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !refused.stderr.contains("kpk_not_a_key"),
+        "the key is echoed"
+    );
     let bad_line = cli
-        .run(&["receipt", "calculate", "--terminal", &terminal_id, "--line", "latte:0:200"])
+        .run(&[
+            "receipt",
+            "calculate",
+            "--terminal",
+            &terminal_id,
+            "--line",
+            "latte:0:200",
+        ])
         .await
         .failed("a zero quantity");
     assert!(bad_line.stderr.contains("quantity"), "{}", bad_line.stderr);
     let unknown = cli
-        .run(&["receipt", "refund", "--terminal", &terminal_id, "--receipt-id", "nope"])
+        .run(&[
+            "receipt",
+            "refund",
+            "--terminal",
+            &terminal_id,
+            "--receipt-id",
+            "nope",
+        ])
         .await
         .failed("refund of an unknown receipt");
     assert!(unknown.stderr.contains("NOT_FOUND"), "{}", unknown.stderr);
 
     // Revoking the key and disabling the terminal.
-    cli.run(&["admin", "key", "revoke", &key_id]).await.ok("key revoke");
+    cli.run(&["admin", "key", "revoke", &key_id])
+        .await
+        .ok("key revoke");
     cli.run(&["admin", "terminal", "disable", &terminal_id])
         .await
         .ok("terminal disable");
@@ -287,14 +414,31 @@ async fn a_short_load_run_reports_json() {
     let suite = TestSuite::start(Backend::Sqlite).await;
     let merchant = suite.seed_merchant("m1").await;
     let cli = Cli::new(&suite, &merchant);
-    cli.run(&["admin", "program", "apply", "rules-svc/programs/demo-cafe.yaml"])
-        .await
-        .ok("program apply");
+    cli.run(&[
+        "admin",
+        "program",
+        "apply",
+        "rules-svc/programs/demo-cafe.yaml",
+    ])
+    .await
+    .ok("program apply");
     // Gentle enough for the default 20 requests/s per terminal key.
     let run = cli
         .run(&[
-            "load", "--key", &merchant.terminal_key, "--admin-key", &merchant.admin_key,
-            "--rate", "4", "--duration", "2s", "--warmup", "0s", "--cards", "5", "--quiet",
+            "load",
+            "--key",
+            &merchant.terminal_key,
+            "--admin-key",
+            &merchant.admin_key,
+            "--rate",
+            "4",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
+            "--cards",
+            "5",
+            "--quiet",
         ])
         .await
         .ok("load");
@@ -314,15 +458,31 @@ async fn a_short_load_run_reports_json() {
         let p99: f64 = row[5].parse().unwrap();
         assert!(p99 > 0.0, "{row:?}");
     }
-    assert!(run.stderr.contains("5 customers ready (5 new)"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("5 customers ready (5 new)"),
+        "{}",
+        run.stderr
+    );
     assert!(!run.stdout.contains(&merchant.terminal_key));
     assert!(!run.stderr.contains(&merchant.terminal_key));
 
     // --json for scripts.
     let json = cli
         .run(&[
-            "load", "--key", &merchant.terminal_key, "--skip-setup", "--rate", "2", "--duration",
-            "1s", "--warmup", "0s", "--cards", "5", "--json", "--quiet",
+            "load",
+            "--key",
+            &merchant.terminal_key,
+            "--skip-setup",
+            "--rate",
+            "2",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--cards",
+            "5",
+            "--json",
+            "--quiet",
         ])
         .await
         .ok("load --json");
