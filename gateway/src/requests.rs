@@ -13,6 +13,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+/// Stores one answer; a second answer under the same id is ignored (the first one wins).
+pub const INSERT_ANSWER: &str =
+    "INSERT INTO gateway_requests (merchant_id, request_id, operation, request_hash, response, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (merchant_id, request_id) DO NOTHING";
+
 /// The longest request id accepted.
 pub const MAX_REQUEST_ID: usize = 128;
 
@@ -74,6 +79,28 @@ impl Requests {
         }
     }
 
+    /// Stores an encoded answer unless one is stored under the id already; `true` if stored.
+    pub async fn save_bytes(
+        &self,
+        merchant_id: &str,
+        request_id: &str,
+        operation: &str,
+        request_hash: &[u8],
+        response: Vec<u8>,
+    ) -> Result<bool> {
+        let inserted = with_db!(&self.db, pool => sqlx::query(INSERT_ANSWER)
+        .bind(merchant_id)
+        .bind(request_id)
+        .bind(operation)
+        .bind(request_hash)
+        .bind(response)
+        .bind(Timestamp::now())
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(inserted == 1)
+    }
+
     /// Stores an answer; when a concurrent duplicate stored one first, returns that one.
     pub async fn save<R: Message + Default>(
         &self,
@@ -83,20 +110,11 @@ impl Requests {
         request_hash: &[u8],
         response: R,
     ) -> Result<R> {
-        let inserted = with_db!(&self.db, pool => sqlx::query(
-            "INSERT INTO gateway_requests (merchant_id, request_id, operation, request_hash, response, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (merchant_id, request_id) DO NOTHING",
-        )
-        .bind(merchant_id)
-        .bind(request_id)
-        .bind(operation)
-        .bind(request_hash)
-        .bind(response.encode_to_vec())
-        .bind(Timestamp::now())
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?;
-        if inserted == 1 {
+        let encoded = response.encode_to_vec();
+        if self
+            .save_bytes(merchant_id, request_id, operation, request_hash, encoded)
+            .await?
+        {
             return Ok(response);
         }
         Ok(self

@@ -60,9 +60,13 @@ pub struct Receipt<'a> {
     pub held_points: Option<&'a str>,
 }
 
-/// Per-merchant evaluation needs, by active version.
+/// Per-merchant evaluation needs by active version, and the versions without tier
+/// progression (after a purchase there is nothing to decide for them).
 #[derive(Clone)]
-pub struct NeedsCache(Cache<String, Arc<(u64, EvaluationNeeds)>>);
+pub struct NeedsCache(
+    Cache<String, Arc<(u64, EvaluationNeeds)>>,
+    Cache<(String, u64), ()>,
+);
 
 impl Default for NeedsCache {
     fn default() -> Self {
@@ -71,7 +75,21 @@ impl Default for NeedsCache {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
+            // Published versions are immutable: what a version is stays true.
+            Cache::builder().max_capacity(10_000).build(),
         )
+    }
+}
+
+impl NeedsCache {
+    /// Whether `version` is known to have no tier progression.
+    pub async fn without_progression(&self, merchant_id: &str, version: u64) -> bool {
+        self.1.contains_key(&(merchant_id.to_owned(), version))
+    }
+
+    /// Remembers that `version` has no tier progression.
+    pub async fn no_progression(&self, merchant_id: &str, version: u64) {
+        self.1.insert((merchant_id.to_owned(), version), ()).await;
     }
 }
 

@@ -40,7 +40,7 @@ use crate::requests::digest;
 use crate::{dep_call, Gateway};
 
 use compose::{Composer, Evaluated, Known, NeedsCache, Receipt};
-use store::{Checkouts, Stored};
+use store::{Answer, Checkouts, Stored};
 use validate::{Violations, MAX_ID, MAX_TEXT};
 
 /// Hold time-out when the register sets none, and the longest allowed.
@@ -82,6 +82,32 @@ struct Booking<'a> {
     register: Option<&'a CustomerDetails>,
     offline: bool,
     content_hash: Vec<u8>,
+    /// Digest of the whole request, for its answer by request id.
+    request_hash: Vec<u8>,
+}
+
+impl Booking<'_> {
+    fn operation(&self) -> &'static str {
+        if self.offline {
+            "offline"
+        } else {
+            "confirm"
+        }
+    }
+
+    /// The answer by request id: a ConfirmResponse, or for an offline receipt its own shape.
+    fn outer_answer(&self, answer: &ConfirmResponse) -> Vec<u8> {
+        use prost::Message;
+        if self.offline {
+            SubmitOfflineReceiptResponse {
+                checkout: answer.checkout.clone(),
+                balance: answer.balance.clone(),
+            }
+            .encode_to_vec()
+        } else {
+            answer.encode_to_vec()
+        }
+    }
 }
 
 fn conflict(message: impl Into<String>) -> Error {
@@ -288,7 +314,9 @@ impl CheckoutApi {
             stored.checkout.customer_id = customer_id_of(&evaluated);
             stored.checkout.calculation = Some(calculation.clone());
             stored.checkout.updated_at = Some(now_proto());
-            self.checkouts.put(caller.merchant_id(), &stored).await?;
+            self.checkouts
+                .put_calculation(caller.merchant_id(), &stored)
+                .await?;
         }
         Ok(CalculateResponse {
             calculation: Some(calculation),
@@ -466,29 +494,35 @@ impl CheckoutApi {
         };
         let merchant = caller.merchant_id().to_owned();
         let _guard = self.lock(&merchant, &req.receipt_id).await;
-        self.gw
+        let request_hash = digest(&req);
+        if let Some(answer) = self
+            .gw
             .requests
-            .once(&merchant, &req.request_id, "confirm", &req, || {
-                self.book(
-                    &caller,
-                    &terminal,
-                    deadline,
-                    Booking {
-                        request_id: &req.request_id,
-                        receipt_id: &req.receipt_id,
-                        buyer: req.buyer.as_ref(),
-                        lines: &req.lines,
-                        promo_codes: &req.promo_codes,
-                        redeem_points: &req.redeem_points,
-                        occurred_at: req.occurred_at,
-                        fiscal_ref: &req.fiscal_ref,
-                        register: req.register_if_unknown.as_ref(),
-                        offline: false,
-                        content_hash: digest(&content),
-                    },
-                )
-            })
-            .await
+            .find(&merchant, &req.request_id, "confirm", &request_hash)
+            .await?
+        {
+            return Ok(answer);
+        }
+        self.book(
+            &caller,
+            &terminal,
+            deadline,
+            Booking {
+                request_id: &req.request_id,
+                receipt_id: &req.receipt_id,
+                buyer: req.buyer.as_ref(),
+                lines: &req.lines,
+                promo_codes: &req.promo_codes,
+                redeem_points: &req.redeem_points,
+                occurred_at: req.occurred_at,
+                fiscal_ref: &req.fiscal_ref,
+                register: req.register_if_unknown.as_ref(),
+                offline: false,
+                content_hash: digest(&content),
+                request_hash,
+            },
+        )
+        .await
     }
 
     /// Books a receipt (Confirm, SubmitOfflineReceipt); the receipt's lock is held.
@@ -518,6 +552,16 @@ impl CheckoutApi {
                         .await?
                     {
                         answer.checkout = Some(s.checkout.clone());
+                        self.gw
+                            .requests
+                            .save_bytes(
+                                &merchant,
+                                b.request_id,
+                                b.operation(),
+                                &b.request_hash,
+                                b.outer_answer(&answer),
+                            )
+                            .await?;
                         return Ok(answer);
                     }
                 }
@@ -678,7 +722,6 @@ impl CheckoutApi {
         }
         stored.checkout.updated_at = Some(now);
         stored.content_hash = Some(b.content_hash.clone());
-        self.checkouts.put(&merchant, &stored).await?;
         let answer = ConfirmResponse {
             print_lines: present::print_lines(
                 &totals,
@@ -689,15 +732,34 @@ impl CheckoutApi {
                     .map(|c| c.tier_name.as_str())
                     .filter(|n| !n.is_empty()),
             ),
-            checkout: Some(stored.checkout),
+            checkout: Some(stored.checkout.clone()),
             balance,
             customer,
             tier_changed,
         };
-        self.gw
-            .requests
-            .save(&merchant, &receipt_key, "book", &b.content_hash, answer)
-            .await
+        // The checkout and both answers (by receipt and by request id) in one commit.
+        use prost::Message;
+        self.checkouts
+            .commit(
+                &merchant,
+                &stored,
+                &[
+                    Answer {
+                        request_id: &receipt_key,
+                        operation: "book",
+                        request_hash: &b.content_hash,
+                        response: answer.encode_to_vec(),
+                    },
+                    Answer {
+                        request_id: b.request_id,
+                        operation: b.operation(),
+                        request_hash: &b.request_hash,
+                        response: b.outer_answer(&answer),
+                    },
+                ],
+            )
+            .await?;
+        Ok(answer)
     }
 
     async fn recover_recorded(
@@ -780,6 +842,11 @@ impl CheckoutApi {
             return Ok(None);
         };
         let customer_id = context.customer_id.clone();
+        let merchant = c.caller.merchant_id();
+        let version = ev.result.program_version;
+        if self.needs.without_progression(merchant, version).await {
+            return Ok(None);
+        }
         let decision = dep_call!(
             self.gw,
             RULES,
@@ -799,6 +866,9 @@ impl CheckoutApi {
             Err(e) if e.reason().as_deref() == Some("NO_ACTIVE_PROGRAM") => return Ok(None),
             Err(e) => return Err(e),
         };
+        if decision.decision() == rules_pb::TierDecision::NoProgression {
+            self.needs.no_progression(merchant, version).await;
+        }
         if decision.decision() != rules_pb::TierDecision::Upgrade {
             return Ok(None);
         }
@@ -1064,35 +1134,40 @@ impl CheckoutApi {
         };
         let merchant = caller.merchant_id().to_owned();
         let _guard = self.lock(&merchant, &req.receipt_id).await;
-        self.gw
+        let request_hash = digest(&req);
+        if let Some(answer) = self
+            .gw
             .requests
-            .once(&merchant, &req.request_id, "offline", &req, || async {
-                let booked = self
-                    .book(
-                        &caller,
-                        &terminal,
-                        deadline,
-                        Booking {
-                            request_id: &req.request_id,
-                            receipt_id: &req.receipt_id,
-                            buyer: req.buyer.as_ref(),
-                            lines: &req.lines,
-                            promo_codes: &req.promo_codes,
-                            redeem_points: "",
-                            occurred_at: req.occurred_at,
-                            fiscal_ref: &req.fiscal_ref,
-                            register: req.register_if_unknown.as_ref(),
-                            offline: true,
-                            content_hash: digest(&content),
-                        },
-                    )
-                    .await?;
-                Ok(SubmitOfflineReceiptResponse {
-                    checkout: booked.checkout,
-                    balance: booked.balance,
-                })
-            })
-            .await
+            .find(&merchant, &req.request_id, "offline", &request_hash)
+            .await?
+        {
+            return Ok(answer);
+        }
+        let booked = self
+            .book(
+                &caller,
+                &terminal,
+                deadline,
+                Booking {
+                    request_id: &req.request_id,
+                    receipt_id: &req.receipt_id,
+                    buyer: req.buyer.as_ref(),
+                    lines: &req.lines,
+                    promo_codes: &req.promo_codes,
+                    redeem_points: "",
+                    occurred_at: req.occurred_at,
+                    fiscal_ref: &req.fiscal_ref,
+                    register: req.register_if_unknown.as_ref(),
+                    offline: true,
+                    content_hash: digest(&content),
+                    request_hash,
+                },
+            )
+            .await?;
+        Ok(SubmitOfflineReceiptResponse {
+            checkout: booked.checkout,
+            balance: booked.balance,
+        })
     }
 }
 

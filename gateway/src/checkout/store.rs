@@ -23,6 +23,21 @@ impl Stored {
     }
 }
 
+const UPSERT: &str =
+    "INSERT INTO checkouts (merchant_id, receipt_id, state, customer_id, hold_id, content_hash, body, created_at, updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+     ON CONFLICT (merchant_id, receipt_id) DO UPDATE SET
+       state = EXCLUDED.state, customer_id = EXCLUDED.customer_id, hold_id = EXCLUDED.hold_id,
+       content_hash = EXCLUDED.content_hash, body = EXCLUDED.body, updated_at = EXCLUDED.updated_at";
+
+/// An answer stored by request id with a checkout (see `requests`).
+pub struct Answer<'a> {
+    pub request_id: &'a str,
+    pub operation: &'a str,
+    pub request_hash: &'a [u8],
+    pub response: Vec<u8>,
+}
+
 /// Checkout storage on either engine.
 #[derive(Debug, Clone)]
 pub struct Checkouts {
@@ -55,25 +70,85 @@ impl Checkouts {
     /// Inserts or replaces the row.
     pub async fn put(&self, merchant_id: &str, stored: &Stored) -> Result<()> {
         let c = &stored.checkout;
+        with_db!(&self.db, pool => sqlx::query(UPSERT)
+            .bind(merchant_id)
+            .bind(&c.receipt_id)
+            .bind(c.state().as_str_name())
+            .bind(&c.customer_id)
+            .bind(&stored.hold_id)
+            .bind(stored.content_hash.as_deref())
+            .bind(c.encode_to_vec())
+            .bind(Timestamp::now())
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Like [`Checkouts::put`], but PostgreSQL acknowledges before the WAL is flushed: for a
+    /// calculation, which books nothing (a crash may lose it; GetCheckout then shows the one
+    /// before). It keeps the disk flush out of Calculate's latency.
+    pub async fn put_calculation(&self, merchant_id: &str, stored: &Stored) -> Result<()> {
+        let Db::Postgres(pool) = &self.db else {
+            return self.put(merchant_id, stored).await;
+        };
+        let c = &stored.checkout;
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(UPSERT)
+            .bind(merchant_id)
+            .bind(&c.receipt_id)
+            .bind(c.state().as_str_name())
+            .bind(&c.customer_id)
+            .bind(&stored.hold_id)
+            .bind(stored.content_hash.as_deref())
+            .bind(c.encode_to_vec())
+            .bind(Timestamp::now())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Inserts or replaces the row and stores `answers` (by request id) in one transaction:
+    /// one commit per booked receipt, and never a booked checkout without its answers.
+    pub async fn commit(
+        &self,
+        merchant_id: &str,
+        stored: &Stored,
+        answers: &[Answer<'_>],
+    ) -> Result<()> {
+        let c = &stored.checkout;
         let now = Timestamp::now();
-        with_db!(&self.db, pool => sqlx::query(
-            "INSERT INTO checkouts (merchant_id, receipt_id, state, customer_id, hold_id, content_hash, body, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-             ON CONFLICT (merchant_id, receipt_id) DO UPDATE SET
-               state = EXCLUDED.state, customer_id = EXCLUDED.customer_id, hold_id = EXCLUDED.hold_id,
-               content_hash = EXCLUDED.content_hash, body = EXCLUDED.body, updated_at = EXCLUDED.updated_at",
-        )
-        .bind(merchant_id)
-        .bind(&c.receipt_id)
-        .bind(c.state().as_str_name())
-        .bind(&c.customer_id)
-        .bind(&stored.hold_id)
-        .bind(stored.content_hash.as_deref())
-        .bind(c.encode_to_vec())
-        .bind(now)
-        .execute(pool)
-        .await
-        .map(|_| ()))?;
+        let body = c.encode_to_vec();
+        with_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(UPSERT)
+                .bind(merchant_id)
+                .bind(&c.receipt_id)
+                .bind(c.state().as_str_name())
+                .bind(&c.customer_id)
+                .bind(&stored.hold_id)
+                .bind(stored.content_hash.as_deref())
+                .bind(&body)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            for a in answers {
+                sqlx::query(crate::requests::INSERT_ANSWER)
+                .bind(merchant_id)
+                .bind(a.request_id)
+                .bind(a.operation)
+                .bind(a.request_hash)
+                .bind(&a.response)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 }
