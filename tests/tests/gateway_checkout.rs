@@ -812,6 +812,42 @@ async fn every_step_is_idempotent_and_states_are_kept(suite: TestSuite) {
         .await
         .unwrap_err();
     assert_eq!(reason(&unknown), "CARD_NOT_FOUND");
+    // … or is previewed as a newcomer on the default tier, booking nothing.
+    let preview = shop
+        .checkout
+        .calculate(authed(
+            gw::CalculateRequest {
+                receipt_id: "rcpt-preview".into(),
+                buyer: phone("+7 912 100-00-09"),
+                lines: one("100.00"),
+                preview_new_customer: true,
+                ..Default::default()
+            },
+            shop.key(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .calculation
+        .unwrap();
+    let newcomer = preview.customer.unwrap();
+    assert!(newcomer.registered_now);
+    assert_eq!(newcomer.tier_code, "BASE");
+    let stored = shop
+        .checkout
+        .get_checkout(authed(
+            gw::GetCheckoutRequest {
+                receipt_id: "rcpt-preview".into(),
+            },
+            shop.key(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .checkout
+        .unwrap();
+    assert_eq!(stored.state(), CheckoutState::Calculated);
+    assert_eq!(stored.customer_id, "");
     let new = shop
         .checkout
         .confirm(authed(confirm.clone(), shop.key()))
@@ -1008,6 +1044,21 @@ async fn merchants_are_isolated_and_scopes_enforced(suite: TestSuite) {
         (Code::ResourceExhausted, "RATE_LIMITED")
     );
     assert!(limited.get_details_retry_info().is_some());
+
+    // The internal services are not served on the gateway's port, whatever the key.
+    let mut internal = LedgerServiceClient::new(suite.channel(suite.addrs.gateway));
+    let err = internal
+        .get_balance(authed(
+            ledger_pb::GetBalanceRequest {
+                merchant_id: "iso-a".into(),
+                customer_id: a_customer.clone(),
+                ..Default::default()
+            },
+            a.key(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
 
     // No key, a garbage key, a forged secret: UNAUTHENTICATED.
     let plain = gw::CalculateRequest {

@@ -262,10 +262,12 @@ impl CheckoutApi {
         let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
         let c = self.composer(&caller, &terminal, deadline);
         let levels = c.referral_levels(None).await?;
+        let mut preview = false;
         let buyer = match c.identify(req.buyer.as_ref(), levels).await {
             Err(e)
                 if req.preview_new_customer && e.reason().as_deref() == Some("CARD_NOT_FOUND") =>
             {
+                preview = true;
                 Some(self.preview_customer(&c).await?)
             }
             other => other?,
@@ -311,7 +313,12 @@ impl CheckoutApi {
                     })
                 }
             };
-            stored.checkout.customer_id = customer_id_of(&evaluated);
+            // A previewed newcomer has no customer id yet.
+            stored.checkout.customer_id = if preview {
+                String::new()
+            } else {
+                customer_id_of(&evaluated)
+            };
             stored.checkout.calculation = Some(calculation.clone());
             stored.checkout.updated_at = Some(now_proto());
             self.checkouts
@@ -596,7 +603,11 @@ impl CheckoutApi {
         let buyer = self
             .identify(&c, b.buyer, levels, b.register.map(|d| (b.request_id, d)))
             .await?;
-        if buyer.is_none() && !b.redeem_points.is_empty() && b.redeem_points != "0" {
+        let redeeming = b
+            .redeem_points
+            .parse::<rust_decimal::Decimal>()
+            .is_ok_and(|p| !p.is_zero());
+        if buyer.is_none() && redeeming {
             return Err(Error::invalid(
                 "redeem_points",
                 "an anonymous receipt cannot be paid with points",
