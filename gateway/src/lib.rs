@@ -101,6 +101,7 @@ pub async fn build(config: Config) -> Result<Host, BuildError> {
     let host = Host::start("gateway", config.service.clone(), MIGRATIONS).await?;
     let gateway = Gateway::new(config, host.db().clone())?;
     let host = spawn_tier_job(host, &gateway);
+    let host = spawn_pruning(host, &gateway);
     host.health()
         .set_serving::<AdminServiceServer<admin::AdminApi>>()
         .await;
@@ -125,6 +126,23 @@ fn services(router: Router, gateway: &Gateway) -> Router {
         .add_service(CustomerServiceServer::new(customers::CustomerApi::new(
             gateway.clone(),
         )))
+}
+
+/// Forgets answers by request id once they are older than `retention_days` (checked hourly):
+/// registers are told answers are kept 30 days.
+fn spawn_pruning(host: Host, gateway: &Gateway) -> Host {
+    let requests = gateway.requests.clone();
+    let retention = chrono::Duration::days(gateway.config.retention_days.max(1) as i64);
+    host.spawn_background(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let before = kopilka_runtime::Timestamp::from(chrono::Utc::now() - retention);
+            if let Err(error) = requests.prune(before).await {
+                tracing::warn!(%error, "pruning stored answers failed");
+            }
+        }
+    })
 }
 
 /// Runs the monthly tier recalculation in the background when `config.tier_job` is set.

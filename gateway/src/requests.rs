@@ -157,3 +157,54 @@ impl Requests {
         .map(|done| done.rows_affected()))?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_are_replayed_refused_for_other_payloads_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/gateway.db", dir.path().display());
+        let db = Db::connect(&url, 1, crate::MIGRATIONS).await.unwrap();
+        let requests = Requests::new(db);
+        let request = prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        };
+        let hash = digest(&request);
+        let ran = requests
+            .once("m", "r-1", "op", &request, || async { Ok(request.clone()) })
+            .await
+            .unwrap();
+        let replayed: prost_types::Duration = requests
+            .once("m", "r-1", "op", &request, || async {
+                panic!("a repeat must not run again")
+            })
+            .await
+            .unwrap();
+        assert_eq!(ran, replayed);
+        let other = requests
+            .find::<prost_types::Duration>("m", "r-1", "other", &hash)
+            .await
+            .unwrap_err();
+        assert_eq!(other.reason().as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+        // Another merchant's request ids are its own.
+        assert_eq!(
+            requests
+                .find::<prost_types::Duration>("n", "r-1", "op", &hash)
+                .await
+                .unwrap(),
+            None
+        );
+        let later = Timestamp::from(chrono::Utc::now() + chrono::Duration::seconds(1));
+        assert_eq!(requests.prune(later).await.unwrap(), 1);
+        assert_eq!(
+            requests
+                .find::<prost_types::Duration>("m", "r-1", "op", &hash)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}
