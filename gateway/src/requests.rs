@@ -174,7 +174,7 @@ mod tests {
         };
         let hash = digest(&request);
         let ran = requests
-            .once("m", "r-1", "op", &request, || async { Ok(request.clone()) })
+            .once("m", "r-1", "op", &request, || async { Ok(request) })
             .await
             .unwrap();
         let replayed: prost_types::Duration = requests
