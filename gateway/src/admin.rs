@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::auth::Caller;
+use crate::checkout::validate::id_problem;
 use crate::deps::{self, Deadline, Retry};
 use crate::error::{Error, Result};
 use crate::keys::{self, KeyScope};
@@ -81,12 +82,8 @@ impl Check {
 
     /// An id: 1 to 128 printable ASCII characters (or empty when not `required`).
     fn id(&mut self, field: &str, value: &str, required: bool) {
-        if value.is_empty() {
-            if required {
-                self.push(field, "required");
-            }
-        } else if value.len() > MAX_REQUEST_ID || !value.bytes().all(|b| b.is_ascii_graphic()) {
-            self.push(field, "must be 1 to 128 printable ASCII characters");
+        if let Some(problem) = id_problem(value, MAX_REQUEST_ID, required) {
+            self.push(field, problem);
         }
     }
 

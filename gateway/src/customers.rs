@@ -37,6 +37,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
 use crate::auth::{Caller, TerminalRef};
+use crate::checkout::validate::id_problem;
 use crate::deps::{self, Deadline, Retry};
 use crate::error::{Error, Result};
 use crate::keys::KeyScope;
@@ -607,13 +608,8 @@ fn check_identifier(field: &str, input: Option<&IdentifierInput>, v: &mut Vec<(S
 }
 
 fn check_customer_id(customer_id: &str, v: &mut Vec<(String, String)>) {
-    if customer_id.is_empty() {
-        v.push(("customer_id".to_owned(), "required".to_owned()));
-    } else if customer_id.len() > 128 || !customer_id.bytes().all(|b| b.is_ascii_graphic()) {
-        v.push((
-            "customer_id".to_owned(),
-            "at most 128 printable ASCII characters".to_owned(),
-        ));
+    if let Some(problem) = id_problem(customer_id, MAX_REQUEST_ID, true) {
+        v.push(("customer_id".to_owned(), problem));
     }
 }
 

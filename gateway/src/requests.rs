@@ -34,16 +34,10 @@ pub fn digest(message: &impl Message) -> Vec<u8> {
 
 /// Checks a request id's shape: 1 to 128 printable ASCII characters.
 pub fn check_request_id(field: &str, request_id: &str) -> Result<()> {
-    if request_id.is_empty() {
-        return Err(Error::invalid(field, "required: 1 to 128 characters"));
+    match crate::checkout::validate::id_problem(request_id, MAX_REQUEST_ID, true) {
+        Some(problem) => Err(Error::invalid(field, problem)),
+        None => Ok(()),
     }
-    if request_id.len() > MAX_REQUEST_ID || !request_id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::invalid(
-            field,
-            "must be 1 to 128 printable ASCII characters",
-        ));
-    }
-    Ok(())
 }
 
 impl Requests {

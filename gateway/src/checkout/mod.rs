@@ -59,16 +59,6 @@ pub struct CheckoutApi {
     locks: Arc<Vec<Mutex<()>>>,
 }
 
-impl Violations {
-    fn into_result(self) -> Result<()> {
-        if self.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Invalid(self.0))
-        }
-    }
-}
-
 /// What a Confirm or an offline submission books.
 struct Booking<'a> {
     request_id: &'a str,
@@ -169,7 +159,8 @@ impl CheckoutApi {
         }
     }
 
-    fn calculation(&self, caller: &Caller, ev: &Evaluated) -> Calculation {
+    /// The answer of an evaluation for `buyer` (after a purchase: with the tier just decided).
+    fn calculation(&self, caller: &Caller, ev: &Evaluated, buyer: Option<&Known>) -> Calculation {
         let r = &ev.result;
         let totals = r.totals.clone().unwrap_or_default();
         let currency = if r.currency.is_empty() {
@@ -178,7 +169,7 @@ impl CheckoutApi {
             r.currency.clone()
         };
         Calculation {
-            customer: ev.buyer.as_ref().map(|k| summary(k, caller)),
+            customer: buyer.map(|k| summary(k, caller)),
             lines: r.lines.clone(),
             display_lines: present::display_lines(&totals, &currency, ev.balance.as_ref()),
             totals: Some(totals),
@@ -285,7 +276,7 @@ impl CheckoutApi {
                 },
             )
             .await?;
-        let calculation = self.calculation(&caller, &evaluated);
+        let calculation = self.calculation(&caller, &evaluated, evaluated.buyer.as_ref());
         if !req.receipt_id.is_empty() {
             let _guard = self.lock(caller.merchant_id(), &req.receipt_id).await;
             let stored = self
@@ -433,7 +424,8 @@ impl CheckoutApi {
                     })
                 )?;
                 let hold = held.hold.unwrap_or_default();
-                let mut calculation = self.calculation(&caller, &evaluated);
+                let mut calculation =
+                    self.calculation(&caller, &evaluated, evaluated.buyer.as_ref());
                 calculation.balance = held.balance;
                 let mut stored =
                     stored.unwrap_or_else(|| self.new_checkout(&req.receipt_id, &terminal));
@@ -708,14 +700,7 @@ impl CheckoutApi {
                 balance = evaluated.balance.clone();
             }
         }
-        let mut calculation = self.calculation(
-            caller,
-            &Evaluated {
-                buyer: known.clone(),
-                ..evaluated.clone()
-            },
-        );
-        calculation.balance = evaluated.balance.clone();
+        let calculation = self.calculation(caller, &evaluated, known.as_ref());
         let currency = calculation.currency.clone();
         let customer = known.as_ref().map(|k| summary(k, caller));
         let now = now_proto();

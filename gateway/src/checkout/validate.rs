@@ -37,6 +37,18 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// Longest raw identifier input.
 pub const MAX_IDENTIFIER: usize = 256;
 
+/// What is wrong with an id of 1 to `max` printable ASCII characters (empty allowed unless
+/// `required`); the one id rule of the gateway's API.
+pub fn id_problem(value: &str, max: usize, required: bool) -> Option<String> {
+    if value.is_empty() {
+        required.then(|| format!("required: 1 to {max} characters"))
+    } else if value.len() > max || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        Some(format!("must be 1 to {max} printable ASCII characters"))
+    } else {
+        None
+    }
+}
+
 /// Field violations collected over one request.
 #[derive(Debug, Default)]
 pub struct Violations(pub Vec<(String, String)>);
@@ -50,17 +62,19 @@ impl Violations {
         self.0.is_empty()
     }
 
+    /// INVALID_ARGUMENT with every violation, or nothing to complain about.
+    pub fn into_result(self) -> crate::error::Result<()> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::error::Error::Invalid(self.0))
+        }
+    }
+
     /// An id of 1 to `max` printable ASCII characters (`required`), or empty.
     pub fn id(&mut self, field: &str, value: &str, max: usize, required: bool) {
-        if value.is_empty() {
-            if required {
-                self.add(field, format!("required: 1 to {max} characters"));
-            }
-        } else if value.len() > max || !value.bytes().all(|b| b.is_ascii_graphic()) {
-            self.add(
-                field,
-                format!("must be 1 to {max} printable ASCII characters"),
-            );
+        if let Some(problem) = id_problem(value, max, required) {
+            self.add(field, problem);
         }
     }
 
