@@ -2,7 +2,7 @@
 //! the six cards clients and the ledger client of one running suite, request builders, and
 //! readers of error details. Every helper goes through gRPC; none touches a database.
 
-// Each test binary uses its own subset of the helpers.
+// Each cards test module uses its own subset of the helpers.
 #![allow(dead_code)]
 
 use std::str::FromStr;

@@ -7,11 +7,9 @@
 //!
 //! Each scenario is one async fn run by two `#[tokio::test]`s, one per backend.
 
-mod cards_support;
-
 use std::sync::{Arc, Mutex};
 
-use cards_support::*;
+use crate::cards_support::*;
 use kopilka_proto::cards as pb;
 use kopilka_proto::types::{self, IdentifierKind};
 use kopilka_proto::wkt;

@@ -6,11 +6,9 @@
 //!
 //! Each scenario is one async fn run by two `#[tokio::test]`s, one per backend.
 
-mod cards_support;
-
 use std::time::{Duration, Instant};
 
-use cards_support::*;
+use crate::cards_support::*;
 use kopilka_proto::cards as pb;
 use kopilka_tests::{on_both_backends, TestSuite};
 use tonic::{Code, Status};

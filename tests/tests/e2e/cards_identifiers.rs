@@ -7,9 +7,7 @@
 //!
 //! Each scenario is one async fn run by two `#[tokio::test]`s, one per backend.
 
-mod cards_support;
-
-use cards_support::*;
+use crate::cards_support::*;
 use kopilka_proto::cards as pb;
 use kopilka_proto::types::IdentifierKind;
 use kopilka_tests::{on_both_backends, TestSuite};
