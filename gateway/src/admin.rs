@@ -230,7 +230,7 @@ fn terminal_pb(t: TerminalRecord) -> pb::Terminal {
         external_id: t.external_id,
         enabled: t.disabled_at.is_none(),
         created_at: Some(proto_time(t.created_at)),
-        last_seen_at: None,
+        last_seen_at: t.last_seen_at.map(proto_time),
     }
 }
 
@@ -545,6 +545,7 @@ impl AdminApi {
             external_id: req.external_id.clone(),
             disabled_at: None,
             created_at: Timestamp::now(),
+            last_seen_at: None,
         };
         let answer: pb::CreateTerminalResponse = self
             .gw

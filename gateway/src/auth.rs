@@ -1,6 +1,7 @@
 //! Who is calling: the API key in `authorization: Bearer <key>` decides the merchant, the scope
 //! and (for a terminal key) the terminal. Verified keys are cached briefly; every call is also
-//! counted against its terminal's (or admin key's) rate limit.
+//! counted against its terminal's (or admin key's) rate limit, and its use recorded (the key's
+//! `last_used_at`, the terminal's `last_seen_at`) at most once a minute per key.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -55,9 +56,14 @@ struct VerifiedKey {
 pub struct Auth {
     tenancy: Tenancy,
     keys: Cache<String, Option<Arc<VerifiedKey>>>,
+    /// Keys whose use was recorded in the last [`USE_RESOLUTION`].
+    used: Cache<String, ()>,
     terminal_limits: Arc<DefaultKeyedRateLimiter<String>>,
     admin_limits: Arc<DefaultKeyedRateLimiter<String>>,
 }
+
+/// How stale a key's `last_used_at` may be: one write per key per minute, not one per call.
+const USE_RESOLUTION: Duration = Duration::from_secs(60);
 
 fn quota(per_second: u32) -> Quota {
     Quota::per_second(NonZeroU32::new(per_second.max(1)).expect("at least 1"))
@@ -70,6 +76,10 @@ impl Auth {
             keys: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(key_ttl)
+                .build(),
+            used: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(USE_RESOLUTION)
                 .build(),
             terminal_limits: Arc::new(RateLimiter::keyed(quota(terminal_rps))),
             admin_limits: Arc::new(RateLimiter::keyed(quota(admin_rps))),
@@ -118,7 +128,30 @@ impl Auth {
                 not_until.wait_time_from(DefaultClock::default().now()),
             ));
         }
+        self.record_use(&caller).await;
         Ok(caller)
+    }
+
+    /// Writes the key's (and terminal's) last use, unless done within the last minute. The
+    /// call goes on if the write fails: last use is a hint for administrators.
+    async fn record_use(&self, caller: &Caller) {
+        if self.used.contains_key(&caller.key_id) {
+            return;
+        }
+        self.used.insert(caller.key_id.clone(), ()).await;
+        let terminal = caller.terminal.as_ref().map(|t| t.terminal_id.as_str());
+        if let Err(error) = self
+            .tenancy
+            .record_use(
+                caller.merchant_id(),
+                &caller.key_id,
+                terminal,
+                kopilka_runtime::Timestamp::now(),
+            )
+            .await
+        {
+            tracing::warn!(%error, key_id = %caller.key_id, "recording a key's last use failed");
+        }
     }
 
     /// A terminal key, or an admin key (which must then name a terminal where one is needed).

@@ -290,7 +290,8 @@ impl Tenancy {
         terminal_id: &str,
     ) -> Result<Option<TerminalRecord>, sqlx::Error> {
         with_db!(&self.db, pool => sqlx::query_as(
-            "SELECT merchant_id, terminal_id, store_id, name, external_id, disabled_at, created_at
+            "SELECT merchant_id, terminal_id, store_id, name, external_id, disabled_at, created_at,
+                    last_seen_at
              FROM terminals WHERE merchant_id = $1 AND terminal_id = $2",
         )
         .bind(merchant_id)
@@ -329,7 +330,8 @@ impl Tenancy {
         limit: i64,
     ) -> Result<Vec<TerminalRecord>, sqlx::Error> {
         with_db!(&self.db, pool => sqlx::query_as(
-            "SELECT merchant_id, terminal_id, store_id, name, external_id, disabled_at, created_at
+            "SELECT merchant_id, terminal_id, store_id, name, external_id, disabled_at, created_at,
+                    last_seen_at
              FROM terminals
              WHERE merchant_id = $1 AND ($2 = '' OR store_id = $2)
                AND ($3 OR disabled_at IS NULL) AND terminal_id > $4
@@ -364,6 +366,36 @@ impl Tenancy {
         .await?
         .rows_affected());
         Ok(done == 1)
+    }
+
+    /// Records a call made with a key at `at`: the key's `last_used_at` and, for a terminal
+    /// key, its terminal's `last_seen_at`.
+    pub async fn record_use(
+        &self,
+        merchant_id: &str,
+        key_id: &str,
+        terminal_id: Option<&str>,
+        at: Timestamp,
+    ) -> Result<(), sqlx::Error> {
+        with_db!(&self.db, pool => {
+            sqlx::query("UPDATE api_keys SET last_used_at = $3 WHERE merchant_id = $1 AND key_id = $2")
+                .bind(merchant_id)
+                .bind(key_id)
+                .bind(at)
+                .execute(pool)
+                .await?;
+            if let Some(terminal_id) = terminal_id {
+                sqlx::query(
+                    "UPDATE terminals SET last_seen_at = $3 WHERE merchant_id = $1 AND terminal_id = $2",
+                )
+                .bind(merchant_id)
+                .bind(terminal_id)
+                .bind(at)
+                .execute(pool)
+                .await?;
+            }
+            Ok(())
+        })
     }
 
     /// Stores a key's digest with its expiry; `false` when the key id exists already.
@@ -543,6 +575,8 @@ pub struct TerminalRecord {
     pub external_id: String,
     pub disabled_at: Option<Timestamp>,
     pub created_at: Timestamp,
+    /// The last call made with one of its keys (to the minute).
+    pub last_seen_at: Option<Timestamp>,
 }
 
 /// A key to store (its secret's digest only).

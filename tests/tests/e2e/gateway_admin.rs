@@ -123,6 +123,11 @@ async fn revoke(c: &mut Admin, key: &str, rid: &str, key_id: &str) -> Result<gw:
     .map(|r| r.into_inner().api_key.expect("a key"))
 }
 
+fn unix_seconds() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.expect("after 1970").as_secs() as i64
+}
+
 /// The key id of a plaintext `kpk_<key_id>_<secret>`.
 fn key_id_of(key: &str) -> String {
     key.strip_prefix("kpk_")
@@ -433,11 +438,55 @@ async fn stores_terminals_and_keys_have_a_lifecycle(suite: TestSuite) {
     assert_eq!(again.api_key, first.api_key);
     assert!(again.secret.is_empty());
     let till_key = first.secret.as_str();
+    assert!(record.last_used_at.is_none());
+    let used_from = unix_seconds() - 1;
     assert_status(
         list_stores(&mut c, till_key).await,
         Code::PermissionDenied,
         "PERMISSION_DENIED_KEY_SCOPE",
     );
+    let used_to = unix_seconds() + 1;
+
+    // That call is its last use (refused or not), and its terminal's last call; both are
+    // written once a minute at most, so a second call leaves them as they are.
+    let last_use = |c: Admin| {
+        let terminal_id = terminal.terminal_id.clone();
+        async move {
+            let mut c = c;
+            let keys = c
+                .list_api_keys(authed(
+                    gw::ListApiKeysRequest {
+                        terminal_id: terminal_id.clone(),
+                        ..Default::default()
+                    },
+                    key,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .api_keys;
+            let terminals = c
+                .list_terminals(authed(gw::ListTerminalsRequest::default(), key))
+                .await
+                .unwrap()
+                .into_inner()
+                .terminals;
+            let seen = terminals
+                .into_iter()
+                .find(|t| t.terminal_id == terminal_id)
+                .expect("listed")
+                .last_seen_at;
+            (
+                keys[0].last_used_at.expect("the key's use recorded"),
+                seen.expect("the terminal seen"),
+            )
+        }
+    };
+    let (used, seen) = last_use(c.clone()).await;
+    assert!((used_from..=used_to).contains(&used.seconds), "{used:?}");
+    assert!((used_from..=used_to).contains(&seen.seconds), "{seen:?}");
+    list_stores(&mut c, till_key).await.unwrap_err();
+    assert_eq!(last_use(c.clone()).await, (used, seen));
 
     // Disabled: its keys stop at once; enabled: they work again. Repeats answer the same.
     let disabled = c
