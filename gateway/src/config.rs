@@ -42,6 +42,9 @@ pub struct Config {
     pub tier_job: bool,
     /// How often the tier job checks whether a month has started, in seconds.
     pub tier_job_interval_secs: u64,
+    /// How often tier decisions that failed after a purchase are looked at again, in seconds
+    /// (`KOPILKA_TIER_RETRY_INTERVAL_SECS`); each waits 30 s, doubling to an hour, between tries.
+    pub tier_retry_interval_secs: u64,
     /// How long request ids and checkout answers are kept, in days.
     pub retention_days: u64,
 }
@@ -63,6 +66,7 @@ impl Default for Config {
             key_cache_ttl_secs: 30,
             tier_job: true,
             tier_job_interval_secs: 600,
+            tier_retry_interval_secs: 30,
             retention_days: 30,
         }
     }

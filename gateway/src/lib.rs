@@ -13,6 +13,7 @@
 //! - [`error`]: errors → gRPC statuses, in one place.
 //! - [`seed`]: the demo tenant of the embedded default.
 //! - [`tier_job`]: the monthly tier recalculation (R13), one replica per merchant and month.
+//! - [`tier_retry`]: the tier decision after a purchase, kept and retried when it fails.
 //!
 //! The public API (`kopilka.gateway.v1`) is defined in `proto/kopilka/gateway/v1`.
 
@@ -28,6 +29,7 @@ pub mod requests;
 pub mod seed;
 pub mod tenancy;
 pub mod tier_job;
+pub mod tier_retry;
 
 use std::time::Duration;
 
@@ -45,6 +47,7 @@ use auth::Auth;
 use deps::Deps;
 use requests::Requests;
 use tenancy::Tenancy;
+use tier_retry::TierRetries;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -72,6 +75,7 @@ pub struct Gateway {
     pub auth: Auth,
     pub deps: Deps,
     pub requests: Requests,
+    pub tier_retries: TierRetries,
 }
 
 impl Gateway {
@@ -85,7 +89,8 @@ impl Gateway {
         );
         Ok(Self {
             deps: Deps::new(&config)?,
-            requests: Requests::new(db),
+            requests: Requests::new(db.clone()),
+            tier_retries: TierRetries::new(db),
             tenancy,
             auth,
             config,
@@ -102,6 +107,8 @@ pub async fn build(config: Config) -> Result<Host, BuildError> {
     let gateway = Gateway::new(config, host.db().clone())?;
     let host = spawn_tier_job(host, &gateway);
     let host = spawn_pruning(host, &gateway);
+    let interval = Duration::from_secs(gateway.config.tier_retry_interval_secs.max(1));
+    let host = host.spawn_background(tier_retry::run_forever(gateway.clone(), interval));
     host.health()
         .set_serving::<AdminServiceServer<admin::AdminApi>>()
         .await;

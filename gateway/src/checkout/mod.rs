@@ -34,9 +34,10 @@ use tokio::sync::{Mutex, MutexGuard};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, TerminalRef};
-use crate::deps::{Deadline, Retry, CARDS, LEDGER, RULES};
+use crate::deps::{Deadline, Retry, CARDS, LEDGER};
 use crate::error::{Error, Result};
 use crate::requests::digest;
+use crate::tier_retry::{self, Decided};
 use crate::{dep_call, Gateway};
 
 use compose::{Composer, Evaluated, Known, NeedsCache, Receipt};
@@ -122,7 +123,7 @@ fn now_proto() -> Timestamp {
     timestamps::to_proto(Utc::now())
 }
 
-fn ledger_request_id(request_id: &str) -> String {
+pub(crate) fn ledger_request_id(request_id: &str) -> String {
     format!("gw:{request_id}")
 }
 
@@ -676,6 +677,7 @@ impl CheckoutApi {
         // a failed decision is retried by the next purchase or the monthly recalculation.
         let mut known = evaluated.buyer.clone();
         let mut tier_changed = false;
+        let mut pending_tier = None;
         if let Some(k) = known.as_mut() {
             match self
                 .decide_tier(
@@ -692,9 +694,7 @@ impl CheckoutApi {
                     tier_changed = true;
                 }
                 Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(%error, receipt_id = b.receipt_id, "tier decision after purchase failed")
-                }
+                Err(pending) => pending_tier = Some(pending),
             }
             if balance.is_none() {
                 balance = evaluated.balance.clone();
@@ -753,6 +753,7 @@ impl CheckoutApi {
                         response: b.outer_answer(&answer),
                     },
                 ],
+                pending_tier.as_ref(),
             )
             .await?;
         Ok(answer)
@@ -825,7 +826,8 @@ impl CheckoutApi {
         .balance)
     }
 
-    /// R13 after a purchase: upgrades only; returns the new tier when it changed.
+    /// R13 after a purchase: upgrades only; returns the new tier when it changed. `Err` carries
+    /// the decision to keep for [`tier_retry`] when it could not be made now.
     async fn decide_tier(
         &self,
         c: &Composer<'_>,
@@ -833,70 +835,38 @@ impl CheckoutApi {
         purchase_amount: &str,
         occurred_at: Timestamp,
         receipt_id: &str,
-    ) -> Result<Option<cards_pb::Tier>> {
+    ) -> std::result::Result<Option<cards_pb::Tier>, tier_retry::Pending> {
         let Some(context) = ev.context.clone() else {
             return Ok(None);
         };
-        let customer_id = context.customer_id.clone();
         let merchant = c.caller.merchant_id();
         let version = ev.result.program_version;
         if self.needs.without_progression(merchant, version).await {
             return Ok(None);
         }
-        let decision = dep_call!(
-            self.gw,
-            RULES,
-            c.deadline,
-            Retry::Idempotent,
-            evaluation.decide_tier(rules_pb::DecideTierRequest {
-                merchant_id: c.caller.merchant_id().to_owned(),
-                program: None,
-                customer: Some(context.clone()),
-                trigger: rules_pb::TierTrigger::Purchase as i32,
-                purchase_amount: purchase_amount.to_owned(),
-                decided_at: Some(occurred_at),
-            })
-        );
-        let decision = match decision {
-            Ok(d) => d,
-            Err(e) if e.reason().as_deref() == Some("NO_ACTIVE_PROGRAM") => return Ok(None),
-            Err(e) => return Err(e),
+        let request = rules_pb::DecideTierRequest {
+            merchant_id: merchant.to_owned(),
+            program: None,
+            customer: Some(context),
+            trigger: rules_pb::TierTrigger::Purchase as i32,
+            purchase_amount: purchase_amount.to_owned(),
+            decided_at: Some(occurred_at),
         };
-        if decision.decision() == rules_pb::TierDecision::NoProgression {
-            self.needs.no_progression(merchant, version).await;
+        match tier_retry::decide(&self.gw, c.deadline, request.clone(), receipt_id).await {
+            Ok(Decided::Upgraded(tier)) => Ok(tier),
+            Ok(Decided::NoProgression) => {
+                self.needs.no_progression(merchant, version).await;
+                Ok(None)
+            }
+            Ok(Decided::Kept) => Ok(None),
+            Err(error) => {
+                tracing::warn!(%error, receipt_id, "tier decision after purchase failed; kept for a retry");
+                Err(tier_retry::Pending {
+                    request,
+                    error: error.to_string(),
+                })
+            }
         }
-        if decision.decision() != rules_pb::TierDecision::Upgrade {
-            return Ok(None);
-        }
-        dep_call!(
-            self.gw,
-            CARDS,
-            c.deadline,
-            Retry::Idempotent,
-            tiers.assign_tier(cards_pb::AssignTierRequest {
-                merchant_id: c.caller.merchant_id().to_owned(),
-                request_id: ledger_request_id(&format!("tier:{receipt_id}")),
-                customer_id: customer_id.clone(),
-                tier_code: decision.tier_code.clone(),
-                source: cards_pb::TierSource::Rule as i32,
-                reason: decision.reason.clone(),
-                rule_id: decision.rule_id.clone(),
-                program_version: decision.program_version,
-                lock: false,
-                effective_at: None,
-            })
-        )?;
-        let now = dep_call!(
-            self.gw,
-            CARDS,
-            c.deadline,
-            Retry::Idempotent,
-            tiers.get_customer_tier(cards_pb::GetCustomerTierRequest {
-                merchant_id: c.caller.merchant_id().to_owned(),
-                customer_id,
-            })
-        )?;
-        Ok(now.tier)
     }
 
     async fn cancel_inner(&self, request: Request<CancelRequest>) -> Result<CancelResponse> {

@@ -6,6 +6,7 @@ use kopilka_runtime::{with_db, Db, Timestamp};
 use prost::Message;
 
 use crate::error::Result;
+use crate::tier_retry;
 
 /// A stored checkout.
 #[derive(Debug, Clone)]
@@ -112,13 +113,15 @@ impl Checkouts {
         Ok(())
     }
 
-    /// Inserts or replaces the row and stores `answers` (by request id) in one transaction:
-    /// one commit per booked receipt, and never a booked checkout without its answers.
+    /// Inserts or replaces the row and stores `answers` (by request id) and a tier decision
+    /// still to make in one transaction: one commit per booked receipt, and never a booked
+    /// checkout without its answers.
     pub async fn commit(
         &self,
         merchant_id: &str,
         stored: &Stored,
         answers: &[Answer<'_>],
+        pending_tier: Option<&tier_retry::Pending>,
     ) -> Result<()> {
         let c = &stored.checkout;
         let now = Timestamp::now();
@@ -146,6 +149,16 @@ impl Checkouts {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            }
+            if let Some(p) = pending_tier {
+                sqlx::query(tier_retry::INSERT)
+                    .bind(merchant_id)
+                    .bind(&c.receipt_id)
+                    .bind(p.request.encode_to_vec())
+                    .bind(now)
+                    .bind(&p.error)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });

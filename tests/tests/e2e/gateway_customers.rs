@@ -30,6 +30,7 @@ on_both_backends!(
     referrers_are_rewarded_and_bad_phones_refused,
     merchants_never_see_each_others_customers,
     tier_job_moves_window_tiers_once_a_month,
+    failed_tier_decisions_are_retried,
 );
 
 // ---- helpers ----------------------------------------------------------------------------------
@@ -282,9 +283,14 @@ fn customer_id(r: &gw::RegisterCustomerResponse) -> String {
 
 /// A gateway of our own on the suite's database and dependencies, to run the tier job by hand.
 fn gateway_of(suite: &TestSuite) -> gateway::Gateway {
+    gateway_with_rules_at(suite, &format!("http://{}", suite.addrs.rules))
+}
+
+/// Like [`gateway_of`], with rules-svc at `rules_url` (a closed port: rules-svc is down).
+fn gateway_with_rules_at(suite: &TestSuite, rules_url: &str) -> gateway::Gateway {
     let config = gateway::Config {
         cards_url: format!("http://{}", suite.addrs.cards),
-        rules_url: format!("http://{}", suite.addrs.rules),
+        rules_url: rules_url.to_owned(),
         ledger_url: format!("http://{}", suite.addrs.ledger),
         tier_job: false,
         ..Default::default()
@@ -710,4 +716,83 @@ async fn tier_job_moves_window_tiers_once_a_month(suite: TestSuite) {
         ),
         history_len
     );
+}
+
+async fn failed_tier_decisions_are_retried(suite: TestSuite) {
+    let shop = Shop::with_program(&suite, "m-retry").await;
+    let x = customer_id(&shop.register("reg-x", "+79126660011").await);
+    // Two decisions Confirm could not make after booking (rules-svc was down): X's purchase of
+    // 25 000 (SILVER's threshold), and one by a customer who is gone since.
+    let decision = |customer_id: &str| gateway::tier_retry::Pending {
+        request: rules_pb::DecideTierRequest {
+            merchant_id: "m-retry".into(),
+            program: None,
+            customer: Some(rules_pb::CustomerContext {
+                customer_id: customer_id.into(),
+                tier: Some(rules_pb::CustomerTier {
+                    code: "BASIC".into(),
+                    rank: 0,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            trigger: rules_pb::TierTrigger::Purchase as i32,
+            purchase_amount: "25000".into(),
+            decided_at: Some(timestamps::to_proto(Utc::now())),
+        },
+        error: "rules-svc is unavailable".into(),
+    };
+    let gw = gateway_of(&suite);
+    gw.tier_retries
+        .keep("m-retry", "r-1", &decision(&x))
+        .await
+        .unwrap();
+    let gone = "0190a000-0000-7000-8000-000000000001";
+    gw.tier_retries
+        .keep("m-retry", "r-2", &decision(gone))
+        .await
+        .unwrap();
+    assert_eq!(gw.tier_retries.waiting("m-retry").await.unwrap(), 2);
+
+    // Still down: both wait, backing off.
+    let down = gateway_with_rules_at(&suite, "http://127.0.0.1:9");
+    let now = Utc::now();
+    let report = gateway::tier_retry::run_due(&down, now).await.unwrap();
+    assert_eq!(report.postponed, 2, "{report:?}");
+    assert_eq!(shop.tier_of(&x).await, "BASIC");
+    let early = gateway::tier_retry::run_due(&gw, now + Duration::seconds(5)).await;
+    assert_eq!(
+        early.unwrap(),
+        Default::default(),
+        "not due before the back-off"
+    );
+
+    // Up again: X is upgraded by the rule; the decision for the gone customer is dropped.
+    let later = now + Duration::seconds(31);
+    let report = gateway::tier_retry::run_due(&gw, later).await.unwrap();
+    assert_eq!(
+        (
+            report.decided,
+            report.upgraded,
+            report.dropped,
+            report.postponed
+        ),
+        (1, 1, 1, 0),
+        "{report:?}"
+    );
+    assert_eq!(shop.tier_of(&x).await, "SILVER");
+    let latest = &shop.tier_history(&x).await[0];
+    assert_eq!(latest.source, cards_pb::TierSource::Rule as i32);
+    assert_eq!(latest.rule_id, "tier_progression.SILVER");
+    assert_eq!(gw.tier_retries.waiting("m-retry").await.unwrap(), 0);
+
+    // Kept again (a replica that retried concurrently): applied once, nothing new in history.
+    let history = shop.tier_history(&x).await.len();
+    gw.tier_retries
+        .keep("m-retry", "r-1", &decision(&x))
+        .await
+        .unwrap();
+    let report = gateway::tier_retry::run_due(&gw, later).await.unwrap();
+    assert_eq!(report.decided, 1, "{report:?}");
+    assert_eq!(shop.tier_history(&x).await.len(), history);
 }
