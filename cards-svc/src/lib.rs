@@ -88,7 +88,7 @@ pub async fn build(config: Config) -> Result<Host, BuildError> {
     let cards = cards::Cards::new(host.db().clone(), cache, ledger);
     let api = api::CardsApi(cards.clone());
     let retention = chrono::Duration::hours(config.idempotency_retention_hours as i64);
-    let outbox = store::Outbox(host.db().clone());
+    let outbox = kopilka_runtime::outbox::SqlOutbox(host.db().clone());
     let host = host
         .route(|r| {
             r.add_service(pb::customer_service_server::CustomerServiceServer::new(

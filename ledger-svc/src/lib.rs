@@ -86,7 +86,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<H
         .route(|router| router.add_service(LedgerServiceServer::new(LedgerApi::new(ledger))))
         .spawn_background(async move { jobs::run_due_work(jobs, interval).await });
     if let Some(sink) = notify {
-        let outbox = store::Outbox(host.db().clone());
+        let outbox = kopilka_runtime::outbox::SqlOutbox(host.db().clone());
         host = host.spawn_background(outbox::relay("ledger-svc", outbox, sink, options));
     }
     Ok(host)

@@ -6,7 +6,6 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use kopilka_runtime::outbox::{EventKey, OutboxEvent, OutboxStore};
 use kopilka_runtime::{Amount, Timestamp};
 use rust_decimal::Decimal;
 use sqlx::{Postgres, QueryBuilder, Sqlite};
@@ -1489,95 +1488,4 @@ macro_rules! in_read_tx {
             }
         }
     }};
-}
-
-/// The outbox as the relay to notify-svc sees it ([`kopilka_runtime::outbox`]): rows are claimed
-/// with a lease (`claimed_until`) in one statement — on PostgreSQL `FOR UPDATE SKIP LOCKED`, so
-/// replicas never claim the same rows together; SQLite has one writer — and get `delivered_at`
-/// once notify-svc has acknowledged them.
-#[derive(Debug, Clone)]
-pub struct Outbox(pub kopilka_runtime::Db);
-
-/// `(merchant_id, event_id) IN ((…), …)` for `keys`.
-fn push_keys<'a, DB>(q: &mut QueryBuilder<'a, DB>, keys: &'a [EventKey])
-where
-    DB: sqlx::Database,
-    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    q.push("(merchant_id, event_id) IN (");
-    for (i, key) in keys.iter().enumerate() {
-        if i > 0 {
-            q.push(", ");
-        }
-        q.push("(")
-            .push_bind(key.merchant_id.as_str())
-            .push(", ")
-            .push_bind(key.event_id.as_str())
-            .push(")");
-    }
-    q.push(")");
-}
-
-impl OutboxStore for Outbox {
-    async fn claim(
-        &self,
-        limit: usize,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<OutboxEvent>> {
-        let lock = match &self.0 {
-            kopilka_runtime::Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
-            kopilka_runtime::Db::Sqlite(_) => "",
-        };
-        let sql = format!(
-            "UPDATE outbox SET claimed_until = $1
-             WHERE (merchant_id, event_id) IN (
-                 SELECT merchant_id, event_id FROM outbox
-                 WHERE delivered_at IS NULL AND (claimed_until IS NULL OR claimed_until <= $2)
-                 ORDER BY created_at, event_id LIMIT $3{lock})
-             RETURNING merchant_id, event_id, event, created_at"
-        );
-        let mut rows: Vec<(String, String, Vec<u8>, Timestamp)> = kopilka_runtime::with_db!(&self.0, pool => {
-            sqlx::query_as(&sql)
-                .bind(ts(lease_until))
-                .bind(ts(now))
-                .bind(limit as i64)
-                .fetch_all(pool)
-                .await?
-        });
-        // RETURNING gives no order: oldest first, as claimed.
-        rows.sort_by(|a, b| (a.3, &a.1).cmp(&(b.3, &b.1)));
-        Ok(rows
-            .into_iter()
-            .map(|(merchant_id, event_id, event, created_at)| OutboxEvent {
-                merchant_id,
-                event_id,
-                event,
-                created_at: created_at.0,
-            })
-            .collect())
-    }
-
-    async fn mark_relayed(&self, keys: &[EventKey], at: DateTime<Utc>) -> sqlx::Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        kopilka_runtime::with_db!(&self.0, pool => {
-            let mut q = QueryBuilder::new("UPDATE outbox SET claimed_until = NULL, delivered_at = ");
-            q.push_bind(ts(at)).push(" WHERE ");
-            push_keys(&mut q, keys);
-            q.build().execute(pool).await.map(|_| ())
-        })
-    }
-
-    async fn release(&self, keys: &[EventKey]) -> sqlx::Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        kopilka_runtime::with_db!(&self.0, pool => {
-            let mut q = QueryBuilder::new("UPDATE outbox SET claimed_until = NULL WHERE delivered_at IS NULL AND ");
-            push_keys(&mut q, keys);
-            q.build().execute(pool).await.map(|_| ())
-        })
-    }
 }

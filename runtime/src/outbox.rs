@@ -8,7 +8,7 @@
 //! [`RelayOptions::max_backoff`]) and the events simply wait in the outbox: the services' own
 //! RPCs never call notify-svc and never wait for the relay.
 //!
-//! Each service keeps its SQL in its own store and implements [`OutboxStore`] there. A claim is
+//! [`SqlOutbox`] is the store over a service's `outbox` table (on either engine). A claim is
 //! a lease (`claimed_until`), taken in one statement (on PostgreSQL with `FOR UPDATE SKIP
 //! LOCKED`), so several replicas relay side by side without sending the same batch together; a
 //! replica that dies holding a lease delays its batch by the lease only.
@@ -21,7 +21,10 @@ use kopilka_proto::notify::event_service_client::EventServiceClient;
 use kopilka_proto::notify::IngestEventsRequest;
 use kopilka_proto::types::Event;
 use prost::Message;
+use sqlx::QueryBuilder;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::{Db, Timestamp};
 
 /// The key of an outbox row.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -258,6 +261,98 @@ pub async fn relay<S: OutboxStore, K: EventSink>(
                 tokio::time::sleep(pause).await;
             }
         }
+    }
+}
+
+/// The `outbox` table of a service (cards-svc and ledger-svc have the same columns:
+/// `merchant_id, event_id, event, created_at, delivered_at, claimed_until`) as the relay sees
+/// it: rows are claimed with a lease (`claimed_until`) in one statement — on PostgreSQL `FOR UPDATE SKIP LOCKED`, so
+/// replicas never claim the same rows together; SQLite has one writer — and get `delivered_at`
+/// once notify-svc has acknowledged them.
+#[derive(Debug, Clone)]
+pub struct SqlOutbox(pub Db);
+
+/// `(merchant_id, event_id) IN ((…), …)` for `keys`.
+fn push_keys<'a, DB>(q: &mut QueryBuilder<'a, DB>, keys: &'a [EventKey])
+where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    q.push("(merchant_id, event_id) IN (");
+    for (i, key) in keys.iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.push("(")
+            .push_bind(key.merchant_id.as_str())
+            .push(", ")
+            .push_bind(key.event_id.as_str())
+            .push(")");
+    }
+    q.push(")");
+}
+
+impl OutboxStore for SqlOutbox {
+    async fn claim(
+        &self,
+        limit: usize,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<OutboxEvent>> {
+        let lock = match &self.0 {
+            Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+            Db::Sqlite(_) => "",
+        };
+        let sql = format!(
+            "UPDATE outbox SET claimed_until = $1
+             WHERE (merchant_id, event_id) IN (
+                 SELECT merchant_id, event_id FROM outbox
+                 WHERE delivered_at IS NULL AND (claimed_until IS NULL OR claimed_until <= $2)
+                 ORDER BY created_at, event_id LIMIT $3{lock})
+             RETURNING merchant_id, event_id, event, created_at"
+        );
+        let mut rows: Vec<(String, String, Vec<u8>, Timestamp)> = crate::with_db!(&self.0, pool => {
+            sqlx::query_as(&sql)
+                .bind(Timestamp(lease_until))
+                .bind(Timestamp(now))
+                .bind(limit as i64)
+                .fetch_all(pool)
+                .await?
+        });
+        // RETURNING gives no order: oldest first, as claimed.
+        rows.sort_by(|a, b| (a.3, &a.1).cmp(&(b.3, &b.1)));
+        Ok(rows
+            .into_iter()
+            .map(|(merchant_id, event_id, event, created_at)| OutboxEvent {
+                merchant_id,
+                event_id,
+                event,
+                created_at: created_at.0,
+            })
+            .collect())
+    }
+
+    async fn mark_relayed(&self, keys: &[EventKey], at: DateTime<Utc>) -> sqlx::Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        crate::with_db!(&self.0, pool => {
+            let mut q = QueryBuilder::new("UPDATE outbox SET claimed_until = NULL, delivered_at = ");
+            q.push_bind(Timestamp(at)).push(" WHERE ");
+            push_keys(&mut q, keys);
+            q.build().execute(pool).await.map(|_| ())
+        })
+    }
+
+    async fn release(&self, keys: &[EventKey]) -> sqlx::Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        crate::with_db!(&self.0, pool => {
+            let mut q = QueryBuilder::new("UPDATE outbox SET claimed_until = NULL WHERE delivered_at IS NULL AND ");
+            push_keys(&mut q, keys);
+            q.build().execute(pool).await.map(|_| ())
+        })
     }
 }
 
