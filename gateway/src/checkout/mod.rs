@@ -674,7 +674,7 @@ impl CheckoutApi {
         let receipt = recorded.receipt.unwrap_or_default();
         let mut balance = recorded.balance;
         // After the purchase: the tier (R13). The receipt is booked whatever happens here;
-        // a failed decision is retried by the next purchase or the monthly recalculation.
+        // a decision that cannot be made now is kept with the checkout and retried (tier_retry).
         let mut known = evaluated.buyer.clone();
         let mut tier_changed = false;
         let mut pending_tier = None;
