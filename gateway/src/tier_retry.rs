@@ -277,9 +277,10 @@ pub async fn run_due(gw: &Gateway, now: chrono::DateTime<Utc>) -> Result<RetryRe
     Ok(report)
 }
 
-/// Sends due decisions every `interval`.
+/// Sends due decisions every `interval`, the first time one interval after start.
 pub async fn run_forever(gw: Gateway, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval.max(Duration::from_secs(1)));
+    let interval = interval.max(Duration::from_secs(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

@@ -40,6 +40,9 @@ impl TestSuite {
             SuiteConfig::embedded(dir.path(), IpAddr::V4(Ipv4Addr::LOCALHOST), Ports::RANDOM);
         // Scenarios ring up receipts faster than a cashier; rate limiting has its own test.
         config.gateway.terminal_rate_limit = 50;
+        // The tier-retry test runs the retries by hand (`tier_retry::run_due`); a background
+        // pass in between would race it.
+        config.gateway.tier_retry_interval_secs = 3600;
         let (postgres, redis) = match backend {
             Backend::Sqlite => (None, None),
             Backend::PostgresRedis => {
