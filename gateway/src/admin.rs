@@ -31,7 +31,7 @@ use crate::deps::{self, Deadline, Retry};
 use crate::error::{Error, Result};
 use crate::keys::{self, KeyScope};
 use crate::requests::{check_request_id, MAX_REQUEST_ID};
-use crate::tenancy::{ApiKeyListing, NewApiKey, Revocation, StoreRecord, TerminalRecord};
+use crate::tenancy::{ApiKeyListing, NewApiKey, Revocation, Store, Terminal};
 use crate::Gateway;
 
 /// Names and free text of stores, terminals and keys: at most this many characters.
@@ -202,7 +202,7 @@ fn key_not_found(key_id: &str) -> Error {
 
 // ---- conversions --------------------------------------------------------------------------
 
-fn store_pb(s: StoreRecord) -> pb::Store {
+fn store_pb(s: Store) -> pb::Store {
     pb::Store {
         location: match (s.latitude, s.longitude) {
             (Some(latitude), Some(longitude)) => Some(pb::GeoPoint {
@@ -222,7 +222,7 @@ fn store_pb(s: StoreRecord) -> pb::Store {
     }
 }
 
-fn terminal_pb(t: TerminalRecord) -> pb::Terminal {
+fn terminal_pb(t: Terminal) -> pb::Terminal {
     pb::Terminal {
         terminal_id: t.terminal_id,
         store_id: t.store_id,
@@ -256,7 +256,7 @@ fn key_pb(k: ApiKeyListing) -> pb::ApiKey {
 }
 
 /// Checks a store's fields (`prefix` is the field path of the store message).
-fn check_store(s: &StoreRecord, check: &mut Check) {
+fn check_store(s: &Store, check: &mut Check) {
     check.text("store.name", &s.name, MAX_NAME, true);
     check.text("store.address", &s.address, MAX_ADDRESS, false);
     check.time_zone("store.time_zone", &s.time_zone);
@@ -311,18 +311,18 @@ fn program_invalid(violations: &[rules::Violation]) -> Status {
 // ---- the handlers -------------------------------------------------------------------------
 
 impl AdminApi {
-    async fn store_of(&self, caller: &Caller, store_id: &str) -> Result<StoreRecord> {
+    async fn store_of(&self, caller: &Caller, store_id: &str) -> Result<Store> {
         self.gw
             .tenancy
-            .store_record(caller.merchant_id(), store_id)
+            .store(caller.merchant_id(), store_id)
             .await?
             .ok_or_else(|| store_not_found(store_id))
     }
 
-    async fn terminal_of(&self, caller: &Caller, terminal_id: &str) -> Result<TerminalRecord> {
+    async fn terminal_of(&self, caller: &Caller, terminal_id: &str) -> Result<Terminal> {
         self.gw
             .tenancy
-            .terminal_record(caller.merchant_id(), terminal_id)
+            .terminal(caller.merchant_id(), terminal_id)
             .await?
             .ok_or_else(|| terminal_not_found(terminal_id))
     }
@@ -378,7 +378,7 @@ impl AdminApi {
             check.push("store", "required");
             return Err(Error::Invalid(check.0));
         };
-        let mut record = StoreRecord {
+        let mut record = Store {
             merchant_id: merchant_id.to_owned(),
             store_id: format!(
                 "st_{}",
@@ -407,10 +407,10 @@ impl AdminApi {
                 "CreateStore",
                 &req,
                 || async {
-                    tenancy.insert_store_record(&record).await?;
+                    tenancy.insert_store(&record).await?;
                     // A concurrent duplicate may have inserted it: either way, answer the row.
                     let stored = tenancy
-                        .store_record(merchant_id, &record.store_id)
+                        .store(merchant_id, &record.store_id)
                         .await?
                         .ok_or_else(|| store_not_found(&record.store_id))?;
                     Ok(pb::CreateStoreResponse {
@@ -435,7 +435,7 @@ impl AdminApi {
         let page = self
             .gw
             .tenancy
-            .store_records_page(caller.merchant_id(), req.include_inactive, &after, limit)
+            .stores_page(caller.merchant_id(), req.include_inactive, &after, limit)
             .await?;
         let next_page_token = next_token(&page, limit, |s| &s.store_id);
         Ok(pb::ListStoresResponse {
@@ -509,7 +509,7 @@ impl AdminApi {
                     let mut check = Check::default();
                     check_store(&s, &mut check);
                     check.done()?;
-                    if !self.gw.tenancy.update_store_record(&s).await? {
+                    if !self.gw.tenancy.update_store(&s).await? {
                         return Err(store_not_found(&s.store_id));
                     }
                     Ok(pb::UpdateStoreResponse {
@@ -534,7 +534,7 @@ impl AdminApi {
         check.text("name", req.name.trim(), MAX_NAME, true);
         check.text("external_id", &req.external_id, MAX_EXTERNAL_ID, false);
         check.done()?;
-        let record = TerminalRecord {
+        let record = Terminal {
             merchant_id: merchant_id.to_owned(),
             terminal_id: format!(
                 "tm_{}",
@@ -557,7 +557,7 @@ impl AdminApi {
                 &req,
                 || async {
                     self.store_of(&caller, &record.store_id).await?;
-                    self.gw.tenancy.insert_terminal_record(&record).await?;
+                    self.gw.tenancy.insert_terminal(&record).await?;
                     let stored = self.terminal_of(&caller, &record.terminal_id).await?;
                     Ok(pb::CreateTerminalResponse {
                         terminal: Some(terminal_pb(stored)),
@@ -585,7 +585,7 @@ impl AdminApi {
         let page = self
             .gw
             .tenancy
-            .terminal_records_page(
+            .terminals_page(
                 caller.merchant_id(),
                 &req.store_id,
                 req.include_disabled,

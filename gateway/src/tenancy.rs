@@ -20,27 +20,6 @@ pub struct Merchant {
     pub created_at: Timestamp,
 }
 
-/// A shop, café or other point of sale.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct Store {
-    pub merchant_id: String,
-    pub store_id: String,
-    pub name: String,
-    pub address: String,
-    pub created_at: Timestamp,
-}
-
-/// A cash register in a store.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct Terminal {
-    pub merchant_id: String,
-    pub terminal_id: String,
-    pub store_id: String,
-    pub name: String,
-    pub disabled_at: Option<Timestamp>,
-    pub created_at: Timestamp,
-}
-
 /// The stored part of an API key (never its secret).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiKeyRecord {
@@ -96,69 +75,8 @@ impl Tenancy {
         .await)
     }
 
-    /// Inserts a store; `false` when the id is taken in this merchant.
-    pub async fn create_store(&self, s: &Store) -> Result<bool, sqlx::Error> {
-        let done = with_db!(&self.db, pool => sqlx::query(
-            "INSERT INTO stores (merchant_id, store_id, name, address, created_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (merchant_id, store_id) DO NOTHING",
-        )
-        .bind(&s.merchant_id)
-        .bind(&s.store_id)
-        .bind(&s.name)
-        .bind(&s.address)
-        .bind(s.created_at)
-        .execute(pool)
-        .await?
-        .rows_affected());
-        Ok(done == 1)
-    }
-
-    /// The merchant's stores, by id.
-    pub async fn stores(&self, merchant_id: &str) -> Result<Vec<Store>, sqlx::Error> {
-        with_db!(&self.db, pool => sqlx::query_as(
-            "SELECT merchant_id, store_id, name, address, created_at
-             FROM stores WHERE merchant_id = $1 ORDER BY store_id",
-        )
-        .bind(merchant_id)
-        .fetch_all(pool)
-        .await)
-    }
-
-    /// Inserts a terminal; `false` when the id is taken in this merchant.
-    pub async fn create_terminal(&self, t: &Terminal) -> Result<bool, sqlx::Error> {
-        let done = with_db!(&self.db, pool => sqlx::query(
-            "INSERT INTO terminals (merchant_id, terminal_id, store_id, name, disabled_at, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (merchant_id, terminal_id) DO NOTHING",
-        )
-        .bind(&t.merchant_id)
-        .bind(&t.terminal_id)
-        .bind(&t.store_id)
-        .bind(&t.name)
-        .bind(t.disabled_at)
-        .bind(t.created_at)
-        .execute(pool)
-        .await?
-        .rows_affected());
-        Ok(done == 1)
-    }
-
-    /// One terminal by id.
-    pub async fn terminal(
-        &self,
-        merchant_id: &str,
-        terminal_id: &str,
-    ) -> Result<Option<Terminal>, sqlx::Error> {
-        with_db!(&self.db, pool => sqlx::query_as(
-            "SELECT merchant_id, terminal_id, store_id, name, disabled_at, created_at
-             FROM terminals WHERE merchant_id = $1 AND terminal_id = $2",
-        )
-        .bind(merchant_id)
-        .bind(terminal_id)
-        .fetch_optional(pool)
-        .await)
-    }
-
-    /// Stores a generated key's digest for a merchant (and terminal, for terminal keys).
+    /// Stores a generated key's digest for a merchant (and terminal, for terminal keys), with
+    /// no expiry.
     pub async fn insert_key(
         &self,
         merchant_id: &str,
@@ -168,20 +86,26 @@ impl Tenancy {
         label: &str,
         now: Timestamp,
     ) -> Result<(), sqlx::Error> {
-        with_db!(&self.db, pool => sqlx::query(
-            "INSERT INTO api_keys (merchant_id, key_id, scope, terminal_id, label, secret_digest, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(merchant_id)
-        .bind(&key.key_id)
-        .bind(scope.as_str())
-        .bind(terminal_id)
-        .bind(label)
-        .bind(&key.secret_digest)
-        .bind(now)
-        .execute(pool)
-        .await
-        .map(|_| ()))
+        let stored = self
+            .insert_key_record(&NewApiKey {
+                merchant_id,
+                key_id: &key.key_id,
+                scope,
+                terminal_id,
+                label,
+                secret_digest: &key.secret_digest,
+                created_at: now,
+                expires_at: None,
+            })
+            .await?;
+        if stored {
+            Ok(())
+        } else {
+            Err(sqlx::Error::Protocol(format!(
+                "key id {} is taken",
+                key.key_id
+            )))
+        }
     }
 
     /// The key record for a presented key id, revoked or not.
@@ -196,11 +120,11 @@ impl Tenancy {
     }
 
     /// One store with every column, in this merchant.
-    pub async fn store_record(
+    pub async fn store(
         &self,
         merchant_id: &str,
         store_id: &str,
-    ) -> Result<Option<StoreRecord>, sqlx::Error> {
+    ) -> Result<Option<Store>, sqlx::Error> {
         with_db!(&self.db, pool => sqlx::query_as(
             "SELECT merchant_id, store_id, name, address, time_zone, external_id,
                     wallet_location_text, latitude, longitude, active, created_at
@@ -213,7 +137,7 @@ impl Tenancy {
     }
 
     /// Inserts a store with every column; `false` when the id is taken in this merchant.
-    pub async fn insert_store_record(&self, s: &StoreRecord) -> Result<bool, sqlx::Error> {
+    pub async fn insert_store(&self, s: &Store) -> Result<bool, sqlx::Error> {
         let done = with_db!(&self.db, pool => sqlx::query(
             "INSERT INTO stores (merchant_id, store_id, name, address, time_zone, external_id,
                                  wallet_location_text, latitude, longitude, active, created_at)
@@ -238,7 +162,7 @@ impl Tenancy {
     }
 
     /// Rewrites a store's changeable columns; `false` when it does not exist.
-    pub async fn update_store_record(&self, s: &StoreRecord) -> Result<bool, sqlx::Error> {
+    pub async fn update_store(&self, s: &Store) -> Result<bool, sqlx::Error> {
         let done = with_db!(&self.db, pool => sqlx::query(
             "UPDATE stores SET name = $3, address = $4, time_zone = $5, external_id = $6,
                     wallet_location_text = $7, latitude = $8, longitude = $9, active = $10
@@ -261,13 +185,13 @@ impl Tenancy {
     }
 
     /// Up to `limit` stores with ids after `after` (empty = from the first), by id.
-    pub async fn store_records_page(
+    pub async fn stores_page(
         &self,
         merchant_id: &str,
         include_inactive: bool,
         after: &str,
         limit: i64,
-    ) -> Result<Vec<StoreRecord>, sqlx::Error> {
+    ) -> Result<Vec<Store>, sqlx::Error> {
         with_db!(&self.db, pool => sqlx::query_as(
             "SELECT merchant_id, store_id, name, address, time_zone, external_id,
                     wallet_location_text, latitude, longitude, active, created_at
@@ -284,11 +208,11 @@ impl Tenancy {
     }
 
     /// One terminal with every column, in this merchant.
-    pub async fn terminal_record(
+    pub async fn terminal(
         &self,
         merchant_id: &str,
         terminal_id: &str,
-    ) -> Result<Option<TerminalRecord>, sqlx::Error> {
+    ) -> Result<Option<Terminal>, sqlx::Error> {
         with_db!(&self.db, pool => sqlx::query_as(
             "SELECT merchant_id, terminal_id, store_id, name, external_id, disabled_at, created_at,
                     last_seen_at
@@ -301,7 +225,7 @@ impl Tenancy {
     }
 
     /// Inserts a terminal with every column; `false` when the id is taken in this merchant.
-    pub async fn insert_terminal_record(&self, t: &TerminalRecord) -> Result<bool, sqlx::Error> {
+    pub async fn insert_terminal(&self, t: &Terminal) -> Result<bool, sqlx::Error> {
         let done = with_db!(&self.db, pool => sqlx::query(
             "INSERT INTO terminals (merchant_id, terminal_id, store_id, name, external_id,
                                     disabled_at, created_at)
@@ -321,14 +245,14 @@ impl Tenancy {
     }
 
     /// Up to `limit` terminals with ids after `after`, by id; `store_id` empty = every store.
-    pub async fn terminal_records_page(
+    pub async fn terminals_page(
         &self,
         merchant_id: &str,
         store_id: &str,
         include_disabled: bool,
         after: &str,
         limit: i64,
-    ) -> Result<Vec<TerminalRecord>, sqlx::Error> {
+    ) -> Result<Vec<Terminal>, sqlx::Error> {
         with_db!(&self.db, pool => sqlx::query_as(
             "SELECT merchant_id, terminal_id, store_id, name, external_id, disabled_at, created_at,
                     last_seen_at
@@ -549,7 +473,7 @@ impl Tenancy {
 
 /// A store with every column (what AdminService shows and changes).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct StoreRecord {
+pub struct Store {
     pub merchant_id: String,
     pub store_id: String,
     pub name: String,
@@ -567,7 +491,7 @@ pub struct StoreRecord {
 
 /// A terminal with every column.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct TerminalRecord {
+pub struct Terminal {
     pub merchant_id: String,
     pub terminal_id: String,
     pub store_id: String,

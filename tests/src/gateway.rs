@@ -2,8 +2,8 @@
 //! terminal, an admin key and a terminal key straight in the gateway's database (the suite does
 //! not seed the demo tenant), and [`authed`] puts a key on a request.
 
-use gateway::keys::{self, KeyScope};
-use gateway::tenancy::{Merchant, Store, Tenancy, Terminal};
+use gateway::seed::{create_tenant, Tenant};
+use gateway::tenancy::Tenancy;
 use kopilka_runtime::Timestamp;
 use secrecy::ExposeSecret;
 
@@ -32,72 +32,27 @@ impl TestSuite {
 /// [`TestSuite::seed_merchant`] in any gateway database (e.g. one of a gateway process).
 pub async fn seed_merchant(gateway_db: &kopilka_runtime::Db, merchant_id: &str) -> SeededMerchant {
     let tenancy = Tenancy::new(gateway_db.clone());
-    let now = Timestamp::now();
     let store_id = format!("{merchant_id}-store");
     let terminal_id = format!("{merchant_id}-till");
-    let created = tenancy
-        .create_merchant(&Merchant {
-            merchant_id: merchant_id.to_owned(),
-            name: format!("Merchant {merchant_id}"),
-            currency: "RUB".to_owned(),
-            time_zone: "Europe/Moscow".to_owned(),
-            phone_region: "RU".to_owned(),
-            created_at: now,
-        })
+    let tenant = Tenant {
+        merchant_id,
+        merchant_name: &format!("Merchant {merchant_id}"),
+        store_id: &store_id,
+        store_name: "Test store",
+        address: "1 Test street",
+        terminal_id: &terminal_id,
+        terminal_name: "Test till",
+    };
+    let keys = create_tenant(&tenancy, &tenant, Timestamp::now())
         .await
-        .expect("insert merchant");
-    assert!(created, "merchant {merchant_id} was seeded already");
-    tenancy
-        .create_store(&Store {
-            merchant_id: merchant_id.to_owned(),
-            store_id: store_id.clone(),
-            name: "Test store".to_owned(),
-            address: "1 Test street".to_owned(),
-            created_at: now,
-        })
-        .await
-        .expect("insert store");
-    tenancy
-        .create_terminal(&Terminal {
-            merchant_id: merchant_id.to_owned(),
-            terminal_id: terminal_id.clone(),
-            store_id: store_id.clone(),
-            name: "Test till".to_owned(),
-            disabled_at: None,
-            created_at: now,
-        })
-        .await
-        .expect("insert terminal");
-    let terminal_key = keys::generate();
-    tenancy
-        .insert_key(
-            merchant_id,
-            &terminal_key,
-            KeyScope::Terminal,
-            Some(&terminal_id),
-            "test terminal",
-            now,
-        )
-        .await
-        .expect("insert terminal key");
-    let admin_key = keys::generate();
-    tenancy
-        .insert_key(
-            merchant_id,
-            &admin_key,
-            KeyScope::Admin,
-            None,
-            "test admin",
-            now,
-        )
-        .await
-        .expect("insert admin key");
+        .expect("seed the merchant")
+        .unwrap_or_else(|| panic!("merchant {merchant_id} was seeded already"));
     SeededMerchant {
         merchant_id: merchant_id.to_owned(),
         store_id,
         terminal_id,
-        admin_key: admin_key.plaintext.expose_secret().to_owned(),
-        terminal_key: terminal_key.plaintext.expose_secret().to_owned(),
+        admin_key: keys.admin_key.plaintext.expose_secret().to_owned(),
+        terminal_key: keys.terminal_key.plaintext.expose_secret().to_owned(),
     }
 }
 
