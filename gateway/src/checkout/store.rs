@@ -70,47 +70,14 @@ impl Checkouts {
 
     /// Inserts or replaces the row.
     pub async fn put(&self, merchant_id: &str, stored: &Stored) -> Result<()> {
-        let c = &stored.checkout;
-        with_db!(&self.db, pool => sqlx::query(UPSERT)
-            .bind(merchant_id)
-            .bind(&c.receipt_id)
-            .bind(c.state().as_str_name())
-            .bind(&c.customer_id)
-            .bind(&stored.hold_id)
-            .bind(stored.content_hash.as_deref())
-            .bind(c.encode_to_vec())
-            .bind(Timestamp::now())
-            .execute(pool)
-            .await
-            .map(|_| ()))?;
-        Ok(())
+        self.write(merchant_id, stored, &[], None, true).await
     }
 
     /// Like [`Checkouts::put`], but PostgreSQL acknowledges before the WAL is flushed: for a
     /// calculation, which books nothing (a crash may lose it; GetCheckout then shows the one
     /// before). It keeps the disk flush out of Calculate's latency.
     pub async fn put_calculation(&self, merchant_id: &str, stored: &Stored) -> Result<()> {
-        let Db::Postgres(pool) = &self.db else {
-            return self.put(merchant_id, stored).await;
-        };
-        let c = &stored.checkout;
-        let mut tx = pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(UPSERT)
-            .bind(merchant_id)
-            .bind(&c.receipt_id)
-            .bind(c.state().as_str_name())
-            .bind(&c.customer_id)
-            .bind(&stored.hold_id)
-            .bind(stored.content_hash.as_deref())
-            .bind(c.encode_to_vec())
-            .bind(Timestamp::now())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(merchant_id, stored, &[], None, false).await
     }
 
     /// Inserts or replaces the row and stores `answers` (by request id) and a tier decision
@@ -123,11 +90,30 @@ impl Checkouts {
         answers: &[Answer<'_>],
         pending_tier: Option<&tier_retry::Pending>,
     ) -> Result<()> {
+        self.write(merchant_id, stored, answers, pending_tier, true)
+            .await
+    }
+
+    /// The row, `answers` and a pending tier decision in one transaction; `flushed: false`
+    /// lets PostgreSQL answer before the WAL reaches the disk.
+    async fn write(
+        &self,
+        merchant_id: &str,
+        stored: &Stored,
+        answers: &[Answer<'_>],
+        pending_tier: Option<&tier_retry::Pending>,
+        flushed: bool,
+    ) -> Result<()> {
         let c = &stored.checkout;
         let now = Timestamp::now();
         let body = c.encode_to_vec();
         with_db!(&self.db, pool => {
             let mut tx = pool.begin().await?;
+            if !flushed && matches!(self.db, Db::Postgres(_)) {
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query(UPSERT)
                 .bind(merchant_id)
                 .bind(&c.receipt_id)
