@@ -42,22 +42,12 @@ use crate::deps::{self, Deadline, Retry};
 use crate::error::{Error, Result};
 use crate::keys::KeyScope;
 use crate::requests::{check_request_id, MAX_REQUEST_ID};
-use crate::Gateway;
+use crate::{dep_call, Gateway};
 
 /// At most this many cards in one registration.
 pub const MAX_CARDS: usize = 5;
 /// Balances report points expiring within this many days.
 const EXPIRING_WITHIN_DAYS: i64 = 30;
-
-/// One dependency call: `call!(gw, deps::CARDS, deadline, Retry::Idempotent, customers.get_customer(msg))`.
-macro_rules! call {
-    ($gw:expr, $dep:expr, $deadline:expr, $retry:expr, $client:ident . $method:ident ($msg:expr)) => {
-        $gw.deps.call($dep, $deadline, $retry, $msg, |r| {
-            let mut c = $gw.deps.$client.clone();
-            async move { c.$method(r).await }
-        })
-    };
-}
 
 /// The outcome of [`register`].
 #[derive(Debug, Clone)]
@@ -137,14 +127,13 @@ pub async fn register(
         registered_at: None,
         external_id: external_id.to_owned(),
     };
-    let created = call!(
+    let created = dep_call!(
         gw,
         deps::CARDS,
         deadline,
         Retry::Idempotent,
         customers.create_customer(create)
-    )
-    .await;
+    );
     match created {
         Ok(created) => {
             let customer = created.customer.unwrap_or_default();
@@ -246,14 +235,13 @@ async fn existing(
                     customer_id: customer.customer_id.clone(),
                     input: Some(card.clone()),
                 };
-                call!(
+                dep_call!(
                     gw,
                     deps::CARDS,
                     deadline,
                     Retry::Idempotent,
                     identifiers.add_identifier(add)
-                )
-                .await?;
+                )?;
             }
             Err(e) => return Err(e),
         }
@@ -289,14 +277,13 @@ async fn lookup(
         input: Some(input),
         include_referral_chain,
     };
-    call!(
+    dep_call!(
         gw,
         deps::CARDS,
         deadline,
         Retry::Idempotent,
         identifiers.lookup_customer(msg)
     )
-    .await
 }
 
 /// cards-svc GetCustomer for the caller's merchant (NOT_FOUND CUSTOMER_NOT_FOUND otherwise).
@@ -310,14 +297,13 @@ async fn customer_of(
         merchant_id: merchant.to_owned(),
         customer_id: customer_id.to_owned(),
     };
-    let got = call!(
+    let got = dep_call!(
         gw,
         deps::CARDS,
         deadline,
         Retry::Idempotent,
         customers.get_customer(msg)
-    )
-    .await?;
+    )?;
     got.customer.ok_or_else(|| {
         Error::NotFound(
             "CUSTOMER_NOT_FOUND",
@@ -344,14 +330,13 @@ async fn tier_of(
         merchant_id: merchant.to_owned(),
         customer_id: customer.customer_id.clone(),
     };
-    let got = call!(
+    let got = dep_call!(
         gw,
         deps::CARDS,
         deadline,
         Retry::Idempotent,
         tiers.get_customer_tier(msg)
-    )
-    .await?;
+    )?;
     Ok(got.tier)
 }
 
@@ -374,14 +359,13 @@ async fn balance_of(
         customer_id: customer_id.to_owned(),
         expiring_within: Some(expiring_window()),
     };
-    let got = call!(
+    let got = dep_call!(
         gw,
         deps::LEDGER,
         deadline,
         Retry::Idempotent,
         ledger.get_balance(msg)
-    )
-    .await?;
+    )?;
     Ok(got.balance.unwrap_or_default())
 }
 
@@ -441,15 +425,13 @@ async fn grant_action(
         action_ref: action_ref.to_owned(),
         occurred_at,
     };
-    let evaluated = match call!(
+    let evaluated = match dep_call!(
         gw,
         deps::RULES,
         deadline,
         Retry::Idempotent,
         evaluation.evaluate_action(msg)
-    )
-    .await
-    {
+    ) {
         Ok(e) => e,
         Err(e) if e.reason().as_deref() == Some("NO_ACTIVE_PROGRAM") => {
             return Ok((zero_award(), None, false))
@@ -491,14 +473,13 @@ async fn grant_action(
             description: description.to_owned(),
             occurred_at,
         };
-        let granted = call!(
+        let granted = dep_call!(
             gw,
             deps::LEDGER,
             deadline,
             Retry::Idempotent,
             ledger.grant_gift(msg)
-        )
-        .await?;
+        )?;
         all_before &= granted.already_granted;
         balance = granted.balance;
     }
@@ -842,14 +823,13 @@ impl CustomerApi {
                     customer_id: r.customer_id.clone(),
                     consent: Some(consent.clone()),
                 };
-                let set = call!(
+                let set = dep_call!(
                     gw,
                     deps::CARDS,
                     deadline,
                     Retry::Idempotent,
                     customers.set_consent(msg)
-                )
-                .await?;
+                )?;
                 let award = if consent.granted {
                     let channel = types::Channel::try_from(consent.channel)
                         .map(|c| c.as_str_name().to_owned())
@@ -973,14 +953,13 @@ impl CustomerApi {
             page_size: if r.page_size == 0 { 50 } else { r.page_size },
             page_token: r.page_token.clone(),
         };
-        let got = call!(
+        let got = dep_call!(
             gw,
             deps::LEDGER,
             deadline,
             Retry::Idempotent,
             ledger.list_history(msg)
-        )
-        .await?;
+        )?;
         Ok(pb::ListHistoryResponse {
             transactions: got.transactions,
             next_page_token: got.next_page_token,
@@ -1015,14 +994,13 @@ impl CustomerApi {
             page_size: if r.page_size == 0 { 20 } else { r.page_size },
             page_token: r.page_token.clone(),
         };
-        let got = call!(
+        let got = dep_call!(
             gw,
             deps::LEDGER,
             deadline,
             Retry::Idempotent,
             ledger.list_receipts(msg)
-        )
-        .await?;
+        )?;
         Ok(pb::ListPurchasesResponse {
             receipts: got.receipts,
             next_page_token: got.next_page_token,
@@ -1137,14 +1115,13 @@ impl CustomerApi {
                     customer_id: r.customer_id.clone(),
                     input: r.card.clone(),
                 };
-                let added = call!(
+                let added = dep_call!(
                     gw,
                     deps::CARDS,
                     deadline,
                     Retry::Idempotent,
                     identifiers.add_identifier(msg)
-                )
-                .await?;
+                )?;
                 Ok(pb::AttachCardResponse {
                     record: added.record.map(|rec| mask_record(rec, &caller)),
                 })
@@ -1181,14 +1158,13 @@ impl CustomerApi {
                     reason: r.reason,
                     comment: r.comment.clone(),
                 };
-                let blocked = call!(
+                let blocked = dep_call!(
                     gw,
                     deps::CARDS,
                     deadline,
                     Retry::Idempotent,
                     identifiers.block_identifier(msg)
-                )
-                .await?;
+                )?;
                 Ok(pb::BlockCardResponse {
                     record: blocked.record.map(|rec| mask_record(rec, &caller)),
                 })
@@ -1228,14 +1204,13 @@ impl CustomerApi {
                     reason,
                     comment: String::new(),
                 };
-                let replaced = call!(
+                let replaced = dep_call!(
                     gw,
                     deps::CARDS,
                     deadline,
                     Retry::Idempotent,
                     identifiers.replace_card(msg)
-                )
-                .await?;
+                )?;
                 Ok(pb::ReplaceCardResponse {
                     customer_id: replaced.customer_id,
                     old_card: replaced.old_card.map(|rec| mask_record(rec, &caller)),
@@ -1262,14 +1237,13 @@ impl CustomerApi {
             page_size: if r.page_size == 0 { 50 } else { r.page_size },
             page_token: r.page_token.clone(),
         };
-        let got = call!(
+        let got = dep_call!(
             gw,
             deps::CARDS,
             deadline,
             Retry::Idempotent,
             customers.list_customers(msg)
-        )
-        .await?;
+        )?;
         Ok(pb::ListCustomersResponse {
             customers: got.customers,
             next_page_token: got.next_page_token,
@@ -1304,14 +1278,13 @@ impl CustomerApi {
                     surviving_customer_id: r.surviving_customer_id.clone(),
                     merged_customer_id: r.merged_customer_id.clone(),
                 };
-                let merged = call!(
+                let merged = dep_call!(
                     gw,
                     deps::CARDS,
                     deadline,
                     Retry::Idempotent,
                     customers.merge_customers(msg)
-                )
-                .await?;
+                )?;
                 let balance = balance_of(gw, merchant, deadline, &r.surviving_customer_id).await?;
                 Ok(pb::MergeCustomersResponse {
                     customer: merged.customer,
@@ -1360,14 +1333,13 @@ impl CustomerApi {
                     lock: r.lock,
                     effective_at: None,
                 };
-                let assigned = call!(
+                let assigned = dep_call!(
                     gw,
                     deps::CARDS,
                     deadline,
                     Retry::Idempotent,
                     tiers.assign_tier(msg)
-                )
-                .await?;
+                )?;
                 Ok(pb::AssignTierResponse {
                     assignment: assigned.assignment,
                     changed: assigned.changed,
@@ -1393,14 +1365,13 @@ impl CustomerApi {
             page_size: if r.page_size == 0 { 50 } else { r.page_size },
             page_token: r.page_token.clone(),
         };
-        let got = call!(
+        let got = dep_call!(
             gw,
             deps::CARDS,
             Deadline::of(request),
             Retry::Idempotent,
             tiers.get_tier_history(msg)
-        )
-        .await?;
+        )?;
         Ok(pb::GetTierHistoryResponse {
             assignments: got.assignments,
             next_page_token: got.next_page_token,
@@ -1421,7 +1392,7 @@ impl CustomerApi {
         let deadline = Deadline::of(request);
         let merchant = caller.merchant_id();
         customer_of(gw, merchant, deadline, &r.customer_id).await?;
-        let chain = call!(
+        let chain = dep_call!(
             gw,
             deps::CARDS,
             deadline,
@@ -1431,9 +1402,8 @@ impl CustomerApi {
                 customer_id: r.customer_id.clone(),
                 max_levels: 0,
             })
-        )
-        .await?;
-        let referred = call!(
+        )?;
+        let referred = dep_call!(
             gw,
             deps::CARDS,
             deadline,
@@ -1445,8 +1415,7 @@ impl CustomerApi {
                 page_size: if r.page_size == 0 { 50 } else { r.page_size },
                 page_token: r.page_token.clone(),
             })
-        )
-        .await?;
+        )?;
         Ok(pb::ListReferralsResponse {
             referrers: chain.referrers,
             referrals: referred.referrals,
@@ -1495,14 +1464,13 @@ impl CustomerApi {
                     expires_at: r.expires_at,
                     allow_negative: r.allow_negative,
                 };
-                let adjusted = call!(
+                let adjusted = dep_call!(
                     gw,
                     deps::LEDGER,
                     deadline,
                     Retry::Idempotent,
                     ledger.adjust(msg)
-                )
-                .await?;
+                )?;
                 Ok(pb::AdjustPointsResponse {
                     balance: adjusted.balance,
                 })
@@ -1556,14 +1524,13 @@ impl CustomerApi {
                     description: r.reason.clone(),
                     occurred_at: Some(timestamps::to_proto(now)),
                 };
-                let granted = call!(
+                let granted = dep_call!(
                     gw,
                     deps::LEDGER,
                     deadline,
                     Retry::Idempotent,
                     ledger.grant_gift(msg)
-                )
-                .await?;
+                )?;
                 Ok(pb::GrantGiftResponse {
                     lot: granted.lot,
                     already_granted: granted.already_granted,

@@ -27,7 +27,7 @@ use crate::customers::derived_id;
 use crate::deps::{self, Deadline, Retry};
 use crate::error::{Error, Result};
 use crate::tenancy::Merchant;
-use crate::Gateway;
+use crate::{dep_call, Gateway};
 
 /// The job's name in `job_runs`.
 pub const JOB: &str = "tier_recalculation";
@@ -35,16 +35,6 @@ pub const JOB: &str = "tier_recalculation";
 pub const STALE_CLAIM: chrono::Duration = chrono::Duration::hours(1);
 /// Customers read per ListCustomers page.
 const PAGE_SIZE: i32 = 500;
-
-/// One dependency call: `call!(gw, deps::CARDS, Retry::Idempotent, tiers.assign_tier(msg))`.
-macro_rules! call {
-    ($gw:expr, $dep:expr, $retry:expr, $client:ident . $method:ident ($msg:expr)) => {
-        $gw.deps.call($dep, Deadline::none(), $retry, $msg, |r| {
-            let mut c = $gw.deps.$client.clone();
-            async move { c.$method(r).await }
-        })
-    };
-}
 
 /// What one [`run_due`] call did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -172,17 +162,17 @@ async fn recalculate(
     run: &mut MerchantRun,
 ) -> Result<String> {
     let at = timestamps::to_proto(now);
-    let active = call!(
+    let active = dep_call!(
         gw,
         deps::RULES,
+        Deadline::none(),
         Retry::Idempotent,
         programs.get_active_version(rules::GetActiveVersionRequest {
             merchant_id: merchant.to_owned(),
             at: Some(at),
             include_program: false,
         })
-    )
-    .await;
+    );
     let version = match active {
         Ok(a) => a.version.unwrap_or_default(),
         Err(e) if e.reason().as_deref() == Some("NO_ACTIVE_PROGRAM") => {
@@ -196,9 +186,10 @@ async fn recalculate(
     }
     let mut page_token = String::new();
     loop {
-        let page = call!(
+        let page = dep_call!(
             gw,
             deps::CARDS,
+            Deadline::none(),
             Retry::Idempotent,
             customers.list_customers(cards::ListCustomersRequest {
                 merchant_id: merchant.to_owned(),
@@ -206,8 +197,7 @@ async fn recalculate(
                 page_size: PAGE_SIZE,
                 page_token: page_token.clone(),
             })
-        )
-        .await?;
+        )?;
         for customer in &page.customers {
             match decide_one(gw, merchant, period, now, version.version, &needs, customer).await {
                 Ok(Some(TierDecision::Upgrade)) => run.upgraded += 1,
@@ -244,9 +234,10 @@ async fn decide_one(
     customer: &cards::Customer,
 ) -> Result<Option<TierDecision>> {
     let at = timestamps::to_proto(now);
-    let snapshot = call!(
+    let snapshot = dep_call!(
         gw,
         deps::LEDGER,
+        Deadline::none(),
         Retry::Idempotent,
         ledger.get_account_snapshot(ledger::GetAccountSnapshotRequest {
             merchant_id: merchant.to_owned(),
@@ -255,8 +246,7 @@ async fn decide_one(
             as_of: Some(at),
             expiring_within: None,
         })
-    )
-    .await?;
+    )?;
     let assignment = customer.tier.clone().unwrap_or_default();
     let context = rules::CustomerContext {
         customer_id: customer.customer_id.clone(),
@@ -271,9 +261,10 @@ async fn decide_one(
         aggregates: snapshot.aggregates,
         ..Default::default()
     };
-    let decided = call!(
+    let decided = dep_call!(
         gw,
         deps::RULES,
+        Deadline::none(),
         Retry::Idempotent,
         evaluation.decide_tier(rules::DecideTierRequest {
             merchant_id: merchant.to_owned(),
@@ -285,8 +276,7 @@ async fn decide_one(
             purchase_amount: String::new(),
             decided_at: Some(at),
         })
-    )
-    .await?;
+    )?;
     let decision = TierDecision::try_from(decided.decision).unwrap_or(TierDecision::Unspecified);
     if !matches!(decision, TierDecision::Upgrade | TierDecision::Downgrade)
         || decided.tier_code.is_empty()
@@ -294,9 +284,10 @@ async fn decide_one(
     {
         return Ok(None);
     }
-    let assigned = call!(
+    let assigned = dep_call!(
         gw,
         deps::CARDS,
+        Deadline::none(),
         Retry::Idempotent,
         tiers.assign_tier(cards::AssignTierRequest {
             merchant_id: merchant.to_owned(),
@@ -310,8 +301,7 @@ async fn decide_one(
             lock: false,
             effective_at: None,
         })
-    )
-    .await;
+    );
     match assigned {
         Ok(a) if a.changed => Ok(Some(decision)),
         Ok(_) => Ok(None),
