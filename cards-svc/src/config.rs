@@ -28,7 +28,9 @@ pub struct Config {
     /// ledger-svc (`http://host:50054`), called to merge two customers' accounts; unset = merges
     /// fail with DEPENDENCY_UNAVAILABLE.
     pub ledger_url: Option<String>,
-    /// How long request ids are remembered for retries, in hours.
+    /// How long request ids are remembered for retries, in hours: 30 days by default, as long
+    /// as the gateway and the ledger remember theirs, so a retry the gateway still answers is
+    /// never applied twice downstream.
     pub idempotency_retention_hours: u64,
     /// notify-svc (`http://host:50055`), to which the outbox's domain events are relayed
     /// (`KOPILKA_NOTIFY_URL`); unset = no relay, events stay in the outbox.
@@ -45,7 +47,7 @@ impl Default for Config {
             tier_cache: true,
             tier_cache_ttl_secs: 3600,
             ledger_url: None,
-            idempotency_retention_hours: 72,
+            idempotency_retention_hours: 720,
             notify_url: None,
         }
     }

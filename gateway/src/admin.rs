@@ -29,6 +29,7 @@ use crate::auth::Caller;
 use crate::checkout::validate::id_problem;
 use crate::deps::{self, Deadline, Retry};
 use crate::error::{Error, Result};
+use crate::idempotency;
 use crate::keys::{self, KeyScope};
 use crate::requests::{check_request_id, MAX_REQUEST_ID};
 use crate::tenancy::{ApiKeyListing, NewApiKey, Revocation, Store, Terminal};
@@ -156,17 +157,6 @@ fn derived_hex(merchant_id: &str, operation: &str, request_id: &str) -> String {
         hash.update(part.as_bytes());
     }
     hex::encode(&hash.finalize()[..8])
-}
-
-/// The request id of one step of a composed call: `<request_id>:<step>`, or a digest of the
-/// request id when that would be too long.
-fn step_request_id(request_id: &str, step: &str) -> String {
-    if request_id.len() + 1 + step.len() <= MAX_REQUEST_ID {
-        format!("{request_id}:{step}")
-    } else {
-        let digest = hex::encode(Sha256::digest(request_id.as_bytes()));
-        format!("{digest}:{step}")
-    }
 }
 
 fn proto_time(t: Timestamp) -> wkt::Timestamp {
@@ -875,7 +865,11 @@ impl AdminApi {
                             Retry::Idempotent,
                             rules::CreateDraftRequest {
                                 merchant_id: merchant_id.to_owned(),
-                                request_id: step_request_id(&req.request_id, "draft"),
+                                request_id: idempotency::from_caller(
+                                    "program-draft",
+                                    &req.request_id,
+                                    &[],
+                                ),
                                 source: Some(rules::create_draft_request::Source::Program(
                                     req.program.clone().unwrap_or_default(),
                                 )),
@@ -896,7 +890,11 @@ impl AdminApi {
                             Retry::Idempotent,
                             rules::PublishVersionRequest {
                                 merchant_id: merchant_id.to_owned(),
-                                request_id: step_request_id(&req.request_id, "publish"),
+                                request_id: idempotency::from_caller(
+                                    "program-publish",
+                                    &req.request_id,
+                                    &[],
+                                ),
                                 version: draft.version,
                                 etag: String::new(),
                                 tier_codes: Vec::new(),
@@ -921,7 +919,11 @@ impl AdminApi {
                                 Retry::Idempotent,
                                 rules::ActivateVersionRequest {
                                     merchant_id: merchant_id.to_owned(),
-                                    request_id: step_request_id(&req.request_id, "activate"),
+                                    request_id: idempotency::from_caller(
+                                        "program-activate",
+                                        &req.request_id,
+                                        &[],
+                                    ),
                                     version: draft.version,
                                     activate_at: req.activate_at,
                                     requested_by: caller.key_id.clone(),
@@ -1160,7 +1162,7 @@ impl AdminService for AdminApi {
             upsert_tier,
             cards::UpsertTierRequest {
                 merchant_id: caller.merchant_id().to_owned(),
-                request_id: req.request_id,
+                request_id: idempotency::from_caller("upsert_tier", &req.request_id, &[]),
                 tier: req.tier,
             }
         )?;
@@ -1203,7 +1205,7 @@ impl AdminService for AdminApi {
             delete_tier,
             cards::DeleteTierRequest {
                 merchant_id: caller.merchant_id().to_owned(),
-                request_id: req.request_id,
+                request_id: idempotency::from_caller("delete_tier", &req.request_id, &[]),
                 code: req.code,
             }
         )?;
@@ -1231,7 +1233,7 @@ impl AdminService for AdminApi {
             create_draft,
             rules::CreateDraftRequest {
                 merchant_id: caller.merchant_id().to_owned(),
-                request_id: req.request_id,
+                request_id: idempotency::from_caller("create_draft", &req.request_id, &[]),
                 source,
                 comment: req.comment,
                 created_by: caller.key_id.clone(),
@@ -1257,7 +1259,7 @@ impl AdminService for AdminApi {
             update_draft,
             rules::UpdateDraftRequest {
                 merchant_id: caller.merchant_id().to_owned(),
-                request_id: req.request_id,
+                request_id: idempotency::from_caller("update_draft", &req.request_id, &[]),
                 version: req.version,
                 program: req.program,
                 etag: req.etag,
@@ -1313,7 +1315,7 @@ impl AdminService for AdminApi {
             publish_version,
             rules::PublishVersionRequest {
                 merchant_id: caller.merchant_id().to_owned(),
-                request_id: req.request_id,
+                request_id: idempotency::from_caller("publish_version", &req.request_id, &[]),
                 version: req.version,
                 etag: req.etag,
                 tier_codes: Vec::new(),
@@ -1340,7 +1342,7 @@ impl AdminService for AdminApi {
             activate_version,
             rules::ActivateVersionRequest {
                 merchant_id: caller.merchant_id().to_owned(),
-                request_id: req.request_id,
+                request_id: idempotency::from_caller("activate_version", &req.request_id, &[]),
                 version: req.version,
                 activate_at: req.activate_at,
                 requested_by: caller.key_id.clone(),
@@ -1367,7 +1369,7 @@ impl AdminService for AdminApi {
             cancel_activation,
             rules::CancelActivationRequest {
                 merchant_id: caller.merchant_id().to_owned(),
-                request_id: req.request_id,
+                request_id: idempotency::from_caller("cancel_activation", &req.request_id, &[]),
                 activation_id: req.activation_id,
             }
         )?;
@@ -1568,7 +1570,7 @@ impl AdminService for AdminApi {
             upsert_categories,
             rules::UpsertCategoriesRequest {
                 merchant_id: caller.merchant_id().to_owned(),
-                request_id: req.request_id,
+                request_id: idempotency::from_caller("upsert_categories", &req.request_id, &[]),
                 categories: req.categories,
             }
         )?;
@@ -1667,18 +1669,6 @@ mod tests {
         assert_ne!(a, derived_hex("m2", "CreateStore", "r1"));
         assert_ne!(a, derived_hex("m1", "CreateTerminal", "r1"));
         assert_ne!(derived_hex("m1", "ab", "c"), derived_hex("m1", "a", "bc"));
-    }
-
-    #[test]
-    fn step_request_ids_stay_within_limits() {
-        assert_eq!(step_request_id("r-1", "draft"), "r-1:draft");
-        let long = "x".repeat(MAX_REQUEST_ID);
-        let step = step_request_id(&long, "activate");
-        assert!(step.len() <= MAX_REQUEST_ID);
-        assert_ne!(
-            step,
-            step_request_id(&"y".repeat(MAX_REQUEST_ID), "activate")
-        );
     }
 
     #[test]

@@ -32,7 +32,6 @@ use kopilka_proto::types::{self, ActionKind, IdentifierInput, IdentifierKind};
 use kopilka_proto::wkt;
 use kopilka_runtime::{redact, status, timestamps};
 use rust_decimal::Decimal;
-use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
@@ -66,15 +65,11 @@ pub struct Registered {
     pub balance: Option<Balance>,
 }
 
-/// A downstream request id derived from the caller's: `gw:<scope>:<parts>` (hashed when longer
-/// than a request id may be), so a retry of the caller's call repeats the same downstream call.
+/// The downstream key of step `scope` of the caller's call (`parts[0]` is its request id): see
+/// [`crate::idempotency`].
 pub fn derived_id(scope: &str, parts: &[&str]) -> String {
-    let joined = format!("gw:{scope}:{}", parts.join(":"));
-    if joined.len() <= MAX_REQUEST_ID {
-        return joined;
-    }
-    let digest = Sha256::digest(joined.as_bytes());
-    format!("gw:{scope}:{}", hex::encode(digest))
+    let (request_id, rest) = parts.split_first().map_or(("", &[][..]), |(f, r)| (*f, r));
+    crate::idempotency::from_caller(scope, request_id, rest)
 }
 
 /// Registers a customer (C6) or finds the one `phone` already belongs to, and grants the start
@@ -465,7 +460,7 @@ async fn grant_action(
         };
         let msg = ledger::GrantGiftRequest {
             merchant_id: merchant.to_owned(),
-            request_id: derived_id("gift", &[&customer_id, &key]),
+            request_id: crate::idempotency::derived("gift", &[&customer_id, &key]),
             customer_id: customer_id.clone(),
             grant: Some(grant),
             action: action as i32,
@@ -1772,14 +1767,5 @@ mod tests {
         check_phone("phone", "12", &mut v);
         assert_eq!(v.len(), 3);
         assert!(v.iter().all(|(f, _)| f == "phone"));
-    }
-
-    #[test]
-    fn derived_ids_fit_a_request_id() {
-        assert_eq!(derived_id("register", &["r1"]), "gw:register:r1");
-        let long = "x".repeat(128);
-        let id = derived_id("register", &[&long]);
-        assert!(id.len() <= MAX_REQUEST_ID);
-        assert_eq!(id, derived_id("register", &[&long]));
     }
 }

@@ -27,6 +27,10 @@ pub enum Error {
     /// reason and `ErrorInfo.metadata`.
     #[error("{1}")]
     Precondition(&'static str, String, Vec<(String, String)>),
+    /// A concurrent call changed what this one read, more often than it re-read:
+    /// ABORTED CONCURRENT_MODIFICATION. Nothing of this call is kept; retrying is safe.
+    #[error("{0}")]
+    Aborted(String),
     /// Too many calls: RESOURCE_EXHAUSTED RATE_LIMITED with a RetryInfo.
     #[error("rate limit exceeded")]
     RateLimited(Duration),
@@ -93,6 +97,9 @@ impl From<Error> for Status {
                 message,
                 metadata.into_iter().collect(),
             ),
+            Error::Aborted(message) => {
+                status::with_reason(Code::Aborted, "CONCURRENT_MODIFICATION", message)
+            }
             Error::RateLimited(retry_after) => {
                 let mut details = ErrorDetails::with_retry_info(Some(retry_after));
                 details.set_error_info("RATE_LIMITED", status::ERROR_DOMAIN, HashMap::new());

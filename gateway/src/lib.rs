@@ -8,6 +8,7 @@
 //! - [`auth`]: who is calling (merchant, scope, terminal) and per-terminal rate limits.
 //! - [`tenancy`]: merchants, stores, terminals and API keys (SQL).
 //! - [`deps`]: the clients of cards, rules and ledger with their tower layers.
+//! - [`idempotency`]: the keys the gateway makes, apart from the callers' request ids.
 //! - [`requests`]: answers of mutating calls by request id (idempotency).
 //! - [`checkout`]: CheckoutService — Calculate, Reserve, Confirm, Cancel, Refund, offline receipts.
 //! - [`error`]: errors → gRPC statuses, in one place.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod customers;
 pub mod deps;
 pub mod error;
+pub mod idempotency;
 pub mod keys;
 pub mod requests;
 pub mod seed;

@@ -23,7 +23,6 @@ use kopilka_proto::ledger;
 use kopilka_proto::rules::{self, TierDecision, TierTrigger};
 use kopilka_runtime::{timestamps, with_db, Db, Timestamp};
 
-use crate::customers::derived_id;
 use crate::deps::{self, Deadline, Retry};
 use crate::error::{Error, Result};
 use crate::tenancy::Merchant;
@@ -291,7 +290,7 @@ async fn decide_one(
         Retry::Idempotent,
         tiers.assign_tier(cards::AssignTierRequest {
             merchant_id: merchant.to_owned(),
-            request_id: derived_id("tier-job", &[period, &customer.customer_id]),
+            request_id: crate::idempotency::derived("tier-job", &[period, &customer.customer_id]),
             customer_id: customer.customer_id.clone(),
             tier_code: decided.tier_code.clone(),
             source: cards::TierSource::Rule as i32,

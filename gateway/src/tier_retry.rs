@@ -39,7 +39,7 @@ pub enum Decided {
 
 /// The request id of the AssignTier a receipt's decision makes (the same on every retry).
 pub fn assign_request_id(receipt_id: &str) -> String {
-    crate::checkout::ledger_request_id(&format!("tier:{receipt_id}"))
+    crate::idempotency::derived("tier", &[receipt_id])
 }
 
 /// DecideTier, then for an upgrade AssignTier and the tier as it now is.
@@ -127,10 +127,13 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(secs).min(MAX_BACKOFF)
 }
 
-/// Stores the pending decision with the checkout (inside `Checkouts::commit`'s transaction).
+/// Stores a pending decision, due at $6 (inside `Checkouts::commit`'s transaction).
 pub const INSERT: &str =
     "INSERT INTO tier_retries (merchant_id, receipt_id, request, attempts, next_attempt_at, last_error, created_at)
-     VALUES ($1, $2, $3, 0, $4, $5, $4) ON CONFLICT (merchant_id, receipt_id) DO NOTHING";
+     VALUES ($1, $2, $3, 0, $6, $5, $4) ON CONFLICT (merchant_id, receipt_id) DO NOTHING";
+
+/// Forgets a decision that was made.
+pub const FORGET: &str = "DELETE FROM tier_retries WHERE merchant_id = $1 AND receipt_id = $2";
 
 /// A decision to keep for later.
 pub struct Pending {
@@ -166,12 +169,14 @@ impl TierRetries {
 
     /// Keeps a decision on its own (Confirm keeps it inside the checkout's commit instead).
     pub async fn keep(&self, merchant_id: &str, receipt_id: &str, pending: &Pending) -> Result<()> {
+        let now = Timestamp::now();
         with_db!(&self.db, pool => sqlx::query(INSERT)
             .bind(merchant_id)
             .bind(receipt_id)
             .bind(pending.request.encode_to_vec())
-            .bind(Timestamp::now())
+            .bind(now)
             .bind(&pending.error)
+            .bind(now)
             .execute(pool)
             .await
             .map(|_| ()))?;
@@ -200,9 +205,7 @@ impl TierRetries {
     }
 
     async fn forget(&self, merchant_id: &str, receipt_id: &str) -> Result<()> {
-        with_db!(&self.db, pool => sqlx::query(
-            "DELETE FROM tier_retries WHERE merchant_id = $1 AND receipt_id = $2",
-        )
+        with_db!(&self.db, pool => sqlx::query(FORGET)
         .bind(merchant_id)
         .bind(receipt_id)
         .execute(pool)

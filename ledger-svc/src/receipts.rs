@@ -304,6 +304,12 @@ impl Ledger {
                 "an anonymous receipt collects no stamps".to_owned(),
             ));
         }
+        if input.caller_digest.len() > 64 {
+            v.push((
+                "receipt.caller_digest".to_owned(),
+                "at most 64 bytes".to_owned(),
+            ));
+        }
         if input.offline && redeem > Decimal::ZERO {
             v.push((
                 "receipt.redeem_points".to_owned(),
@@ -546,6 +552,7 @@ impl Ledger {
             hold_id: input.hold_id.clone(),
             refund_state: refund_state::NONE,
             refunds: vec![],
+            caller_digest: input.caller_digest.clone(),
         };
         let row = ReceiptRow {
             receipt_id: input.receipt_id.clone(),

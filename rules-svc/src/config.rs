@@ -26,7 +26,9 @@ pub struct Config {
     pub rules_change_poll_ms: u64,
     /// Most compiled program versions kept in memory (`KOPILKA_RULES_PLAN_CACHE`).
     pub rules_plan_cache: u64,
-    /// How long request ids are remembered for retries, in hours.
+    /// How long request ids are remembered for retries, in hours: 30 days by default, as long
+    /// as the gateway and the ledger remember theirs, so a retry the gateway still answers is
+    /// never applied twice downstream.
     pub idempotency_retention_hours: u64,
 }
 
@@ -38,7 +40,7 @@ impl Default for Config {
             cards_url: None,
             rules_change_poll_ms: 1000,
             rules_plan_cache: 10_000,
-            idempotency_retention_hours: 72,
+            idempotency_retention_hours: 720,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! - [`TempPostgres`]: a throw-away PostgreSQL cluster (initdb in a temp dir, free port).
 //! - [`TempRedis`]: a throw-away `redis-server` on a free port.
 //! - [`TestSuite`]: the five Kopilka services on random ports, on SQLite or on PostgreSQL + Redis.
+//! - [`stack::Stack`]: the services as separate processes, with gateway replicas.
 //! - [`TestSuite::seed_merchant`] and [`authed`]: gateway tenants and keys for gateway tests.
 //!
 //! Missing server binaries are installed with apt (when running as root), so a fresh machine
@@ -14,6 +15,7 @@ pub mod ledger;
 pub mod postgres;
 pub mod processes;
 pub mod redis;
+pub mod stack;
 pub mod suite;
 
 pub use gateway::{authed, SeededMerchant};

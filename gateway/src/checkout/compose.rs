@@ -16,7 +16,7 @@ use kopilka_proto::rules::{
 };
 use kopilka_proto::types::{BasketLine, Identifier, PurchaseAggregates};
 use kopilka_proto::wkt::Timestamp;
-use kopilka_runtime::status;
+use kopilka_runtime::{status, timestamps};
 use moka::future::Cache;
 use tonic::Status;
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
@@ -317,6 +317,37 @@ impl Composer<'_> {
                 context,
             });
         }
+    }
+
+    /// The context a tier decision for `known`'s purchase at `sold_at` reads: their purchases
+    /// up to just before it (a recovered Confirm has no evaluation of its own to take it from).
+    pub async fn context_before(
+        &self,
+        known: &Known,
+        sold_at: Timestamp,
+    ) -> Result<CustomerContext> {
+        let needs = self.needs(Some(&sold_at), false).await?;
+        let before = timestamps::from_proto(&sold_at)
+            .map(|at| timestamps::to_proto(at - chrono::Duration::microseconds(1)));
+        let snapshot = dep_call!(
+            self.gw,
+            LEDGER,
+            self.deadline,
+            Retry::Idempotent,
+            ledger.get_account_snapshot(GetAccountSnapshotRequest {
+                merchant_id: self.merchant(),
+                customer_id: known.customer.customer_id.clone(),
+                lookbacks: needs.1.lookbacks.clone(),
+                as_of: before,
+                expiring_within: None,
+            })
+        )?;
+        Ok(context(
+            known,
+            snapshot.balance.as_ref(),
+            snapshot.aggregates,
+            None,
+        ))
     }
 
     /// The referral depth the active program reads (to fetch referrers with the buyer).

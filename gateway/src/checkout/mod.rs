@@ -6,14 +6,21 @@
 //! - [`store`]: the checkout rows and their stored answers.
 //! - [`present`]: display and slip lines.
 //!
+//! - [`state`]: which step may move a checkout from which state.
+//! - [`booked`]: a booked receipt's answer rebuilt from the ledger's receipt.
+//!
 //! Every step is idempotent: answers are kept by request id (`requests`), a confirmed receipt
 //! is found again by its receipt id and content, and what the gateway asks of the ledger
-//! carries request ids derived from the caller's, so a retry at any point books nothing twice.
-//! Calls for one receipt are serialised in the process; across replicas the ledger's receipt
-//! uniqueness is the guard.
+//! carries keys from [`crate::idempotency`], so a retry at any point books nothing twice. The
+//! ledger is the truth about what is booked: a Confirm whose first answer was lost is answered
+//! from the ledger's receipt, never evaluated again. Calls for one receipt are serialised in
+//! the process; across replicas every write of a checkout is conditional on the version it was
+//! read at, and the loser reads again and decides again.
 
+pub mod booked;
 pub mod compose;
 pub mod present;
+pub mod state;
 pub mod store;
 pub mod validate;
 
@@ -40,7 +47,9 @@ use crate::requests::digest;
 use crate::tier_retry::{self, Decided};
 use crate::{dep_call, Gateway};
 
+use crate::idempotency;
 use compose::{Composer, Evaluated, Known, NeedsCache, Receipt};
+use state::{is_booked, Op, Refusal};
 use store::{Answer, Checkouts, Stored};
 use validate::{Violations, MAX_ID, MAX_TEXT};
 
@@ -78,6 +87,14 @@ struct Booking<'a> {
 }
 
 impl Booking<'_> {
+    fn op(&self) -> Op {
+        if self.offline {
+            Op::Offline
+        } else {
+            Op::Confirm
+        }
+    }
+
     fn operation(&self) -> &'static str {
         if self.offline {
             "offline"
@@ -101,8 +118,37 @@ impl Booking<'_> {
     }
 }
 
-fn conflict(message: impl Into<String>) -> Error {
-    Error::precondition("CHECKOUT_STATE_CONFLICT", message)
+/// FAILED_PRECONDITION CHECKOUT_STATE_CONFLICT for a receipt in `state`.
+fn conflict(receipt_id: &str, state: CheckoutState, hint: &str) -> Error {
+    Error::Precondition(
+        "CHECKOUT_STATE_CONFLICT",
+        format!("receipt {receipt_id} is {}: {hint}", state::word(state)),
+        vec![
+            ("state".to_owned(), state.as_str_name().to_owned()),
+            ("receipt_id".to_owned(), receipt_id.to_owned()),
+        ],
+    )
+}
+
+/// The checkout `stored` may take `op`, or the conflict that says why not.
+fn allowed(receipt_id: &str, stored: Option<&Stored>, op: Op) -> Result<CheckoutState> {
+    let from = stored.map(Stored::state);
+    state::next(from, op).map_err(|refusal| {
+        let hint = match refusal {
+            Refusal::Conflict { hint } => hint,
+            Refusal::Keep => "it keeps what was booked",
+        };
+        conflict(receipt_id, from.unwrap_or(CheckoutState::Unspecified), hint)
+    })
+}
+
+/// How often a step reads again after losing a write to a concurrent one.
+const MAX_RACES: usize = 4;
+
+fn lost_race(receipt_id: &str) -> Error {
+    Error::Aborted(format!(
+        "receipt {receipt_id} kept changing under concurrent calls; read it and retry"
+    ))
 }
 
 fn not_found(receipt_id: &str) -> Error {
@@ -112,19 +158,8 @@ fn not_found(receipt_id: &str) -> Error {
     )
 }
 
-fn is_booked(state: CheckoutState) -> bool {
-    matches!(
-        state,
-        CheckoutState::Confirmed | CheckoutState::PartiallyRefunded | CheckoutState::Refunded
-    )
-}
-
 fn now_proto() -> Timestamp {
     timestamps::to_proto(Utc::now())
-}
-
-pub(crate) fn ledger_request_id(request_id: &str) -> String {
-    format!("gw:{request_id}")
 }
 
 impl CheckoutApi {
@@ -196,6 +231,7 @@ impl CheckoutApi {
             },
             hold_id: String::new(),
             content_hash: None,
+            version: 0,
         }
     }
 
@@ -219,7 +255,7 @@ impl CheckoutApi {
                     c.caller,
                     Some(c.terminal),
                     c.deadline,
-                    &format!("{request_id}:register"),
+                    request_id,
                     &input.raw,
                     &[],
                     Some(details),
@@ -284,38 +320,26 @@ impl CheckoutApi {
                 .checkouts
                 .get(caller.merchant_id(), &req.receipt_id)
                 .await?;
-            let mut stored = match stored {
-                None => {
-                    let mut s = self.new_checkout(&req.receipt_id, &terminal);
-                    s.checkout.state = CheckoutState::Calculated as i32;
-                    s
-                }
-                Some(s)
-                    if matches!(
-                        s.state(),
-                        CheckoutState::Calculated | CheckoutState::Reserved
-                    ) =>
-                {
-                    s
-                }
-                // Booked or cancelled: the stored answer stays what was booked.
-                Some(_) => {
-                    return Ok(CalculateResponse {
-                        calculation: Some(calculation),
-                    })
-                }
-            };
-            // A previewed newcomer has no customer id yet.
-            stored.checkout.customer_id = if preview {
-                String::new()
-            } else {
-                customer_id_of(&evaluated)
-            };
-            stored.checkout.calculation = Some(calculation.clone());
-            stored.checkout.updated_at = Some(now_proto());
-            self.checkouts
-                .put_calculation(caller.merchant_id(), &stored)
-                .await?;
+            // Booked or cancelled: the stored checkout keeps what was booked.
+            if let Ok(next) = state::next(stored.as_ref().map(Stored::state), Op::Calculate) {
+                let mut stored =
+                    stored.unwrap_or_else(|| self.new_checkout(&req.receipt_id, &terminal));
+                stored.checkout.state = next as i32;
+                // A previewed newcomer has no customer id yet.
+                stored.checkout.customer_id = if preview {
+                    String::new()
+                } else {
+                    customer_id_of(&evaluated)
+                };
+                stored.checkout.calculation = Some(calculation.clone());
+                stored.checkout.updated_at = Some(now_proto());
+                // Lost to a concurrent step: the calculation is still this call's answer, and
+                // the stored checkout is what that step made of it.
+                let _ = self
+                    .checkouts
+                    .put_calculation(caller.merchant_id(), &stored)
+                    .await?;
+            }
         }
         Ok(CalculateResponse {
             calculation: Some(calculation),
@@ -377,24 +401,22 @@ impl CheckoutApi {
             .requests
             .once(&merchant, &req.request_id, "reserve", &req, || async {
                 let stored = self.checkouts.get(&merchant, &req.receipt_id).await?;
-                let previous = match &stored {
-                    Some(s) if is_booked(s.state()) || s.state() == CheckoutState::Cancelled => {
-                        return Err(conflict(format!(
-                            "receipt {} is already {}",
-                            req.receipt_id,
-                            state_word(s.state())
-                        )))
-                    }
-                    Some(s) if s.state() == CheckoutState::Reserved => Some(s.hold_id.clone()),
-                    _ => None,
-                };
+                allowed(&req.receipt_id, stored.as_ref(), Op::Reserve)?;
+                let previous = stored
+                    .as_ref()
+                    .filter(|s| s.state() == CheckoutState::Reserved)
+                    .map(|s| s.hold_id.clone());
+                // The version read is part of the hold's key: a retry after a crash gets the
+                // same hold, a retry after losing a race (below) a new one.
+                let version = stored.as_ref().map_or(0, |s| s.version).to_string();
                 let c = self.composer(&caller, &terminal, deadline);
                 let levels = c.referral_levels(None).await?;
                 let buyer = self.identify(&c, req.buyer.as_ref(), levels, None).await?;
                 // A new reservation replaces the old one: release it first.
                 if let Some(hold_id) = &previous {
-                    self.void_hold(&c, &format!("{}:replace", req.request_id), hold_id)
-                        .await?;
+                    let key =
+                        idempotency::from_caller("reserve-replace", &req.request_id, &[hold_id]);
+                    self.void_hold(&c, &key, hold_id).await?;
                 }
                 let evaluated = c
                     .evaluate(
@@ -417,7 +439,11 @@ impl CheckoutApi {
                     Retry::Idempotent,
                     ledger.reserve(ledger_pb::ReserveRequest {
                         merchant_id: merchant.clone(),
-                        request_id: ledger_request_id(&req.request_id),
+                        request_id: idempotency::from_caller(
+                            "reserve",
+                            &req.request_id,
+                            &[&version]
+                        ),
                         customer_id: customer_id.clone(),
                         amount: req.points.clone(),
                         ttl: Some(ProtoDuration::from(ttl)),
@@ -440,7 +466,14 @@ impl CheckoutApi {
                     state: hold.state,
                 });
                 stored.checkout.updated_at = Some(now_proto());
-                self.checkouts.put(&merchant, &stored).await?;
+                if self.checkouts.put(&merchant, &stored).await?.is_err() {
+                    // Another replica moved the checkout meanwhile (a Cancel, a Confirm): what
+                    // was just held must not outlive this call.
+                    let key =
+                        idempotency::from_caller("reserve-lost", &req.request_id, &[&hold.hold_id]);
+                    self.void_hold(&c, &key, &hold.hold_id).await?;
+                    return Err(lost_race(&req.receipt_id));
+                }
                 Ok(ReserveResponse {
                     checkout: Some(stored.checkout),
                 })
@@ -448,7 +481,8 @@ impl CheckoutApi {
             .await
     }
 
-    async fn void_hold(&self, c: &Composer<'_>, request_id: &str, hold_id: &str) -> Result<()> {
+    /// Voids a hold; `key` is the ledger request id of this void.
+    async fn void_hold(&self, c: &Composer<'_>, key: &str, hold_id: &str) -> Result<()> {
         dep_call!(
             self.gw,
             LEDGER,
@@ -456,11 +490,34 @@ impl CheckoutApi {
             Retry::Idempotent,
             ledger.void_hold(ledger_pb::VoidHoldRequest {
                 merchant_id: c.caller.merchant_id().to_owned(),
-                request_id: ledger_request_id(request_id),
+                request_id: key.to_owned(),
                 hold_id: hold_id.to_owned(),
             })
         )
         .map(|_| ())
+    }
+
+    /// The ledger's receipt under `receipt_id`, if it has one.
+    async fn ledger_receipt(
+        &self,
+        c: &Composer<'_>,
+        receipt_id: &str,
+    ) -> Result<Option<ledger_pb::Receipt>> {
+        let found = dep_call!(
+            self.gw,
+            LEDGER,
+            c.deadline,
+            Retry::Idempotent,
+            ledger.get_receipt(ledger_pb::GetReceiptRequest {
+                merchant_id: c.caller.merchant_id().to_owned(),
+                receipt_id: receipt_id.to_owned(),
+            })
+        );
+        match found {
+            Ok(found) => Ok(found.receipt),
+            Err(e) if e.reason().as_deref() == Some("RECEIPT_NOT_FOUND") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn confirm_inner(&self, request: Request<ConfirmRequest>) -> Result<ConfirmResponse> {
@@ -534,59 +591,56 @@ impl CheckoutApi {
         b: Booking<'_>,
     ) -> Result<ConfirmResponse> {
         let merchant = caller.merchant_id().to_owned();
-        // The answer under the receipt itself: a repeat of the same receipt under another
-        // request id gets it too.
-        let receipt_key = format!("receipt:{}", b.receipt_id);
         let stored = self.checkouts.get(&merchant, b.receipt_id).await?;
-        let mut hold_id = String::new();
-        let mut held_points = None;
-        match &stored {
-            Some(s) if is_booked(s.state()) => {
-                if s.content_hash.as_deref() == Some(b.content_hash.as_slice())
-                    && s.checkout.offline == b.offline
-                {
-                    if let Some(mut answer) = self
-                        .gw
-                        .requests
-                        .find::<ConfirmResponse>(&merchant, &receipt_key, "book", &b.content_hash)
-                        .await?
-                    {
-                        answer.checkout = Some(s.checkout.clone());
-                        self.gw
-                            .requests
-                            .save_bytes(
-                                &merchant,
-                                b.request_id,
-                                b.operation(),
-                                &b.request_hash,
-                                b.outer_answer(&answer),
-                            )
-                            .await?;
-                        return Ok(answer);
-                    }
-                }
-                return Err(conflict(format!(
-                    "receipt {} is already {} with other content",
-                    b.receipt_id,
-                    state_word(s.state())
-                )));
-            }
-            Some(s) if s.state() == CheckoutState::Cancelled => {
-                return Err(conflict(format!("receipt {} was cancelled", b.receipt_id)))
-            }
-            Some(s) if s.state() == CheckoutState::Reserved => {
-                if b.offline {
-                    return Err(conflict(format!(
-                        "receipt {} was reserved online; confirm it instead",
-                        b.receipt_id
-                    )));
-                }
-                hold_id = s.hold_id.clone();
-                held_points = s.checkout.hold.as_ref().map(|h| h.points.clone());
-            }
-            _ => {}
+        if let Some(s) = stored.as_ref().filter(|s| is_booked(s.state())) {
+            return self.answer_booked(&merchant, s, &b).await;
         }
+        allowed(b.receipt_id, stored.as_ref(), b.op())?;
         let c = self.composer(caller, terminal, deadline);
+        let (recorded, evaluated, sold_at) = match self.record(&c, &b, stored.as_ref()).await {
+            Ok(done) => done,
+            // Refused before or by the ledger: an earlier attempt may have booked the receipt
+            // and lost its answer (a crash or a timeout before the commit below). Then the
+            // ledger's receipt is the answer; this attempt's evaluation is not.
+            Err(error) => return self.recover(&c, &b, stored, error).await,
+        };
+        let totals = evaluated.result.totals.clone().unwrap_or_default();
+        let known = evaluated.buyer.clone();
+        let balance = match &known {
+            Some(_) => recorded.balance.or_else(|| evaluated.balance.clone()),
+            None => recorded.balance,
+        };
+        let tier = match &evaluated.context {
+            Some(context) => {
+                self.tier_request(
+                    &c,
+                    context,
+                    evaluated.result.program_version,
+                    &totals.net_amount,
+                    sold_at,
+                )
+                .await
+            }
+            None => None,
+        };
+        let mut stored =
+            self.booked_checkout(stored, &b, terminal, recorded.receipt.unwrap_or_default());
+        stored.checkout.customer_id = customer_id_of(&evaluated);
+        stored.checkout.calculation = Some(self.calculation(caller, &evaluated, known.as_ref()));
+        self.commit_booked(&c, &b, stored, known, balance, tier)
+            .await
+    }
+
+    /// Evaluates the receipt and records it in the ledger.
+    async fn record(
+        &self,
+        c: &Composer<'_>,
+        b: &Booking<'_>,
+        stored: Option<&Stored>,
+    ) -> Result<(ledger_pb::RecordReceiptResponse, Evaluated, Timestamp)> {
+        let reserved = stored.filter(|s| s.state() == CheckoutState::Reserved);
+        let hold_id = reserved.map(|s| s.hold_id.clone()).unwrap_or_default();
+        let held_points = reserved.and_then(|s| s.checkout.hold.as_ref().map(|h| h.points.clone()));
         let at = if b.offline {
             b.occurred_at.as_ref()
         } else {
@@ -594,7 +648,7 @@ impl CheckoutApi {
         };
         let levels = c.referral_levels(at).await?;
         let buyer = self
-            .identify(&c, b.buyer, levels, b.register.map(|d| (b.request_id, d)))
+            .identify(c, b.buyer, levels, b.register.map(|d| (b.request_id, d)))
             .await?;
         let redeeming = b
             .redeem_points
@@ -606,7 +660,6 @@ impl CheckoutApi {
                 "an anonymous receipt cannot be paid with points",
             ));
         }
-        // The sale time is fixed now so that a retry books the same content.
         let occurred_at = b.occurred_at.unwrap_or_else(now_proto);
         let evaluated = c
             .evaluate(
@@ -621,93 +674,109 @@ impl CheckoutApi {
                 },
             )
             .await?;
-        let customer_id = customer_id_of(&evaluated);
         let result = &evaluated.result;
         let totals = result.totals.clone().unwrap_or_default();
         let input = ledger_pb::ReceiptInput {
             receipt_id: b.receipt_id.to_owned(),
-            customer_id: customer_id.clone(),
-            store_id: terminal.store_id.clone(),
-            terminal_id: terminal.terminal_id.clone(),
+            customer_id: customer_id_of(&evaluated),
+            store_id: c.terminal.store_id.clone(),
+            terminal_id: c.terminal.terminal_id.clone(),
             occurred_at: Some(occurred_at),
             currency: if result.currency.is_empty() {
-                caller.merchant.currency.clone()
+                c.caller.merchant.currency.clone()
             } else {
                 result.currency.clone()
             },
             program_version: result.program_version,
             lines: receipt_lines(b.lines, &result.lines),
             redeem_points: totals.redeem_points.clone(),
-            hold_id: hold_id.clone(),
+            hold_id,
             accruals: result.accruals.clone(),
             beneficiary_grants: result.referral_rewards.clone(),
             stamp_changes: result.stamp_changes.clone(),
             promo_codes: result.applied_promo_codes.clone(),
             offline: b.offline,
+            caller_digest: b.content_hash.clone(),
         };
         let recorded = dep_call!(
             self.gw,
             LEDGER,
-            deadline,
+            c.deadline,
             Retry::Idempotent,
             ledger.record_receipt(ledger_pb::RecordReceiptRequest {
-                merchant_id: merchant.clone(),
-                request_id: ledger_request_id(&format!("book:{}", b.receipt_id)),
+                merchant_id: c.caller.merchant_id().to_owned(),
+                request_id: idempotency::derived("book", &[b.receipt_id]),
                 receipt: Some(input),
             })
-        );
-        let recorded = match recorded {
-            Ok(r) => r,
-            // Booked by an earlier attempt whose answer was lost (its sale time was "now"
-            // then): the same sale is the same receipt.
-            Err(e)
-                if matches!(
-                    e.reason().as_deref(),
-                    Some("RECEIPT_ALREADY_RECORDED" | "IDEMPOTENCY_KEY_REUSED")
-                ) =>
-            {
-                self.recover_recorded(&c, b.receipt_id, &customer_id, b.lines, e)
-                    .await?
+        )?;
+        Ok((recorded, evaluated, occurred_at))
+    }
+
+    /// A Confirm refused with `error`: when the ledger holds the receipt with this content
+    /// (an earlier attempt booked it and lost its answer), the answer built from the ledger's
+    /// receipt; with other content a conflict; otherwise `error`.
+    async fn recover(
+        &self,
+        c: &Composer<'_>,
+        b: &Booking<'_>,
+        stored: Option<Stored>,
+        error: Error,
+    ) -> Result<ConfirmResponse> {
+        let receipt = match self.ledger_receipt(c, b.receipt_id).await {
+            Ok(Some(receipt)) => receipt,
+            Ok(None) => return Err(error),
+            Err(lookup) => {
+                tracing::warn!(%lookup, %error, receipt_id = b.receipt_id, "cannot tell whether the ledger booked the receipt");
+                return Err(error);
             }
-            Err(e) => return Err(e),
         };
-        let receipt = recorded.receipt.unwrap_or_default();
-        let mut balance = recorded.balance;
-        // After the purchase: the tier (R13). The receipt is booked whatever happens here;
-        // a decision that cannot be made now is kept with the checkout and retried (tier_retry).
-        let mut known = evaluated.buyer.clone();
-        let mut tier_changed = false;
-        let mut pending_tier = None;
-        if let Some(k) = known.as_mut() {
-            match self
-                .decide_tier(
-                    &c,
-                    &evaluated,
-                    &totals.net_amount,
-                    occurred_at,
-                    b.receipt_id,
-                )
-                .await
-            {
-                Ok(Some(tier)) => {
-                    k.tier = Some(tier);
-                    tier_changed = true;
-                }
-                Ok(None) => {}
-                Err(pending) => pending_tier = Some(pending),
-            }
-            if balance.is_none() {
-                balance = evaluated.balance.clone();
-            }
+        if receipt.caller_digest != b.content_hash || receipt.offline != b.offline {
+            tracing::info!(%error, receipt_id = b.receipt_id, "receipt id already booked with other content");
+            return Err(conflict(
+                b.receipt_id,
+                CheckoutState::Confirmed,
+                "it was booked with other content",
+            ));
         }
-        let calculation = self.calculation(caller, &evaluated, known.as_ref());
-        let currency = calculation.currency.clone();
-        let customer = known.as_ref().map(|k| summary(k, caller));
-        let now = now_proto();
-        let mut stored = stored.unwrap_or_else(|| self.new_checkout(b.receipt_id, terminal));
-        stored.checkout.state = CheckoutState::Confirmed as i32;
+        tracing::info!(%error, receipt_id = b.receipt_id, "answering a receipt booked by an earlier attempt");
+        let known = match receipt.customer_id.as_str() {
+            "" => None,
+            id => Some(c.by_id(id, 0).await?),
+        };
+        let (balance, tier) = match (&known, receipt.occurred_at) {
+            (Some(k), Some(sold_at)) => {
+                let context = c.context_before(k, sold_at).await?;
+                let net = receipt
+                    .summary
+                    .as_ref()
+                    .map(|s| s.net_amount.clone())
+                    .unwrap_or_default();
+                let tier = self
+                    .tier_request(c, &context, receipt.program_version, &net, sold_at)
+                    .await;
+                (self.balance(c, &receipt.customer_id).await?, tier)
+            }
+            _ => (None, None),
+        };
+        let customer = known.as_ref().map(|k| summary(k, c.caller));
+        let calculation = booked::calculation(&receipt, customer);
+        let customer_id = receipt.customer_id.clone();
+        let mut stored = self.booked_checkout(stored, b, c.terminal, receipt);
         stored.checkout.customer_id = customer_id;
         stored.checkout.calculation = Some(calculation);
+        self.commit_booked(c, b, stored, known, balance, tier).await
+    }
+
+    /// `stored` (or a new checkout) as booked with `receipt`.
+    fn booked_checkout(
+        &self,
+        stored: Option<Stored>,
+        b: &Booking<'_>,
+        terminal: &TerminalRef,
+        receipt: ledger_pb::Receipt,
+    ) -> Stored {
+        let mut stored = stored.unwrap_or_else(|| self.new_checkout(b.receipt_id, terminal));
+        stored.checkout.state = CheckoutState::Confirmed as i32;
         stored.checkout.receipt = Some(receipt);
         stored.checkout.offline = b.offline;
         stored.checkout.fiscal_ref = b.fiscal_ref.to_owned();
@@ -716,94 +785,220 @@ impl CheckoutApi {
         if let Some(hold) = stored.checkout.hold.as_mut() {
             hold.state = ledger_pb::HoldState::Committed as i32;
         }
-        stored.checkout.updated_at = Some(now);
+        stored.checkout.updated_at = Some(now_proto());
         stored.content_hash = Some(b.content_hash.clone());
-        let answer = ConfirmResponse {
+        stored
+    }
+
+    /// The answer to a booked receipt, for the buyer `known` with `balance` after it.
+    fn confirm_answer(
+        &self,
+        stored: &Stored,
+        known: Option<&Known>,
+        balance: Option<ledger_pb::Balance>,
+        tier_changed: bool,
+    ) -> ConfirmResponse {
+        let calculation = stored.checkout.calculation.clone().unwrap_or_default();
+        let customer = calculation.customer.clone();
+        ConfirmResponse {
             print_lines: present::print_lines(
-                &totals,
-                &currency,
+                &calculation.totals.unwrap_or_default(),
+                &calculation.currency,
                 balance.as_ref(),
-                customer
-                    .as_ref()
-                    .map(|c| c.tier_name.as_str())
+                known
+                    .and_then(|k| k.tier.as_ref())
+                    .map(|t| t.name.as_str())
                     .filter(|n| !n.is_empty()),
             ),
             checkout: Some(stored.checkout.clone()),
             balance,
             customer,
             tier_changed,
-        };
-        // The checkout and both answers (by receipt and by request id) in one commit.
+        }
+    }
+
+    /// A repeat of a receipt already booked here: its answer for the same content, else a
+    /// conflict.
+    async fn answer_booked(
+        &self,
+        merchant: &str,
+        s: &Stored,
+        b: &Booking<'_>,
+    ) -> Result<ConfirmResponse> {
+        let receipt_key = idempotency::local("receipt", b.receipt_id);
+        if s.content_hash.as_deref() == Some(b.content_hash.as_slice())
+            && s.checkout.offline == b.offline
+        {
+            if let Some(mut answer) = self
+                .gw
+                .requests
+                .find::<ConfirmResponse>(merchant, &receipt_key, "book", &b.content_hash)
+                .await?
+            {
+                answer.checkout = Some(s.checkout.clone());
+                self.gw
+                    .requests
+                    .save_bytes(
+                        merchant,
+                        b.request_id,
+                        b.operation(),
+                        &b.request_hash,
+                        b.outer_answer(&answer),
+                    )
+                    .await?;
+                return Ok(answer);
+            }
+        }
+        Err(conflict(
+            b.receipt_id,
+            s.state(),
+            "it was booked with other content",
+        ))
+    }
+
+    /// Stores the booked checkout with its answers (by receipt and by request id) and the tier
+    /// decision still to make, in one commit; then makes the decision. The ledger has booked
+    /// the receipt, so a checkout changed meanwhile by another replica (a Cancel that read it
+    /// before the booking) is overwritten: the ledger is the truth.
+    async fn commit_booked(
+        &self,
+        c: &Composer<'_>,
+        b: &Booking<'_>,
+        mut stored: Stored,
+        mut known: Option<Known>,
+        balance: Option<ledger_pb::Balance>,
+        tier: Option<tier_retry::Pending>,
+    ) -> Result<ConfirmResponse> {
         use prost::Message;
+        let merchant = c.caller.merchant_id();
+        let receipt_key = idempotency::local("receipt", b.receipt_id);
+        let mut answer = self.confirm_answer(&stored, known.as_ref(), balance.clone(), false);
+        let mut races = 0;
+        let version = loop {
+            let answers = [
+                Answer {
+                    request_id: &receipt_key,
+                    operation: "book",
+                    request_hash: &b.content_hash,
+                    response: answer.encode_to_vec(),
+                },
+                Answer {
+                    request_id: b.request_id,
+                    operation: b.operation(),
+                    request_hash: &b.request_hash,
+                    response: b.outer_answer(&answer),
+                },
+            ];
+            if let Ok(version) = self
+                .checkouts
+                .commit(merchant, &stored, &answers, tier.as_ref())
+                .await?
+            {
+                break version;
+            }
+            races += 1;
+            if races >= MAX_RACES {
+                return Err(lost_race(b.receipt_id));
+            }
+            match self.checkouts.get(merchant, b.receipt_id).await? {
+                // Another replica committed this very receipt first.
+                Some(now) if is_booked(now.state()) => {
+                    return self.answer_booked(merchant, &now, b).await
+                }
+                Some(now) => {
+                    if now.state() == CheckoutState::Cancelled {
+                        tracing::warn!(receipt_id = b.receipt_id, "a Cancel stored before the ledger booked the receipt is overwritten: the receipt is booked");
+                    }
+                    stored.version = now.version;
+                    stored.checkout.created_at = now.checkout.created_at;
+                }
+                None => stored.version = 0,
+            }
+        };
+        stored.version = version;
+        // After the purchase: the tier (R13). The receipt is booked and stored whatever happens
+        // here; a decision that fails now stays in tier_retries for the retry task.
+        let Some(pending) = tier else {
+            return Ok(answer);
+        };
+        let decided = tier_retry::decide(&self.gw, c.deadline, pending.request, b.receipt_id).await;
+        let upgraded = match decided {
+            Ok(Decided::Upgraded(tier)) => tier,
+            Ok(other) => {
+                if other == Decided::NoProgression {
+                    let version = stored
+                        .checkout
+                        .calculation
+                        .as_ref()
+                        .map_or(0, |c| c.program_version);
+                    self.needs.no_progression(merchant, version).await;
+                }
+                self.checkouts
+                    .tier_decided(merchant, b.receipt_id, None)
+                    .await?;
+                return Ok(answer);
+            }
+            Err(error) => {
+                tracing::warn!(%error, receipt_id = b.receipt_id, "tier decision after purchase failed; kept for a retry");
+                return Ok(answer);
+            }
+        };
+        if let Some(k) = known.as_mut() {
+            k.tier = upgraded;
+            let customer = summary(k, c.caller);
+            if let Some(calculation) = stored.checkout.calculation.as_mut() {
+                calculation.customer = Some(customer);
+            }
+        }
+        answer = self.confirm_answer(&stored, known.as_ref(), balance, true);
+        let answers = [
+            Answer {
+                request_id: &receipt_key,
+                operation: "book",
+                request_hash: &b.content_hash,
+                response: answer.encode_to_vec(),
+            },
+            Answer {
+                request_id: b.request_id,
+                operation: b.operation(),
+                request_hash: &b.request_hash,
+                response: b.outer_answer(&answer),
+            },
+        ];
         self.checkouts
-            .commit(
-                &merchant,
-                &stored,
-                &[
-                    Answer {
-                        request_id: &receipt_key,
-                        operation: "book",
-                        request_hash: &b.content_hash,
-                        response: answer.encode_to_vec(),
-                    },
-                    Answer {
-                        request_id: b.request_id,
-                        operation: b.operation(),
-                        request_hash: &b.request_hash,
-                        response: b.outer_answer(&answer),
-                    },
-                ],
-                pending_tier.as_ref(),
-            )
+            .tier_decided(merchant, b.receipt_id, Some((&stored, &answers)))
             .await?;
         Ok(answer)
     }
 
-    async fn recover_recorded(
+    /// The DecideTier a purchase of `amount` at `sold_at` asks for, or `None` when the program
+    /// version has no tier progression.
+    async fn tier_request(
         &self,
         c: &Composer<'_>,
-        receipt_id: &str,
-        customer_id: &str,
-        lines: &[BasketLine],
-        error: Error,
-    ) -> Result<ledger_pb::RecordReceiptResponse> {
-        let found = dep_call!(
-            self.gw,
-            LEDGER,
-            c.deadline,
-            Retry::Idempotent,
-            ledger.get_receipt(ledger_pb::GetReceiptRequest {
-                merchant_id: c.caller.merchant_id().to_owned(),
-                receipt_id: receipt_id.to_owned(),
-            })
-        )?;
-        let receipt = found.receipt.unwrap_or_default();
-        let same_sale = receipt.customer_id == customer_id
-            && receipt.lines.len() == lines.len()
-            && receipt.lines.iter().zip(lines).all(|(stored, sent)| {
-                stored.line.as_ref().is_some_and(|l| {
-                    l.line_id == sent.line_id
-                        && l.product_id == sent.product_id
-                        && same_decimal(&l.quantity, &sent.quantity)
-                        && same_decimal(&l.unit_price, &sent.unit_price)
-                })
-            });
-        if !same_sale {
-            tracing::info!(%error, receipt_id, "receipt id already booked with other content");
-            return Err(conflict(format!(
-                "receipt {receipt_id} is already booked with other content"
-            )));
+        context: &rules_pb::CustomerContext,
+        program_version: u64,
+        amount: &str,
+        sold_at: Timestamp,
+    ) -> Option<tier_retry::Pending> {
+        let merchant = c.caller.merchant_id();
+        if self
+            .needs
+            .without_progression(merchant, program_version)
+            .await
+        {
+            return None;
         }
-        let balance = if customer_id.is_empty() {
-            None
-        } else {
-            self.balance(c, customer_id).await?
-        };
-        Ok(ledger_pb::RecordReceiptResponse {
-            receipt: Some(receipt),
-            already_recorded: true,
-            transaction_id: String::new(),
-            balance,
+        Some(tier_retry::Pending {
+            request: rules_pb::DecideTierRequest {
+                merchant_id: merchant.to_owned(),
+                program: None,
+                customer: Some(context.clone()),
+                trigger: rules_pb::TierTrigger::Purchase as i32,
+                purchase_amount: amount.to_owned(),
+                decided_at: Some(sold_at),
+            },
+            error: String::new(),
         })
     }
 
@@ -826,49 +1021,6 @@ impl CheckoutApi {
         .balance)
     }
 
-    /// R13 after a purchase: upgrades only; returns the new tier when it changed. `Err` carries
-    /// the decision to keep for [`tier_retry`] when it could not be made now.
-    async fn decide_tier(
-        &self,
-        c: &Composer<'_>,
-        ev: &Evaluated,
-        purchase_amount: &str,
-        occurred_at: Timestamp,
-        receipt_id: &str,
-    ) -> std::result::Result<Option<cards_pb::Tier>, tier_retry::Pending> {
-        let Some(context) = ev.context.clone() else {
-            return Ok(None);
-        };
-        let merchant = c.caller.merchant_id();
-        let version = ev.result.program_version;
-        if self.needs.without_progression(merchant, version).await {
-            return Ok(None);
-        }
-        let request = rules_pb::DecideTierRequest {
-            merchant_id: merchant.to_owned(),
-            program: None,
-            customer: Some(context),
-            trigger: rules_pb::TierTrigger::Purchase as i32,
-            purchase_amount: purchase_amount.to_owned(),
-            decided_at: Some(occurred_at),
-        };
-        match tier_retry::decide(&self.gw, c.deadline, request.clone(), receipt_id).await {
-            Ok(Decided::Upgraded(tier)) => Ok(tier),
-            Ok(Decided::NoProgression) => {
-                self.needs.no_progression(merchant, version).await;
-                Ok(None)
-            }
-            Ok(Decided::Kept) => Ok(None),
-            Err(error) => {
-                tracing::warn!(%error, receipt_id, "tier decision after purchase failed; kept for a retry");
-                Err(tier_retry::Pending {
-                    request,
-                    error: error.to_string(),
-                })
-            }
-        }
-    }
-
     async fn cancel_inner(&self, request: Request<CancelRequest>) -> Result<CancelResponse> {
         let deadline = Deadline::of(&request);
         let caller = self.gw.auth.terminal_or_admin(&request).await?;
@@ -885,37 +1037,46 @@ impl CheckoutApi {
         self.gw
             .requests
             .once(&merchant, &req.request_id, "cancel", &req, || async {
-                let stored = self.checkouts.get(&merchant, &req.receipt_id).await?;
                 let c = self.composer(&caller, &terminal, deadline);
-                let mut stored = match stored {
-                    Some(s) if is_booked(s.state()) => {
-                        return Err(conflict(format!(
-                            "receipt {} is already {}: refund it instead",
-                            req.receipt_id,
-                            state_word(s.state())
-                        )))
+                for _ in 0..MAX_RACES {
+                    let stored = self.checkouts.get(&merchant, &req.receipt_id).await?;
+                    allowed(&req.receipt_id, stored.as_ref(), Op::Cancel)?;
+                    let mut stored =
+                        stored.unwrap_or_else(|| self.new_checkout(&req.receipt_id, &terminal));
+                    if stored.state() != CheckoutState::Cancelled {
+                        // Booked by a Confirm that has not stored its answer yet (on another
+                        // replica, or before a crash): the ledger is the truth.
+                        if self.ledger_receipt(&c, &req.receipt_id).await?.is_some() {
+                            return Err(conflict(
+                                &req.receipt_id,
+                                CheckoutState::Confirmed,
+                                "refund it instead",
+                            ));
+                        }
                     }
-                    Some(s) => s,
-                    None => self.new_checkout(&req.receipt_id, &terminal),
-                };
-                if stored.state() == CheckoutState::Reserved {
-                    self.void_hold(&c, &req.request_id, &stored.hold_id).await?;
-                    if let Some(hold) = stored.checkout.hold.as_mut() {
-                        hold.state = ledger_pb::HoldState::Voided as i32;
+                    if stored.state() == CheckoutState::Reserved {
+                        let key =
+                            idempotency::from_caller("cancel", &req.request_id, &[&stored.hold_id]);
+                        self.void_hold(&c, &key, &stored.hold_id).await?;
+                        if let Some(hold) = stored.checkout.hold.as_mut() {
+                            hold.state = ledger_pb::HoldState::Voided as i32;
+                        }
+                    }
+                    let balance = if stored.checkout.customer_id.is_empty() {
+                        None
+                    } else {
+                        self.balance(&c, &stored.checkout.customer_id).await?
+                    };
+                    stored.checkout.state = CheckoutState::Cancelled as i32;
+                    stored.checkout.updated_at = Some(now_proto());
+                    if self.checkouts.put(&merchant, &stored).await?.is_ok() {
+                        return Ok(CancelResponse {
+                            checkout: Some(stored.checkout),
+                            balance,
+                        });
                     }
                 }
-                let balance = if stored.checkout.customer_id.is_empty() {
-                    None
-                } else {
-                    self.balance(&c, &stored.checkout.customer_id).await?
-                };
-                stored.checkout.state = CheckoutState::Cancelled as i32;
-                stored.checkout.updated_at = Some(now_proto());
-                self.checkouts.put(&merchant, &stored).await?;
-                Ok(CancelResponse {
-                    checkout: Some(stored.checkout),
-                    balance,
-                })
+                Err(lost_race(&req.receipt_id))
             })
             .await
     }
@@ -953,24 +1114,17 @@ impl CheckoutApi {
         v.id("terminal_id", &req.terminal_id, MAX_ID, false);
         v.into_result()?;
         // Any terminal of the merchant may take a return; the key must still be good for it.
-        self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
+        let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
         let merchant = caller.merchant_id().to_owned();
         let _guard = self.lock(&merchant, &req.receipt_id).await;
         self.gw
             .requests
             .once(&merchant, &req.request_id, "refund", &req, || async {
-                let mut stored = self
-                    .checkouts
-                    .get(&merchant, &req.receipt_id)
-                    .await?
-                    .ok_or_else(|| not_found(&req.receipt_id))?;
-                if !is_booked(stored.state()) {
-                    return Err(conflict(format!(
-                        "receipt {} is {}: only a confirmed receipt can be refunded",
-                        req.receipt_id,
-                        state_word(stored.state())
-                    )));
-                }
+                let stored = self.checkouts.get(&merchant, &req.receipt_id).await?;
+                let Some(mut stored) = stored else {
+                    return Err(not_found(&req.receipt_id));
+                };
+                allowed(&req.receipt_id, Some(&stored), Op::Refund { full: false })?;
                 let refunded = dep_call!(
                     self.gw,
                     LEDGER,
@@ -978,10 +1132,10 @@ impl CheckoutApi {
                     Retry::Idempotent,
                     ledger.refund_receipt(ledger_pb::RefundReceiptRequest {
                         merchant_id: merchant.clone(),
-                        request_id: ledger_request_id(&format!(
-                            "refund:{}:{}",
-                            req.receipt_id, req.refund_id
-                        )),
+                        request_id: idempotency::derived(
+                            "refund",
+                            &[&req.receipt_id, &req.refund_id]
+                        ),
                         receipt_id: req.receipt_id.clone(),
                         refund_id: req.refund_id.clone(),
                         lines: req
@@ -997,14 +1151,34 @@ impl CheckoutApi {
                         reason: req.reason.clone(),
                     })
                 )?;
-                let receipt = refunded.receipt.unwrap_or_default();
-                stored.checkout.state = match receipt.refund_state() {
-                    ledger_pb::RefundState::Full => CheckoutState::Refunded,
-                    _ => CheckoutState::PartiallyRefunded,
-                } as i32;
-                stored.checkout.receipt = Some(receipt);
-                stored.checkout.updated_at = Some(now_proto());
-                self.checkouts.put(&merchant, &stored).await?;
+                let c = self.composer(&caller, &terminal, deadline);
+                let mut receipt = refunded.receipt.unwrap_or_default();
+                let mut races = 0;
+                // A concurrent refund on another replica may store its receipt between this
+                // read and write: then the ledger's latest receipt is stored, never an older one.
+                loop {
+                    let full = receipt.refund_state() == ledger_pb::RefundState::Full;
+                    stored.checkout.state =
+                        allowed(&req.receipt_id, Some(&stored), Op::Refund { full })? as i32;
+                    stored.checkout.receipt = Some(receipt.clone());
+                    stored.checkout.updated_at = Some(now_proto());
+                    if self.checkouts.put(&merchant, &stored).await?.is_ok() {
+                        break;
+                    }
+                    races += 1;
+                    if races >= MAX_RACES {
+                        return Err(lost_race(&req.receipt_id));
+                    }
+                    stored = self
+                        .checkouts
+                        .get(&merchant, &req.receipt_id)
+                        .await?
+                        .ok_or_else(|| not_found(&req.receipt_id))?;
+                    receipt = self
+                        .ledger_receipt(&c, &req.receipt_id)
+                        .await?
+                        .ok_or_else(|| not_found(&req.receipt_id))?;
+                }
                 let refund = refunded.refund.unwrap_or_default();
                 let currency = stored
                     .checkout
@@ -1137,33 +1311,11 @@ impl CheckoutApi {
     }
 }
 
-fn same_decimal(a: &str, b: &str) -> bool {
-    match (
-        a.parse::<rust_decimal::Decimal>(),
-        b.parse::<rust_decimal::Decimal>(),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
-}
-
 fn customer_id_of(ev: &Evaluated) -> String {
     ev.buyer
         .as_ref()
         .map(|k| k.customer.customer_id.clone())
         .unwrap_or_default()
-}
-
-fn state_word(state: CheckoutState) -> &'static str {
-    match state {
-        CheckoutState::Unspecified => "unknown",
-        CheckoutState::Calculated => "calculated",
-        CheckoutState::Reserved => "reserved",
-        CheckoutState::Confirmed => "confirmed",
-        CheckoutState::Cancelled => "cancelled",
-        CheckoutState::PartiallyRefunded => "partially refunded",
-        CheckoutState::Refunded => "refunded",
-    }
 }
 
 /// The booked lines: the register's line with what loyalty did to it.

@@ -9,6 +9,7 @@ mod cards_support;
 mod cards_customers;
 mod cards_identifiers;
 mod cards_tiers;
+mod checkout_trust;
 mod cli;
 mod gateway_admin;
 mod gateway_checkout;
