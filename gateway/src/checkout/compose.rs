@@ -9,7 +9,7 @@ use std::time::Duration;
 use kopilka_proto::cards as cards_pb;
 use kopilka_proto::gateway::buyer::Who;
 use kopilka_proto::gateway::Buyer;
-use kopilka_proto::ledger::{Balance, GetAccountSnapshotRequest};
+use kopilka_proto::ledger::{Balance, GetAccountSnapshotRequest, GetAccountSnapshotResponse};
 use kopilka_proto::rules::{
     CustomerContext, CustomerTier, EvaluateRequest, EvaluationInput, EvaluationNeeds,
     EvaluationResult, ExplainLevel, GetActiveVersionRequest,
@@ -249,19 +249,7 @@ impl Composer<'_> {
         loop {
             let (balance, aggregates) = match &buyer {
                 Some(known) => {
-                    let snapshot = dep_call!(
-                        self.gw,
-                        LEDGER,
-                        self.deadline,
-                        Retry::Idempotent,
-                        ledger.get_account_snapshot(GetAccountSnapshotRequest {
-                            merchant_id: self.merchant(),
-                            customer_id: known.customer.customer_id.clone(),
-                            lookbacks: needs.1.lookbacks.clone(),
-                            as_of: receipt.occurred_at,
-                            expiring_within: None,
-                        })
-                    )?;
+                    let snapshot = self.snapshot(known, &needs.1, receipt.occurred_at).await?;
                     (snapshot.balance, snapshot.aggregates)
                 }
                 None => (None, None),
@@ -329,7 +317,23 @@ impl Composer<'_> {
         let needs = self.needs(Some(&sold_at), false).await?;
         let before = timestamps::from_proto(&sold_at)
             .map(|at| timestamps::to_proto(at - chrono::Duration::microseconds(1)));
-        let snapshot = dep_call!(
+        let snapshot = self.snapshot(known, &needs.1, before).await?;
+        Ok(context(
+            known,
+            snapshot.balance.as_ref(),
+            snapshot.aggregates,
+            None,
+        ))
+    }
+
+    /// `known`'s balance and the purchase aggregates `needs` reads, as of `as_of` (now: `None`).
+    async fn snapshot(
+        &self,
+        known: &Known,
+        needs: &EvaluationNeeds,
+        as_of: Option<Timestamp>,
+    ) -> Result<GetAccountSnapshotResponse> {
+        dep_call!(
             self.gw,
             LEDGER,
             self.deadline,
@@ -337,17 +341,11 @@ impl Composer<'_> {
             ledger.get_account_snapshot(GetAccountSnapshotRequest {
                 merchant_id: self.merchant(),
                 customer_id: known.customer.customer_id.clone(),
-                lookbacks: needs.1.lookbacks.clone(),
-                as_of: before,
+                lookbacks: needs.lookbacks.clone(),
+                as_of,
                 expiring_within: None,
             })
-        )?;
-        Ok(context(
-            known,
-            snapshot.balance.as_ref(),
-            snapshot.aggregates,
-            None,
-        ))
+        )
     }
 
     /// The referral depth the active program reads (to fetch referrers with the buyer).

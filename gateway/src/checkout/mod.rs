@@ -103,6 +103,25 @@ impl Booking<'_> {
         }
     }
 
+    /// The answers a booking stores: by receipt (`receipt_key`) and by request id.
+    fn answers<'k>(&'k self, receipt_key: &'k str, answer: &ConfirmResponse) -> [Answer<'k>; 2] {
+        use prost::Message;
+        [
+            Answer {
+                request_id: receipt_key,
+                operation: "book",
+                request_hash: &self.content_hash,
+                response: answer.encode_to_vec(),
+            },
+            Answer {
+                request_id: self.request_id,
+                operation: self.operation(),
+                request_hash: &self.request_hash,
+                response: self.outer_answer(answer),
+            },
+        ]
+    }
+
     /// The answer by request id: a ConfirmResponse, or for an offline receipt its own shape.
     fn outer_answer(&self, answer: &ConfirmResponse) -> Vec<u8> {
         use prost::Message;
@@ -869,26 +888,12 @@ impl CheckoutApi {
         balance: Option<ledger_pb::Balance>,
         tier: Option<tier_retry::Pending>,
     ) -> Result<ConfirmResponse> {
-        use prost::Message;
         let merchant = c.caller.merchant_id();
         let receipt_key = idempotency::local("receipt", b.receipt_id);
         let mut answer = self.confirm_answer(&stored, known.as_ref(), balance.clone(), false);
         let mut races = 0;
         let version = loop {
-            let answers = [
-                Answer {
-                    request_id: &receipt_key,
-                    operation: "book",
-                    request_hash: &b.content_hash,
-                    response: answer.encode_to_vec(),
-                },
-                Answer {
-                    request_id: b.request_id,
-                    operation: b.operation(),
-                    request_hash: &b.request_hash,
-                    response: b.outer_answer(&answer),
-                },
-            ];
+            let answers = b.answers(&receipt_key, &answer);
             if let Ok(version) = self
                 .checkouts
                 .commit(merchant, &stored, &answers, tier.as_ref())
@@ -951,20 +956,7 @@ impl CheckoutApi {
             }
         }
         answer = self.confirm_answer(&stored, known.as_ref(), balance, true);
-        let answers = [
-            Answer {
-                request_id: &receipt_key,
-                operation: "book",
-                request_hash: &b.content_hash,
-                response: answer.encode_to_vec(),
-            },
-            Answer {
-                request_id: b.request_id,
-                operation: b.operation(),
-                request_hash: &b.request_hash,
-                response: b.outer_answer(&answer),
-            },
-        ];
+        let answers = b.answers(&receipt_key, &answer);
         self.checkouts
             .tier_decided(merchant, b.receipt_id, Some((&stored, &answers)))
             .await?;
