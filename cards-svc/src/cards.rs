@@ -9,6 +9,7 @@ use kopilka_proto::cards as pb;
 use kopilka_proto::ledger::ledger_service_client::LedgerServiceClient;
 use kopilka_proto::types;
 use kopilka_proto::wkt::Timestamp;
+use kopilka_runtime::status::Refusal;
 use kopilka_runtime::Db;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -56,10 +57,12 @@ pub(crate) fn new_id() -> String {
 
 /// IDEMPOTENCY_KEY_REUSED: `request_id` was used for another request.
 pub(crate) fn key_reused(request_id: &str) -> Error {
-    Error::Precondition(
+    Refusal::precondition(
         "IDEMPOTENCY_KEY_REUSED",
         format!("request_id `{request_id}` was used for a different request"),
     )
+    .with("request_id", request_id)
+    .into()
 }
 
 pub(crate) fn digest(message: &impl Message) -> Vec<u8> {

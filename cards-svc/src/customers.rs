@@ -4,6 +4,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use kopilka_proto::cards as pb;
 use kopilka_proto::ledger as ledger_pb;
 use kopilka_proto::types::{self, event::Payload};
+use kopilka_runtime::status::Refusal;
 use kopilka_runtime::Timestamp;
 use prost::Message;
 use tonic::Code;
@@ -13,7 +14,7 @@ use crate::cards::{
     Cards, MerchantSettings, STATE_ACTIVE, STATE_MERGED,
 };
 use crate::error::{done, Error};
-use crate::identifiers::{self, Candidate};
+use crate::identifiers::{self, Candidate, ReadError};
 use crate::identify::storage_form;
 use crate::on_conn;
 use crate::store::{CardsTx, CustomerQuery, CustomerRow};
@@ -123,8 +124,10 @@ pub(crate) fn normalise_profile(
         }
     }
     if !p.phone.is_empty() {
-        p.phone = identifiers::normalise_phone(&p.phone, &s.formats)
-            .map_err(|e| Error::unreadable(format!("{field}.phone"), e))?;
+        p.phone = identifiers::normalise_phone(&p.phone, &s.formats).map_err(|e| {
+            let e = ReadError::new(types::IdentifierKind::Phone, e);
+            Error::unreadable(format!("{field}.phone"), e)
+        })?;
     }
     Ok(p)
 }
@@ -160,10 +163,12 @@ impl Cards {
             .await?
             .ok_or_else(|| Error::customer_not_found(id))?;
         if c.state == STATE_MERGED {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "CUSTOMER_MERGED",
                 format!("customer `{id}` was merged into `{}`", c.merged_into),
-            ));
+            )
+            .with("surviving_customer_id", &c.merged_into)
+            .into());
         }
         Ok(c)
     }
@@ -313,21 +318,15 @@ impl Cards {
                 .await?
                 .is_some()
         {
-            return Err(Error::Precondition(
-                "VALIDATION_FAILED",
-                "external_id is already used by another customer".to_owned(),
-            ));
+            return Err(external_id_taken());
         }
         let customer_id = new_id();
         let referrer = match (reg.referrer_id, reg.referrer) {
-            (Some(id), _) if !id.is_empty() => {
-                Some(self.active_customer(tx, merchant, id).await.map_err(|_| {
-                    Error::NotFound(
-                        "REFERRER_NOT_FOUND",
-                        "the referrer is not a customer".to_owned(),
-                    )
-                })?)
-            }
+            (Some(id), _) if !id.is_empty() => Some(
+                self.active_customer(tx, merchant, id)
+                    .await
+                    .map_err(referrer_not_found)?,
+            ),
             (_, Some(input)) if !input.raw.is_empty() => {
                 // Naming yourself (your own phone or card) is a self-referral.
                 let parsed = crate::identify::read(Some(input), &s.formats, "referrer")?;
@@ -336,10 +335,11 @@ impl Cards {
                     .iter()
                     .any(|c| stored.iter().any(|(_, x)| x == c))
                 {
-                    return Err(Error::Precondition(
+                    return Err(Refusal::precondition(
                         "SELF_REFERRAL",
-                        "a customer cannot refer themselves".to_owned(),
-                    ));
+                        "a customer cannot refer themselves",
+                    )
+                    .into());
                 }
                 Some(self.resolve_referrer(tx, merchant, input, s).await?)
             }
@@ -500,10 +500,12 @@ impl Cards {
         done(v)?;
         let mut c = self.active_customer(tx, merchant, &r.customer_id).await?;
         if !r.etag.is_empty() && r.etag != c.version.to_string() {
-            return Err(Error::Aborted(
+            return Err(Refusal::new(
+                Code::Aborted,
                 "CONCURRENT_MODIFICATION",
-                "the customer changed since it was read; read it again".to_owned(),
-            ));
+                "the customer changed since it was read; read it again",
+            )
+            .into());
         }
         let mut profile = pb::CustomerProfile::decode(c.profile.as_slice())?;
         let all = paths.iter().any(|p| p == "*");
@@ -547,10 +549,7 @@ impl Cards {
                 .await?
                 .is_some()
             {
-                return Err(Error::Precondition(
-                    "VALIDATION_FAILED",
-                    "external_id is already used by another customer".to_owned(),
-                ));
+                return Err(external_id_taken());
             }
             c.external_id = Some(r.external_id.clone());
             changed.push("external_id".to_owned());
@@ -763,9 +762,9 @@ impl Cards {
         check_id("merged_customer_id", &r.merged_customer_id, &mut v);
         done(v)?;
         if r.surviving_customer_id == r.merged_customer_id {
-            return Err(Error::Precondition(
-                "MERGE_CONFLICT",
-                "a customer cannot be merged into itself".to_owned(),
+            return Err(merge_conflict(
+                "same_customer",
+                "a customer cannot be merged into itself",
             ));
         }
         let command = crate::cards::Command::MergeCustomers(r);
@@ -790,12 +789,12 @@ impl Cards {
         if !done_before && !answered {
             // Refused before the ledger moves any points (the transaction below checks again).
             if survivor.state == STATE_MERGED || merged.state == STATE_MERGED {
-                return Err(merge_conflict());
+                return Err(merge_conflict(
+                    "already_merged",
+                    "one of the customers is already merged into another",
+                ));
             }
-            let mut ledger = self
-                .ledger
-                .clone()
-                .ok_or(Error::Unavailable("ledger-svc"))?;
+            let mut ledger = self.ledger.clone().ok_or(Error::Unavailable("ledger"))?;
             ledger
                 .merge_accounts(ledger_pb::MergeAccountsRequest {
                     merchant_id: r.merchant_id.clone(),
@@ -811,11 +810,11 @@ impl Cards {
                         Code::InvalidArgument
                         | Code::FailedPrecondition
                         | Code::AlreadyExists
-                        | Code::NotFound => Error::Precondition(
-                            "MERGE_CONFLICT",
-                            "ledger-svc refused to merge the accounts".to_owned(),
+                        | Code::NotFound => merge_conflict(
+                            "ledger_refused",
+                            "ledger-svc refused to merge the accounts",
                         ),
-                        _ => Error::Unavailable("ledger-svc"),
+                        _ => Error::Unavailable("ledger"),
                     }
                 })?;
         }
@@ -854,7 +853,10 @@ impl Cards {
             });
         }
         if survivor.state == STATE_MERGED || merged.state == STATE_MERGED {
-            return Err(merge_conflict());
+            return Err(merge_conflict(
+                "already_merged",
+                "one of the customers is already merged into another",
+            ));
         }
         tx.move_identifiers(merchant, &merged.customer_id, &survivor.customer_id)
             .await?;
@@ -920,11 +922,31 @@ impl Cards {
     }
 }
 
-fn merge_conflict() -> Error {
-    Error::Precondition(
-        "MERGE_CONFLICT",
-        "one of the customers is already merged into another".to_owned(),
+/// MERGE_CONFLICT; `detail` names the conflict: "same_customer", "already_merged",
+/// "ledger_refused".
+fn merge_conflict(detail: &'static str, message: &str) -> Error {
+    Refusal::precondition("MERGE_CONFLICT", message)
+        .with("detail", detail)
+        .into()
+}
+
+fn external_id_taken() -> Error {
+    Refusal::precondition(
+        "VALIDATION_FAILED",
+        "external_id is already used by another customer",
     )
+    .into()
+}
+
+/// REFERRER_NOT_FOUND for a referrer named by id that is no active customer; other errors stay
+/// what they are.
+pub(crate) fn referrer_not_found(e: Error) -> Error {
+    match e {
+        Error::Refused(r) if matches!(r.reason, "CUSTOMER_NOT_FOUND" | "CUSTOMER_MERGED") => {
+            Refusal::not_found("REFERRER_NOT_FOUND", "the referrer is not a customer").into()
+        }
+        e => e,
+    }
 }
 
 fn types_channel_invalid(channel: i32) -> bool {

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use kopilka_runtime::status;
+use kopilka_runtime::status::{self, Refusal};
 use tonic::{Code, Status};
 
-use crate::identifiers::ParseError;
+use crate::identifiers::ReadError;
 
 /// A cards operation's error.
 #[derive(Debug, thiserror::Error)]
@@ -15,23 +15,13 @@ pub enum Error {
     #[error("invalid argument")]
     Invalid(Vec<(String, String)>),
     /// An identifier could not be read: INVALID_ARGUMENT with reason INVALID_CHECKSUM or
-    /// INVALID_IDENTIFIER and the field it came from.
+    /// INVALID_IDENTIFIER, the field it came from and the kind it was read as.
     #[error("{field}: {error}")]
-    Unreadable { field: String, error: ParseError },
-    /// Something named does not exist for this merchant: NOT_FOUND with the reason.
-    #[error("{1}")]
-    NotFound(&'static str, String),
-    /// The identifier belongs to a customer already: ALREADY_EXISTS IDENTIFIER_TAKEN, with the
-    /// owner in the metadata (a register may serve that customer instead).
-    #[error("{message}")]
-    Taken { message: String, owner: String },
-    /// The request cannot be applied in the current state: FAILED_PRECONDITION with a stable
-    /// reason.
-    #[error("{1}")]
-    Precondition(&'static str, String),
-    /// Optimistic concurrency (etag) failed: ABORTED.
-    #[error("{1}")]
-    Aborted(&'static str, String),
+    Unreadable { field: String, error: ReadError },
+    /// Refused with a stable reason and the metadata errors.proto documents for it (NOT_FOUND,
+    /// ALREADY_EXISTS, FAILED_PRECONDITION, ABORTED).
+    #[error("{0}")]
+    Refused(Refusal),
     /// A service this call needs is down: UNAVAILABLE DEPENDENCY_UNAVAILABLE; retry later.
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
@@ -43,6 +33,12 @@ pub enum Error {
     Decode(#[from] prost::DecodeError),
 }
 
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        Error::Refused(r)
+    }
+}
+
 impl Error {
     /// One field violation.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
@@ -50,7 +46,7 @@ impl Error {
     }
 
     /// An identifier from `field` could not be read.
-    pub fn unreadable(field: impl Into<String>, error: ParseError) -> Self {
+    pub fn unreadable(field: impl Into<String>, error: ReadError) -> Self {
         Error::Unreadable {
             field: field.into(),
             error,
@@ -58,7 +54,7 @@ impl Error {
     }
 
     pub fn customer_not_found(id: &str) -> Self {
-        Error::NotFound("CUSTOMER_NOT_FOUND", format!("customer `{id}` not found"))
+        Refusal::not_found("CUSTOMER_NOT_FOUND", format!("customer `{id}` not found")).into()
     }
 
     /// Whether retrying the whole operation may succeed (a concurrent insert won a race).
@@ -86,37 +82,23 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
             Error::Invalid(violations) => status::invalid_argument(violations),
-            Error::Unreadable { field, error } => {
-                status::invalid_field_with_reason(&field, &error.to_string(), error.reason())
-            }
-            Error::NotFound(reason, message) => {
-                status::with_reason(Code::NotFound, reason, message)
-            }
-            Error::Taken { message, owner } => {
-                let mut metadata = HashMap::new();
-                metadata.insert("customer_id".to_owned(), owner);
-                status::with_reason_and_metadata(
-                    Code::AlreadyExists,
-                    "IDENTIFIER_TAKEN",
-                    message,
-                    metadata,
-                )
-            }
-            Error::Precondition(reason, message) => {
-                status::with_reason(Code::FailedPrecondition, reason, message)
-            }
-            Error::Aborted(reason, message) => status::with_reason(Code::Aborted, reason, message),
-            Error::Unavailable(dependency) => {
-                let mut metadata = HashMap::new();
-                metadata.insert("dependency".to_owned(), dependency.to_owned());
-                status::with_reason_and_metadata(
-                    Code::Unavailable,
-                    "DEPENDENCY_UNAVAILABLE",
-                    format!("{dependency} is unavailable; retry with the same request_id"),
-                    metadata,
-                )
-            }
+            Error::Unreadable { field, error } => status::invalid_field_with_metadata(
+                &field,
+                &error.to_string(),
+                error.reason(),
+                HashMap::from([("kind".to_owned(), error.kind.as_str_name().to_owned())]),
+            ),
+            Error::Refused(refusal) => refusal.into(),
+            Error::Unavailable(dependency) => status::with_reason_and_metadata(
+                Code::Unavailable,
+                "DEPENDENCY_UNAVAILABLE",
+                format!("{dependency} is unavailable; retry with the same request_id"),
+                HashMap::from([("dependency".to_owned(), dependency.to_owned())]),
+            ),
             e @ (Error::Db(_) | Error::Decode(_)) => status::internal(&e),
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

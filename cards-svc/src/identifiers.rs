@@ -64,6 +64,26 @@ impl ParseError {
     }
 }
 
+/// An input [`parse`] or [`storage_form`] refused, with the kind it was read as (the
+/// ErrorInfo "kind"): the hint, or what auto-detect took it for; UNSPECIFIED when the hint is
+/// unknown or the input fits no kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct ReadError {
+    pub kind: IdentifierKind,
+    pub error: ParseError,
+}
+
+impl ReadError {
+    pub fn new(kind: IdentifierKind, error: ParseError) -> Self {
+        ReadError { kind, error }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        self.error.reason()
+    }
+}
+
 fn invalid(message: &str) -> ParseError {
     ParseError::InvalidIdentifier(message.to_owned())
 }
@@ -220,28 +240,32 @@ impl Parsed {
 /// ("%" / ";" prefix) as MAGSTRIPE only; a "+"-prefixed number or one with "(" ")" as PHONE
 /// only; 13 digits with a valid EAN-13 check digit as BARCODE_EAN13 only; otherwise the
 /// candidates CARD_NUMBER, PHONE, CONTACTLESS_UID that read, with input_kind the first one's.
-pub fn parse(input: &IdentifierInput, formats: &Formats) -> Result<Parsed, ParseError> {
-    check_raw_length(&input.raw)?;
-    let hint =
-        IdentifierKind::try_from(input.kind_hint).map_err(|_| invalid("unknown kind_hint"))?;
+pub fn parse(input: &IdentifierInput, formats: &Formats) -> Result<Parsed, ReadError> {
+    let hinted = IdentifierKind::try_from(input.kind_hint);
+    check_raw_length(&input.raw).map_err(|e| ReadError::new(hinted.unwrap_or_default(), e))?;
+    let hint = hinted
+        .map_err(|_| ReadError::new(IdentifierKind::Unspecified, invalid("unknown kind_hint")))?;
     let raw = input.raw.as_str();
     match hint {
-        IdentifierKind::Unspecified => auto_detect(raw, formats),
-        IdentifierKind::CardNumber => Ok(Parsed::single(hint, check_card(raw, formats)?)),
+        IdentifierKind::Unspecified => return auto_detect(raw, formats),
+        IdentifierKind::CardNumber => check_card(raw, formats).map(|v| Parsed::single(hint, v)),
         IdentifierKind::BarcodeEan13 => parse_ean13(raw, formats),
         IdentifierKind::BarcodeCode128 => parse_code128(raw, formats),
         IdentifierKind::Magstripe => parse_magstripe(raw, formats),
-        IdentifierKind::ContactlessUid => Ok(Parsed::single(hint, normalise_uid(raw)?)),
-        IdentifierKind::Phone => Ok(Parsed::single(hint, normalise_phone(raw, formats)?)),
-        IdentifierKind::WalletSerial => Ok(Parsed::single(hint, normalise_wallet_serial(raw)?)),
+        IdentifierKind::ContactlessUid => normalise_uid(raw).map(|v| Parsed::single(hint, v)),
+        IdentifierKind::Phone => normalise_phone(raw, formats).map(|v| Parsed::single(hint, v)),
+        IdentifierKind::WalletSerial => {
+            normalise_wallet_serial(raw).map(|v| Parsed::single(hint, v))
+        }
     }
+    .map_err(|e| ReadError::new(hint, e))
 }
 
 /// The single form to STORE when attaching an identifier (AddIdentifier, CreateCustomer):
 /// parse() then the first candidate, except that auto-detect never stores an ambiguous bare
 /// number as PHONE unless the input is clearly a phone ("+" prefix or "(" ")"). Such an input
 /// whose only reading is a phone is InvalidIdentifier: the caller resends it with kind PHONE.
-pub fn storage_form(input: &IdentifierInput, formats: &Formats) -> Result<Candidate, ParseError> {
+pub fn storage_form(input: &IdentifierInput, formats: &Formats) -> Result<Candidate, ReadError> {
     let parsed = parse(input, formats)?;
     let auto = input.kind_hint == IdentifierKind::Unspecified as i32;
     let clearly_phone = looks_like_phone(input.raw.trim());
@@ -249,7 +273,12 @@ pub fn storage_form(input: &IdentifierInput, formats: &Formats) -> Result<Candid
         .candidates
         .into_iter()
         .find(|c| !auto || clearly_phone || c.kind != IdentifierKind::Phone)
-        .ok_or_else(|| invalid("ambiguous number: send it with kind PHONE to attach it as a phone"))
+        .ok_or_else(|| {
+            ReadError::new(
+                parsed.input_kind,
+                invalid("ambiguous number: send it with kind PHONE to attach it as a phone"),
+            )
+        })
 }
 
 fn check_raw_length(raw: &str) -> Result<(), ParseError> {
@@ -260,13 +289,15 @@ fn check_raw_length(raw: &str) -> Result<(), ParseError> {
 }
 
 /// Auto-detect (kind_hint UNSPECIFIED), see [`parse`].
-fn auto_detect(raw: &str, formats: &Formats) -> Result<Parsed, ParseError> {
+fn auto_detect(raw: &str, formats: &Formats) -> Result<Parsed, ReadError> {
     let text = raw.trim();
     if text.starts_with(['%', ';']) {
-        return parse_magstripe(text, formats);
+        return parse_magstripe(text, formats)
+            .map_err(|e| ReadError::new(IdentifierKind::Magstripe, e));
     }
     if looks_like_phone(text) {
-        let phone = normalise_phone(text, formats)?;
+        let phone =
+            normalise_phone(text, formats).map_err(|e| ReadError::new(IdentifierKind::Phone, e))?;
         return Ok(Parsed::single(IdentifierKind::Phone, phone));
     }
     if ean13_holds(text) {
@@ -290,8 +321,13 @@ fn auto_detect(raw: &str, formats: &Formats) -> Result<Parsed, ParseError> {
             candidates,
         }),
         None => Err(match card {
-            Err(e @ ParseError::InvalidChecksum(_)) => e,
-            _ => invalid("not a card number, phone or contactless UID"),
+            Err(e @ ParseError::InvalidChecksum(_)) => {
+                ReadError::new(IdentifierKind::CardNumber, e)
+            }
+            _ => ReadError::new(
+                IdentifierKind::Unspecified,
+                invalid("not a card number, phone or contactless UID"),
+            ),
         }),
     }
 }
@@ -638,9 +674,7 @@ fn normalise_wallet_serial(raw: &str) -> Result<String, ParseError> {
 
 /// A masked form safe for logs and cashiers.
 ///
-/// - PHONE: "+7 912 ***-**-89": country code, first 3 and last 2 national digits, the rest
-///   masked in RU-style groups; national numbers under 8 digits keep no head, under 4 no tail.
-///   A value that is not E.164 shows at most its last 2 characters.
+/// - PHONE: "+7 912 ***-**-89", Kopilka's one phone mask (`kopilka_runtime::redact::phone`).
 /// - CONTACTLESS_UID: "****5E80" (last 4 hex).
 /// - Card numbers, barcodes, wallet serials (and anything else): "**** 1234", the last 4
 ///   characters but never more than half of the value; 4 characters or fewer: "****".
@@ -675,56 +709,7 @@ fn mask_uid(value: &str) -> String {
 }
 
 fn mask_phone(value: &str) -> String {
-    match split_e164(value) {
-        Some((code, national)) => format_masked_phone(&code, national),
-        None if value.chars().count() >= 6 => format!("{FULL_MASK}-{}", tail(value, 2)),
-        None => FULL_MASK.to_owned(),
-    }
-}
-
-/// Country code and national significant number of an E.164 value.
-fn split_e164(value: &str) -> Option<(String, &str)> {
-    let digits = value.strip_prefix('+')?;
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let number = phonenumber::parse(None, value).ok()?;
-    let code = number.code().value().to_string();
-    let national = digits.strip_prefix(code.as_str())?;
-    (!national.is_empty()).then_some((code, national))
-}
-
-fn format_masked_phone(code: &str, national: &str) -> String {
-    let n = national.len();
-    let head = if n >= 8 { 3 } else { 0 };
-    let tail_len = if n >= 4 { 2 } else { 0 };
-    let mut parts = vec![format!("+{code}")];
-    if head > 0 {
-        parts.push(national[..head].to_owned());
-    }
-    let mut masked = star_groups(n - head - tail_len);
-    if tail_len > 0 {
-        masked.push('-');
-        masked.push_str(&national[n - tail_len..]);
-    }
-    parts.push(masked);
-    parts.join(" ")
-}
-
-/// `count` stars grouped like a RU number: pairs, with a leading three when odd ("***-**").
-fn star_groups(count: usize) -> String {
-    let mut groups = Vec::new();
-    let mut left = count;
-    if left % 2 == 1 {
-        let first = left.min(3);
-        groups.push("*".repeat(first));
-        left -= first;
-    }
-    while left > 0 {
-        groups.push("**".to_owned());
-        left -= 2;
-    }
-    groups.join("-")
+    kopilka_runtime::redact::phone(value)
 }
 
 /// Builds the proto Identifier (kind, value, display).
@@ -822,7 +807,7 @@ mod tests {
     }
 
     fn outcome(
-        result: Result<Parsed, ParseError>,
+        result: Result<Parsed, ReadError>,
     ) -> Result<(IdentifierKind, Vec<Candidate>), &'static str> {
         result
             .map(|p| (p.input_kind, p.candidates))
@@ -1793,7 +1778,8 @@ mod tests {
         for phone in phones {
             let shown = display(Phone, phone);
             let digits: String = shown.chars().filter(char::is_ascii_digit).collect();
-            let national_len = phone.len() - 1 - split_e164(phone).map_or(0, |(cc, _)| cc.len());
+            let code = phonenumber::parse(None, phone).unwrap().code().value();
+            let national_len = phone.len() - 1 - code.to_string().len();
             let national_shown = digits.len() - (phone.len() - 1 - national_len);
             assert!(national_shown * 2 <= national_len + 1, "{phone} -> {shown}");
             assert!(

@@ -5,8 +5,10 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use kopilka_proto::cards as pb;
-use kopilka_proto::types::{self, event::Payload, IdentifierInput};
+use kopilka_proto::types::{self, event::Payload, IdentifierInput, IdentifierKind};
+use kopilka_runtime::status::Refusal;
 use kopilka_runtime::Timestamp;
+use tonic::Code;
 
 use crate::cards::{
     check_customer_ref, check_id, check_len, event, Cards, MerchantSettings, ID_ACTIVE, ID_BLOCKED,
@@ -49,18 +51,7 @@ fn candidates(parsed: &Parsed) -> Vec<(i32, String)> {
 
 /// The hit for the most likely candidate. Two candidates naming different customers are
 /// IDENTIFIER_AMBIGUOUS; none is CARD_NOT_FOUND.
-fn choose(parsed: &Parsed, hits: Vec<LookupHit>) -> Result<LookupHit, Error> {
-    let owners: BTreeSet<&str> = hits
-        .iter()
-        .map(|h| h.identifier.customer_id.as_str())
-        .collect();
-    if owners.len() > 1 {
-        return Err(Error::Precondition(
-            "IDENTIFIER_AMBIGUOUS",
-            "the input fits identifiers of different customers; retry with a kind hint".to_owned(),
-        ));
-    }
-    let mut hits = hits;
+fn choose(parsed: &Parsed, mut hits: Vec<LookupHit>) -> Result<LookupHit, Error> {
     let position = |h: &LookupHit| {
         parsed
             .candidates
@@ -69,14 +60,72 @@ fn choose(parsed: &Parsed, hits: Vec<LookupHit>) -> Result<LookupHit, Error> {
             .unwrap_or(usize::MAX)
     };
     hits.sort_by_key(position);
-    hits.into_iter().next().ok_or_else(card_not_found)
+    let owners: BTreeSet<&str> = hits
+        .iter()
+        .map(|h| h.identifier.customer_id.as_str())
+        .collect();
+    if owners.len() > 1 {
+        let mut kinds: Vec<&str> = Vec::new();
+        for h in &hits {
+            let kind = kind_name(h.identifier.kind);
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        return Err(Refusal::precondition(
+            "IDENTIFIER_AMBIGUOUS",
+            "the input fits identifiers of different customers; retry with a kind hint",
+        )
+        .with("kinds", kinds.join(","))
+        .into());
+    }
+    hits.into_iter()
+        .next()
+        .ok_or_else(|| card_not_found(parsed))
 }
 
-pub(crate) fn card_not_found() -> Error {
-    Error::NotFound(
-        "CARD_NOT_FOUND",
-        "no customer has this identifier".to_owned(),
+/// The `IdentifierKind` value name of a stored kind, as ErrorInfo metadata names kinds.
+fn kind_name(kind: i32) -> &'static str {
+    IdentifierKind::try_from(kind)
+        .unwrap_or_default()
+        .as_str_name()
+}
+
+/// The `BlockReason` value name of a stored reason (events, ErrorInfo metadata).
+fn block_reason_name(reason: i32) -> &'static str {
+    pb::BlockReason::try_from(reason)
+        .map(|r| r.as_str_name())
+        .unwrap_or("BLOCK_REASON_OTHER")
+}
+
+/// CARD_NOT_FOUND: the kind the input was read as, and whether it reads as a phone a new
+/// customer could register with.
+fn card_not_found(parsed: &Parsed) -> Error {
+    let phone = parsed
+        .candidates
+        .iter()
+        .any(|c| c.kind == IdentifierKind::Phone);
+    Refusal::not_found("CARD_NOT_FOUND", "no customer has this identifier")
+        .with("kind", parsed.input_kind.as_str_name())
+        .with("can_register", phone)
+        .into()
+}
+
+/// CARD_BLOCKED: why, and whether a replacement card exists.
+fn card_blocked(row: &IdentifierRow) -> Error {
+    Refusal::precondition(
+        "CARD_BLOCKED",
+        format!("the card {} is blocked", row.proto().display),
     )
+    .with("block_reason", block_reason_name(row.block_reason))
+    .with("replaced", row.replaced_kind != 0)
+    .into()
+}
+
+/// The stored identifier `parsed` names, or CARD_NOT_FOUND.
+async fn lookup(tx: &mut dyn CardsTx, merchant: &str, parsed: &Parsed) -> Result<LookupHit, Error> {
+    let hits = tx.lookup(merchant, &candidates(parsed)).await?;
+    choose(parsed, hits)
 }
 
 /// The stored identifier `input` names, or CARD_NOT_FOUND.
@@ -88,8 +137,7 @@ pub(crate) async fn find(
     field: &str,
 ) -> Result<LookupHit, Error> {
     let parsed = read(input, formats, field)?;
-    let hits = tx.lookup(merchant, &candidates(&parsed)).await?;
-    choose(&parsed, hits)
+    lookup(tx, merchant, &parsed).await
 }
 
 impl Cards {
@@ -104,10 +152,9 @@ impl Cards {
         let parsed = read(r.input.as_ref(), &s.formats, "input")?;
         on_conn!(&self.db, conn => {
             let conn: &mut dyn CardsTx = &mut conn;
-            let hits = conn.lookup(&r.merchant_id, &candidates(&parsed)).await?;
-            let hit = choose(&parsed, hits)?;
+            let hit = lookup(conn, &r.merchant_id, &parsed).await?;
             if hit.identifier.state == ID_BLOCKED {
-                return Err(Error::Precondition("CARD_BLOCKED", format!("the card {} is blocked", hit.identifier.proto().display)));
+                return Err(card_blocked(&hit.identifier));
             }
             let ids = conn.identifiers_of(&r.merchant_id, &hit.customer.customer_id).await?;
             let (assignment, tier) = self.tier_of(conn, &r.merchant_id, &hit.customer.customer_id, hit.customer.tier_seq, &hit.customer.tier_code, hit.tiers_version).await?;
@@ -183,13 +230,17 @@ impl Cards {
         if existing.customer_id == customer {
             Ok(existing)
         } else {
-            Err(Error::Taken {
-                message: format!(
+            Err(Refusal::new(
+                Code::AlreadyExists,
+                "IDENTIFIER_TAKEN",
+                format!(
                     "{} belongs to another customer",
                     identifiers::display(c.kind, &c.value)
                 ),
-                owner: existing.customer_id,
-            })
+            )
+            .with("kind", c.kind.as_str_name())
+            .with("customer_id", existing.customer_id)
+            .into())
         }
     }
 
@@ -216,10 +267,11 @@ impl Cards {
                 .iter()
                 .any(|i| i.kind == c.kind as i32 && i.value == c.value)
         {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "VALIDATION_FAILED",
                 format!("a customer has at most {MAX_IDENTIFIERS} identifiers"),
-            ));
+            )
+            .into());
         }
         let record = Self::attach(tx, merchant, &customer.customer_id, &c, now).await?;
         Ok(pb::AddIdentifierResponse {
@@ -273,12 +325,9 @@ impl Cards {
         }
         tx.update_identifier(merchant, row).await?;
         if newly || replaced_by.is_some() {
-            let reason_name = pb::BlockReason::try_from(reason)
-                .map(|r| r.as_str_name())
-                .unwrap_or("BLOCK_REASON_OTHER");
             let payload = Payload::CardBlocked(types::CardBlocked {
                 identifier: Some(row.proto()),
-                reason: reason_name.to_owned(),
+                reason: block_reason_name(reason).to_owned(),
                 replaced: replaced_by.is_some(),
             });
             tx.insert_events(
@@ -307,9 +356,10 @@ impl Cards {
         check_len("comment", &r.comment, 500, &mut v);
         check_len("customer_id", &r.customer_id, 128, &mut v);
         done(v)?;
-        let hit = find(tx, merchant, r.input.as_ref(), &s.formats, "input").await?;
+        let parsed = read(r.input.as_ref(), &s.formats, "input")?;
+        let hit = lookup(tx, merchant, &parsed).await?;
         if !r.customer_id.is_empty() && hit.identifier.customer_id != r.customer_id {
-            return Err(card_not_found());
+            return Err(card_not_found(&parsed));
         }
         let mut row = hit.identifier;
         Self::block(

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use kopilka_proto::cards as pb;
 use kopilka_proto::types::IdentifierInput;
+use kopilka_runtime::status::Refusal;
 use kopilka_runtime::Timestamp;
 
 use crate::cards::{check_id, next_token, page, timestamp, Cards, MerchantSettings};
@@ -81,10 +82,11 @@ impl Cards {
         let hit = crate::identify::find(tx, merchant, Some(input), &s.formats, "referrer")
             .await
             .map_err(|e| match e {
-                Error::NotFound(..) => Error::NotFound(
+                Error::Refused(r) if r.reason == "CARD_NOT_FOUND" => Refusal::not_found(
                     "REFERRER_NOT_FOUND",
-                    "no customer has the referrer's phone or card".to_owned(),
-                ),
+                    "no customer has the referrer's phone or card",
+                )
+                .into(),
                 e => e,
             })?;
         Ok(hit.customer)
@@ -108,10 +110,11 @@ impl Cards {
         let mut customer = self.active_customer(tx, merchant, &r.customer_id).await?;
         let referrer = self.resolve_referrer(tx, merchant, input, s).await?;
         if referrer.customer_id == customer.customer_id {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "SELF_REFERRAL",
-                "a customer cannot refer themselves".to_owned(),
-            ));
+                "a customer cannot refer themselves",
+            )
+            .into());
         }
         if !customer.referrer_id.is_empty() {
             if customer.referrer_id == referrer.customer_id {
@@ -125,18 +128,19 @@ impl Cards {
                     .await?;
                 return Ok(pb::SetReferrerResponse { referrers });
             }
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "REFERRER_ALREADY_SET",
-                "the customer already has a referrer".to_owned(),
-            ));
+                "the customer already has a referrer",
+            )
+            .into());
         }
         // Refuse a link that would make the customer their own (indirect) referrer.
         if Self::descends_from(tx, merchant, &referrer.customer_id, &customer.customer_id).await? {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "REFERRAL_CYCLE",
-                "the referrer was brought in by this customer (directly or further down)"
-                    .to_owned(),
-            ));
+                "the referrer was brought in by this customer (directly or further down)",
+            )
+            .into());
         }
         customer.referrer_id = referrer.customer_id.clone();
         customer.referred_at = Some(Timestamp(now));

@@ -8,6 +8,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use kopilka_proto::cards as pb;
+use kopilka_runtime::status::Refusal;
 use kopilka_runtime::Timestamp;
 use prost::Message;
 use sha2::Sha256;
@@ -16,24 +17,26 @@ use crate::cards::{
     check_id, check_len, instant, new_id, next_token, page, timestamp, Cards, Command,
     MerchantSettings,
 };
-use crate::customers::Registration;
+use crate::customers::{referrer_not_found, Registration};
 use crate::error::{done, Error};
 use crate::store::{CardsTx, LinkRow};
 
 type HmacSha256 = Hmac<Sha256>;
 
 fn invalid_token() -> Error {
-    Error::Precondition(
+    Refusal::precondition(
         "REGISTRATION_TOKEN_INVALID",
-        "the registration link is not valid".to_owned(),
+        "the registration link is not valid",
     )
+    .into()
 }
 
 fn expired_token() -> Error {
-    Error::Precondition(
+    Refusal::precondition(
         "REGISTRATION_TOKEN_EXPIRED",
-        "the registration link has expired or is used up".to_owned(),
+        "the registration link has expired or is used up",
     )
+    .into()
 }
 
 fn mac(secret: &[u8]) -> HmacSha256 {
@@ -138,12 +141,7 @@ impl Cards {
         if !r.referrer_customer_id.is_empty() {
             self.active_customer(tx, merchant, &r.referrer_customer_id)
                 .await
-                .map_err(|_| {
-                    Error::NotFound(
-                        "REFERRER_NOT_FOUND",
-                        "the referrer is not a customer".to_owned(),
-                    )
-                })?;
+                .map_err(referrer_not_found)?;
         }
         let link_id = new_id();
         let link = pb::RegistrationLink {
@@ -213,7 +211,7 @@ impl Cards {
         check_id("link_id", &r.link_id, &mut v);
         done(v)?;
         let mut row = tx.lock_link(merchant, &r.link_id).await?.ok_or_else(|| {
-            Error::NotFound("LINK_NOT_FOUND", format!("link `{}` not found", r.link_id))
+            Refusal::not_found("LINK_NOT_FOUND", format!("link `{}` not found", r.link_id))
         })?;
         if !row.revoked {
             row.revoked = true;

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use kopilka_proto::cards as pb;
 use kopilka_proto::types::{self, event::Payload};
+use kopilka_runtime::status::Refusal;
 use prost::Message;
 use rust_decimal::Decimal;
 
@@ -21,7 +22,9 @@ use crate::store::CardsTx;
 const MAX_TIERS: usize = 50;
 
 fn tier_not_found(code: &str) -> Error {
-    Error::NotFound("TIER_NOT_FOUND", format!("tier `{code}` not found"))
+    Refusal::not_found("TIER_NOT_FOUND", format!("tier `{code}` not found"))
+        .with("tier_code", code)
+        .into()
 }
 
 fn check_percent(field: &str, value: &str, v: &mut Vec<(String, String)>) {
@@ -199,18 +202,20 @@ impl Cards {
         validate_tier(&tier)?;
         if let Some(other) = tx.tier_with_rank(merchant, tier.rank).await? {
             if other != tier.code {
-                return Err(Error::Precondition(
+                return Err(Refusal::precondition(
                     "VALIDATION_FAILED",
                     format!("rank {} is already the rank of tier `{other}`", tier.rank),
-                ));
+                )
+                .into());
             }
         }
         let existing = self.tier_list(tx, merchant).await?.tiers;
         if existing.len() >= MAX_TIERS && !existing.iter().any(|t| t.code == tier.code) {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "VALIDATION_FAILED",
                 format!("a merchant has at most {MAX_TIERS} tiers"),
-            ));
+            )
+            .into());
         }
         if tier.is_default {
             for mut other in existing
@@ -255,13 +260,15 @@ impl Cards {
         }
         let holders = tx.customers_with_tier(merchant, &r.code).await?;
         if holders > 0 {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "TIER_IN_USE",
                 format!(
                     "{holders} customers hold tier `{}`; move them first",
                     r.code
                 ),
-            ));
+            )
+            .with("tier_code", &r.code)
+            .into());
         }
         tx.delete_tier(merchant, &r.code).await?;
         self.tiers_changed(tx, merchant, now).await?;

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::auth::Caller;
-use crate::checkout::validate::id_problem;
+use crate::checkout::validate::Violations;
 use crate::deps::{self, Deadline, Retry};
 use crate::error::{Error, Result};
 use crate::idempotency;
@@ -39,8 +39,8 @@ use crate::Gateway;
 const MAX_NAME: usize = 200;
 const MAX_ADDRESS: usize = 500;
 const MAX_EXTERNAL_ID: usize = 64;
-const MAX_PAGE_SIZE: i32 = 100;
-const DEFAULT_PAGE_SIZE: i32 = 50;
+const MAX_PAGE_SIZE: u32 = 100;
+const DEFAULT_PAGE_SIZE: u32 = 50;
 /// The key's visible prefix: `kpk_` and its id.
 const KEY_PREFIX: &str = "kpk_";
 
@@ -66,76 +66,30 @@ fn unimplemented(rpc: &str) -> Status {
 
 // ---- validation ---------------------------------------------------------------------------
 
-/// Collects field violations; [`Check::done`] turns them into INVALID_ARGUMENT.
-#[derive(Default)]
-struct Check(Vec<(String, String)>);
+/// Request checks of the admin API.
+type Check = Violations;
 
-impl Check {
-    fn push(&mut self, field: &str, description: impl Into<String>) {
-        self.0.push((field.to_owned(), description.into()));
+fn time_zone(check: &mut Check, field: &str, value: &str) {
+    if !value.is_empty() && value.parse::<chrono_tz::Tz>().is_err() {
+        check.add(field, "must be an IANA time zone, e.g. Europe/Moscow");
     }
+}
 
-    fn request_id(&mut self, value: &str) {
-        if let Err(Error::Invalid(v)) = check_request_id("request_id", value) {
-            self.0.extend(v);
-        }
-    }
+/// A page size: 0 (the default) to 100.
+fn page_size(check: &mut Check, field: &str, value: i32) -> i64 {
+    i64::from(check.page_size(field, value, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE))
+}
 
-    /// An id: 1 to 128 printable ASCII characters (or empty when not `required`).
-    fn id(&mut self, field: &str, value: &str, required: bool) {
-        if let Some(problem) = id_problem(value, MAX_REQUEST_ID, required) {
-            self.push(field, problem);
-        }
-    }
-
-    /// Text of at most `max` characters, non-blank when `required`.
-    fn text(&mut self, field: &str, value: &str, max: usize, required: bool) {
-        if required && value.trim().is_empty() {
-            self.push(field, format!("required: 1 to {max} characters"));
-        } else if value.chars().count() > max {
-            self.push(field, format!("at most {max} characters"));
-        } else if value.chars().any(char::is_control) {
-            self.push(field, "must not contain control characters");
-        }
-    }
-
-    fn time_zone(&mut self, field: &str, value: &str) {
-        if !value.is_empty() && value.parse::<chrono_tz::Tz>().is_err() {
-            self.push(field, "must be an IANA time zone, e.g. Europe/Moscow");
-        }
-    }
-
-    /// A page size: 0 (the default) to 100.
-    fn page_size(&mut self, field: &str, value: i32) -> i64 {
-        if !(0..=MAX_PAGE_SIZE).contains(&value) {
-            self.push(field, format!("must be 0 to {MAX_PAGE_SIZE}"));
-        }
-        i64::from(if value == 0 {
-            DEFAULT_PAGE_SIZE
-        } else {
-            value.clamp(1, MAX_PAGE_SIZE)
-        })
-    }
-
-    /// A page token of ours: the hex of the last id of the previous page.
-    fn page_token(&mut self, field: &str, value: &str) -> String {
-        match hex::decode(value)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-        {
-            Some(after) => after,
-            None => {
-                self.push(field, "not a token returned by this call");
-                String::new()
-            }
-        }
-    }
-
-    fn done(self) -> Result<()> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Invalid(self.0))
+/// A page token of ours: the hex of the last id of the previous page.
+fn page_token(check: &mut Check, field: &str, value: &str) -> String {
+    match hex::decode(value)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+    {
+        Some(after) => after,
+        None => {
+            check.page_token_invalid(field);
+            String::new()
         }
     }
 }
@@ -166,7 +120,7 @@ fn proto_time(t: Timestamp) -> wkt::Timestamp {
 fn from_proto_time(field: &str, t: &wkt::Timestamp, check: &mut Check) -> Option<DateTime<Utc>> {
     let parsed = timestamps::from_proto(t);
     if parsed.is_none() {
-        check.push(field, "not a valid timestamp");
+        check.add(field, "not a valid timestamp");
     }
     parsed
 }
@@ -179,15 +133,15 @@ fn corrupt(what: &str) -> Error {
 }
 
 fn store_not_found(store_id: &str) -> Error {
-    Error::NotFound("STORE_NOT_FOUND", format!("no store {store_id:?}"))
+    Error::not_found("STORE_NOT_FOUND", format!("no store {store_id:?}"))
 }
 
 fn terminal_not_found(terminal_id: &str) -> Error {
-    Error::NotFound("TERMINAL_NOT_FOUND", format!("no terminal {terminal_id:?}"))
+    Error::not_found("TERMINAL_NOT_FOUND", format!("no terminal {terminal_id:?}"))
 }
 
 fn key_not_found(key_id: &str) -> Error {
-    Error::NotFound("API_KEY_NOT_FOUND", format!("no API key {key_id:?}"))
+    Error::not_found("API_KEY_NOT_FOUND", format!("no API key {key_id:?}"))
 }
 
 // ---- conversions --------------------------------------------------------------------------
@@ -249,7 +203,7 @@ fn key_pb(k: ApiKeyListing) -> pb::ApiKey {
 fn check_store(s: &Store, check: &mut Check) {
     check.text("store.name", &s.name, MAX_NAME, true);
     check.text("store.address", &s.address, MAX_ADDRESS, false);
-    check.time_zone("store.time_zone", &s.time_zone);
+    time_zone(check, "store.time_zone", &s.time_zone);
     check.text(
         "store.wallet_location_text",
         &s.wallet_location_text,
@@ -259,10 +213,10 @@ fn check_store(s: &Store, check: &mut Check) {
     check.text("store.external_id", &s.external_id, MAX_EXTERNAL_ID, false);
     if let (Some(lat), Some(lon)) = (s.latitude, s.longitude) {
         if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
-            check.push("store.location.latitude", "must be -90 to 90");
+            check.add("store.location.latitude", "must be -90 to 90");
         }
         if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
-            check.push("store.location.longitude", "must be -180 to 180");
+            check.add("store.location.longitude", "must be -180 to 180");
         }
     }
 }
@@ -363,10 +317,10 @@ impl AdminApi {
         let req = request.into_inner();
         let merchant_id = caller.merchant_id();
         let mut check = Check::default();
-        check.request_id(&req.request_id);
+        check.id("request_id", &req.request_id, MAX_REQUEST_ID, true);
         let Some(input) = req.store.clone() else {
-            check.push("store", "required");
-            return Err(Error::Invalid(check.0));
+            check.add("store", "required");
+            return Err(check.into());
         };
         let mut record = Store {
             merchant_id: merchant_id.to_owned(),
@@ -386,7 +340,7 @@ impl AdminApi {
         };
         record.name = record.name.trim().to_owned();
         check_store(&record, &mut check);
-        check.done()?;
+        check.check()?;
         let tenancy = &self.gw.tenancy;
         let answer: pb::CreateStoreResponse = self
             .gw
@@ -419,9 +373,9 @@ impl AdminApi {
         let caller = self.gw.auth.admin(&request).await?;
         let req = request.into_inner();
         let mut check = Check::default();
-        let limit = check.page_size("page_size", req.page_size);
-        let after = check.page_token("page_token", &req.page_token);
-        check.done()?;
+        let limit = page_size(&mut check, "page_size", req.page_size);
+        let after = page_token(&mut check, "page_token", &req.page_token);
+        check.check()?;
         let page = self
             .gw
             .tenancy
@@ -439,16 +393,16 @@ impl AdminApi {
         let req = request.into_inner();
         let merchant_id = caller.merchant_id();
         let mut check = Check::default();
-        check.request_id(&req.request_id);
+        check.id("request_id", &req.request_id, MAX_REQUEST_ID, true);
         let input = req.store.clone().unwrap_or_default();
-        check.id("store.store_id", &input.store_id, true);
+        check.id("store.store_id", &input.store_id, MAX_REQUEST_ID, true);
         let paths: Vec<String> = req
             .update_mask
             .as_ref()
             .map(|m| m.paths.clone())
             .unwrap_or_default();
         if paths.is_empty() {
-            check.push("update_mask", "required: name the fields to change");
+            check.add("update_mask", "required: name the fields to change");
         }
         const PATHS: [&str; 7] = [
             "name",
@@ -461,13 +415,13 @@ impl AdminApi {
         ];
         for (i, path) in paths.iter().enumerate() {
             if !PATHS.contains(&path.as_str()) {
-                check.push(
-                    &format!("update_mask.paths[{i}]"),
+                check.add(
+                    format!("update_mask.paths[{i}]"),
                     format!("unknown or read-only field; one of {}", PATHS.join(", ")),
                 );
             }
         }
-        check.done()?;
+        check.check()?;
         let paths: HashSet<String> = paths.into_iter().collect();
         let answer: pb::UpdateStoreResponse = self
             .gw
@@ -498,7 +452,7 @@ impl AdminApi {
                     }
                     let mut check = Check::default();
                     check_store(&s, &mut check);
-                    check.done()?;
+                    check.check()?;
                     if !self.gw.tenancy.update_store(&s).await? {
                         return Err(store_not_found(&s.store_id));
                     }
@@ -519,11 +473,11 @@ impl AdminApi {
         let req = request.into_inner();
         let merchant_id = caller.merchant_id();
         let mut check = Check::default();
-        check.request_id(&req.request_id);
-        check.id("store_id", &req.store_id, true);
+        check.id("request_id", &req.request_id, MAX_REQUEST_ID, true);
+        check.id("store_id", &req.store_id, MAX_REQUEST_ID, true);
         check.text("name", req.name.trim(), MAX_NAME, true);
         check.text("external_id", &req.external_id, MAX_EXTERNAL_ID, false);
-        check.done()?;
+        check.check()?;
         let record = Terminal {
             merchant_id: merchant_id.to_owned(),
             terminal_id: format!(
@@ -565,10 +519,10 @@ impl AdminApi {
         let caller = self.gw.auth.admin(&request).await?;
         let req = request.into_inner();
         let mut check = Check::default();
-        check.id("store_id", &req.store_id, false);
-        let limit = check.page_size("page_size", req.page_size);
-        let after = check.page_token("page_token", &req.page_token);
-        check.done()?;
+        check.id("store_id", &req.store_id, MAX_REQUEST_ID, false);
+        let limit = page_size(&mut check, "page_size", req.page_size);
+        let after = page_token(&mut check, "page_token", &req.page_token);
+        check.check()?;
         if !req.store_id.is_empty() {
             self.store_of(&caller, &req.store_id).await?;
         }
@@ -600,9 +554,9 @@ impl AdminApi {
         request: &impl prost::Message,
     ) -> Result<pb::Terminal> {
         let mut check = Check::default();
-        check.request_id(request_id);
-        check.id("terminal_id", terminal_id, true);
-        check.done()?;
+        check.id("request_id", request_id, MAX_REQUEST_ID, true);
+        check.id("terminal_id", terminal_id, MAX_REQUEST_ID, true);
+        check.check()?;
         let operation = if disable {
             "DisableTerminal"
         } else {
@@ -642,39 +596,39 @@ impl AdminApi {
         let merchant_id = caller.merchant_id();
         let now = Timestamp::now();
         let mut check = Check::default();
-        check.request_id(&req.request_id);
+        check.id("request_id", &req.request_id, MAX_REQUEST_ID, true);
         check.text("name", &req.name, MAX_NAME, false);
         let scope = match pb::KeyScope::try_from(req.scope) {
             Ok(pb::KeyScope::Terminal) => {
-                check.id("terminal_id", &req.terminal_id, true);
+                check.id("terminal_id", &req.terminal_id, MAX_REQUEST_ID, true);
                 Some(KeyScope::Terminal)
             }
             Ok(pb::KeyScope::Admin) => {
                 if !req.terminal_id.is_empty() {
-                    check.push("terminal_id", "must be empty for an ADMIN key");
+                    check.add("terminal_id", "must be empty for an ADMIN key");
                 }
                 Some(KeyScope::Admin)
             }
             Ok(pb::KeyScope::Platform) => {
-                check.push("scope", "PLATFORM keys are not issued here");
+                check.add("scope", "PLATFORM keys are not issued here");
                 None
             }
             _ => {
-                check.push("scope", "required: TERMINAL or ADMIN");
+                check.add("scope", "required: TERMINAL or ADMIN");
                 None
             }
         };
         let expires_at = match &req.expires_at {
             Some(t) => match from_proto_time("expires_at", t, &mut check) {
                 Some(at) if at <= now.0 => {
-                    check.push("expires_at", "must be in the future");
+                    check.add("expires_at", "must be in the future");
                     None
                 }
                 at => at.map(Timestamp::from),
             },
             None => None,
         };
-        check.done()?;
+        check.check()?;
         let scope = scope.expect("checked above");
         let key_id = derived_hex(merchant_id, "IssueApiKey", &req.request_id);
         // The secret exists only in this call: never in the stored answer, never in a log.
@@ -745,10 +699,10 @@ impl AdminApi {
         let caller = self.gw.auth.admin(&request).await?;
         let req = request.into_inner();
         let mut check = Check::default();
-        check.id("terminal_id", &req.terminal_id, false);
-        let limit = check.page_size("page_size", req.page_size);
-        let after = check.page_token("page_token", &req.page_token);
-        check.done()?;
+        check.id("terminal_id", &req.terminal_id, MAX_REQUEST_ID, false);
+        let limit = page_size(&mut check, "page_size", req.page_size);
+        let after = page_token(&mut check, "page_token", &req.page_token);
+        check.check()?;
         let page = self
             .gw
             .tenancy
@@ -776,9 +730,9 @@ impl AdminApi {
         let req = request.into_inner();
         let merchant_id = caller.merchant_id();
         let mut check = Check::default();
-        check.request_id(&req.request_id);
-        check.id("key_id", &req.key_id, true);
-        check.done()?;
+        check.id("request_id", &req.request_id, MAX_REQUEST_ID, true);
+        check.id("key_id", &req.key_id, MAX_REQUEST_ID, true);
+        check.check()?;
         let answer: Result<pb::RevokeApiKeyResponse> =
             self.gw
                 .requests
@@ -820,14 +774,14 @@ impl AdminApi {
         let req = request.into_inner();
         let merchant_id = caller.merchant_id();
         let mut check = Check::default();
-        check.request_id(&req.request_id);
+        check.id("request_id", &req.request_id, MAX_REQUEST_ID, true);
         if req.program.is_none() {
-            check.push("program", "required");
+            check.add("program", "required");
         }
         if let Some(t) = &req.activate_at {
             from_proto_time("activate_at", t, &mut check);
         }
-        check.done()?;
+        check.check()?;
         let deps = &self.gw.deps;
         self.gw
             .requests
@@ -962,13 +916,13 @@ impl AdminApi {
         }
         let mut check = Check::default();
         if input.lines.is_empty() || input.lines.len() > 500 {
-            check.push("lines", "1 to 500 lines");
+            check.add("lines", "1 to 500 lines");
         }
-        check.id("store_id", &input.store_id, false);
+        check.id("store_id", &input.store_id, MAX_REQUEST_ID, false);
         if let Some(t) = &input.occurred_at {
             from_proto_time("occurred_at", t, &mut check);
         }
-        check.done()?;
+        check.check()?;
         input.time_zone = caller.merchant.time_zone.clone();
         if !input.store_id.is_empty() {
             let store = self.store_of(caller, &input.store_id).await?;
@@ -1048,8 +1002,8 @@ impl AdminService for AdminApi {
         let caller = self.gw.auth.admin(&request).await?;
         let req = request.into_inner();
         let mut check = Check::default();
-        check.id("store_id", &req.store_id, true);
-        check.done()?;
+        check.id("store_id", &req.store_id, MAX_REQUEST_ID, true);
+        check.check()?;
         let store = self.store_of(&caller, &req.store_id).await?;
         Ok(Response::new(pb::GetStoreResponse {
             store: Some(store_pb(store)),
@@ -1392,8 +1346,8 @@ impl AdminService for AdminApi {
         let caller = self.gw.auth.admin(&request).await?;
         let req = request.get_ref().clone();
         let mut check = Check::default();
-        check.page_size("page_size", req.page_size);
-        check.done()?;
+        page_size(&mut check, "page_size", req.page_size);
+        check.check()?;
         let out = forward!(
             self,
             request,
@@ -1674,14 +1628,15 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_bad_ones_are_refused() {
         let mut check = Check::default();
-        assert_eq!(check.page_token("t", &hex::encode("st_1")), "st_1");
-        assert!(check.0.is_empty());
-        check.page_token("t", "zz");
-        assert_eq!(check.0.len(), 1);
+        assert_eq!(page_token(&mut check, "t", &hex::encode("st_1")), "st_1");
+        assert!(check.is_empty());
+        page_token(&mut check, "t", "zz");
+        assert_eq!(check.reason(), "PAGE_TOKEN_INVALID");
+        assert_eq!(check.fields().len(), 1);
         let mut check = Check::default();
-        assert_eq!(check.page_size("p", 0), 50);
-        check.page_size("p", 101);
-        check.page_size("p", -1);
-        assert_eq!(check.0.len(), 2);
+        assert_eq!(page_size(&mut check, "p", 0), 50);
+        page_size(&mut check, "p", 101);
+        page_size(&mut check, "p", -1);
+        assert_eq!(check.fields().len(), 2);
     }
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use kopilka_runtime::status::Refusal;
 use moka::future::Cache;
-use tonic::Request;
+use tonic::{Code, Request};
 
 use crate::error::{Error, Result};
 use crate::keys::{KeyScope, PresentedKey};
@@ -60,6 +61,9 @@ pub struct Auth {
     used: Cache<String, ()>,
     terminal_limits: Arc<DefaultKeyedRateLimiter<String>>,
     admin_limits: Arc<DefaultKeyedRateLimiter<String>>,
+    /// The limits in requests per second, for RATE_LIMITED's `limit` metadata.
+    terminal_rps: u32,
+    admin_rps: u32,
 }
 
 /// How stale a key's `last_used_at` may be: one write per key per minute, not one per call.
@@ -83,6 +87,8 @@ impl Auth {
                 .build(),
             terminal_limits: Arc::new(RateLimiter::keyed(quota(terminal_rps))),
             admin_limits: Arc::new(RateLimiter::keyed(quota(admin_rps))),
+            terminal_rps: terminal_rps.max(1),
+            admin_rps: admin_rps.max(1),
         }
     }
 
@@ -110,23 +116,25 @@ impl Auth {
             return Err(Error::Unauthenticated);
         }
         if verified.terminal_disabled {
-            return Err(Error::PermissionDenied(
-                "TERMINAL_DISABLED",
-                "this key's terminal is disabled".to_owned(),
+            let terminal = verified.caller.terminal.as_ref();
+            return Err(terminal_disabled(
+                terminal.map_or("", |t| t.terminal_id.as_str()),
             ));
         }
         let caller = verified.caller.clone();
-        let (limiter, bucket) = match &caller.terminal {
+        let (limiter, limit, bucket) = match &caller.terminal {
             Some(t) => (
                 &self.terminal_limits,
+                self.terminal_rps,
                 format!("{}/{}", caller.merchant_id(), t.terminal_id),
             ),
-            None => (&self.admin_limits, caller.key_id.clone()),
+            None => (&self.admin_limits, self.admin_rps, caller.key_id.clone()),
         };
         if let Err(not_until) = limiter.check_key(&bucket) {
-            return Err(Error::RateLimited(
-                not_until.wait_time_from(DefaultClock::default().now()),
-            ));
+            return Err(Error::RateLimited {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+                limit,
+            });
         }
         self.record_use(&caller).await;
         Ok(caller)
@@ -159,7 +167,7 @@ impl Auth {
         let caller = self.authenticate(request).await?;
         match caller.scope {
             KeyScope::Terminal | KeyScope::Admin => Ok(caller),
-            KeyScope::Platform => Err(wrong_scope("a terminal or admin key")),
+            KeyScope::Platform => Err(wrong_scope(caller.scope, KeyScope::Terminal)),
         }
     }
 
@@ -168,7 +176,7 @@ impl Auth {
         let caller = self.authenticate(request).await?;
         match caller.scope {
             KeyScope::Admin => Ok(caller),
-            _ => Err(wrong_scope("an admin key")),
+            _ => Err(wrong_scope(caller.scope, KeyScope::Admin)),
         }
     }
 
@@ -177,10 +185,14 @@ impl Auth {
     pub async fn terminal_for(&self, caller: &Caller, requested: &str) -> Result<TerminalRef> {
         match &caller.terminal {
             Some(own) if requested.is_empty() || requested == own.terminal_id => Ok(own.clone()),
-            Some(_) => Err(Error::PermissionDenied(
+            Some(_) => Err(Refusal::new(
+                Code::PermissionDenied,
                 "PERMISSION_DENIED_KEY_SCOPE",
-                "a terminal key acts for its own terminal only; leave terminal_id empty".to_owned(),
-            )),
+                "a terminal key acts for its own terminal only; leave terminal_id empty",
+            )
+            .with("scope", KeyScope::Terminal.proto_name())
+            .with("required_scope", KeyScope::Admin.proto_name())
+            .into()),
             None if requested.is_empty() => Err(Error::invalid(
                 "terminal_id",
                 "required with an admin key: name the terminal the receipt is rung up at",
@@ -191,13 +203,10 @@ impl Auth {
                     .terminal(caller.merchant_id(), requested)
                     .await?
                     .ok_or_else(|| {
-                        Error::NotFound("TERMINAL_NOT_FOUND", format!("no terminal {requested}"))
+                        Error::not_found("TERMINAL_NOT_FOUND", format!("no terminal {requested}"))
                     })?;
                 if terminal.disabled_at.is_some() {
-                    return Err(Error::PermissionDenied(
-                        "TERMINAL_DISABLED",
-                        format!("terminal {requested} is disabled"),
-                    ));
+                    return Err(terminal_disabled(requested));
                 }
                 Ok(TerminalRef {
                     terminal_id: terminal.terminal_id,
@@ -226,11 +235,31 @@ impl Auth {
     }
 }
 
-fn wrong_scope(needed: &str) -> Error {
-    Error::PermissionDenied(
+/// PERMISSION_DENIED_KEY_SCOPE: `scope` may not call what needs `required` (or a wider scope).
+fn wrong_scope(scope: KeyScope, required: KeyScope) -> Error {
+    let needed = match required {
+        KeyScope::Terminal => "a terminal or admin key",
+        KeyScope::Admin => "an admin key",
+        KeyScope::Platform => "a platform key",
+    };
+    Refusal::new(
+        Code::PermissionDenied,
         "PERMISSION_DENIED_KEY_SCOPE",
         format!("this call needs {needed}"),
     )
+    .with("scope", scope.proto_name())
+    .with("required_scope", required.proto_name())
+    .into()
+}
+
+fn terminal_disabled(terminal_id: &str) -> Error {
+    Refusal::new(
+        Code::PermissionDenied,
+        "TERMINAL_DISABLED",
+        format!("terminal {terminal_id} is disabled"),
+    )
+    .with("terminal_id", terminal_id)
+    .into()
 }
 
 fn bearer<T>(request: &Request<T>) -> Option<&str> {

@@ -30,13 +30,14 @@ use kopilka_proto::ledger::{self, Balance};
 use kopilka_proto::rules;
 use kopilka_proto::types::{self, ActionKind, IdentifierInput, IdentifierKind};
 use kopilka_proto::wkt;
-use kopilka_runtime::{redact, status, timestamps};
+use kopilka_runtime::status::{self, Refusal};
+use kopilka_runtime::{redact, timestamps};
 use rust_decimal::Decimal;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
 use crate::auth::{Caller, TerminalRef};
-use crate::checkout::validate::id_problem;
+use crate::checkout::validate::Violations;
 use crate::deps::{self, Deadline, Retry};
 use crate::error::{Error, Result};
 use crate::keys::KeyScope;
@@ -166,15 +167,17 @@ fn owner_of(s: &Status) -> Option<String> {
         .and_then(|info| info.metadata.get("customer_id").cloned())
 }
 
-fn taken(owner: &str, what: &str) -> Error {
-    Error::Downstream(status::with_reason_and_metadata(
+/// IDENTIFIER_TAKEN for the card `what` (read as `kind`, a `kopilka.type.v1.IdentifierKind`).
+fn taken(owner: &str, what: &str, kind: i32) -> Error {
+    let kind = IdentifierKind::try_from(kind).unwrap_or(IdentifierKind::Unspecified);
+    Refusal::new(
         Code::AlreadyExists,
         "IDENTIFIER_TAKEN",
         format!("{what} belongs to another customer"),
-        [("customer_id".to_owned(), owner.to_owned())]
-            .into_iter()
-            .collect(),
-    ))
+    )
+    .with("kind", kind.as_str_name())
+    .with("customer_id", owner)
+    .into()
 }
 
 /// The phone is registered already: that customer, with the given cards attached when free
@@ -198,6 +201,7 @@ async fn existing(
             kind_hint: IdentifierKind::Phone as i32,
         },
         true,
+        "phone",
     )
     .await;
     let found = match by_phone {
@@ -213,11 +217,21 @@ async fn existing(
         return Err(Error::Downstream(taken_status));
     }
     for (i, card) in cards.iter().enumerate() {
-        match lookup(gw, merchant, deadline, card.clone(), false).await {
+        match lookup(
+            gw,
+            merchant,
+            deadline,
+            card.clone(),
+            false,
+            &format!("cards[{i}]"),
+        )
+        .await
+        {
             Ok(owner) => {
                 let owner_id = owner.customer.map(|c| c.customer_id).unwrap_or_default();
                 if owner_id != customer.customer_id {
-                    return Err(taken(&owner_id, &format!("cards[{i}]")));
+                    let kind = owner.matched.map_or(owner.input_kind, |m| m.kind);
+                    return Err(taken(&owner_id, &format!("cards[{i}]"), kind));
                 }
             }
             Err(Error::Downstream(s))
@@ -266,6 +280,7 @@ async fn lookup(
     deadline: Deadline,
     input: IdentifierInput,
     include_referral_chain: bool,
+    field: &str,
 ) -> Result<cards::LookupCustomerResponse> {
     let msg = cards::LookupCustomerRequest {
         merchant_id: merchant.to_owned(),
@@ -279,6 +294,7 @@ async fn lookup(
         Retry::Idempotent,
         identifiers.lookup_customer(msg)
     )
+    .map_err(|e| e.for_caller(&[("input", field)]))
 }
 
 /// cards-svc GetCustomer for the caller's merchant (NOT_FOUND CUSTOMER_NOT_FOUND otherwise).
@@ -300,7 +316,7 @@ async fn customer_of(
         customers.get_customer(msg)
     )?;
     got.customer.ok_or_else(|| {
-        Error::NotFound(
+        Error::not_found(
             "CUSTOMER_NOT_FOUND",
             format!("customer `{customer_id}` not found"),
         )
@@ -538,83 +554,71 @@ pub fn summary(
 
 // ---- validation ---------------------------------------------------------------------------------
 
-fn check_len(field: &str, value: &str, max: usize, v: &mut Vec<(String, String)>) {
+fn check_len(field: &str, value: &str, max: usize, v: &mut Violations) {
     if value.chars().count() > max {
-        v.push((field.to_owned(), format!("at most {max} characters")));
+        v.limit(field, max, "characters");
     }
 }
 
 /// A phone as typed at a register: ASCII digits with `+ ( ) - .` and spaces, 5 to 15 digits.
-fn check_phone(field: &str, phone: &str, v: &mut Vec<(String, String)>) {
+fn check_phone(field: &str, phone: &str, v: &mut Violations) {
     if phone.is_empty() {
         return;
     }
     if !phone.is_ascii() {
-        v.push((
-            field.to_owned(),
-            "use ASCII digits 0-9 (other scripts' digits are not accepted)".to_owned(),
-        ));
+        v.add(
+            field,
+            "use ASCII digits 0-9 (other scripts' digits are not accepted)",
+        );
         return;
     }
     if phone.len() > 32 {
-        v.push((field.to_owned(), "at most 32 characters".to_owned()));
+        v.limit(field, 32, "characters");
         return;
     }
     if !phone
         .chars()
         .all(|c| c.is_ascii_digit() || matches!(c, '+' | '(' | ')' | '-' | '.' | ' '))
     {
-        v.push((
-            field.to_owned(),
-            "only digits, spaces and + ( ) - . are allowed".to_owned(),
-        ));
+        v.add(field, "only digits, spaces and + ( ) - . are allowed");
         return;
     }
     let digits = phone.chars().filter(char::is_ascii_digit).count();
     if !(5..=15).contains(&digits) {
-        v.push((field.to_owned(), "must have 5 to 15 digits".to_owned()));
+        v.add(field, "must have 5 to 15 digits");
     }
 }
 
-fn check_identifier(field: &str, input: Option<&IdentifierInput>, v: &mut Vec<(String, String)>) {
+fn check_identifier(field: &str, input: Option<&IdentifierInput>, v: &mut Violations) {
     match input {
         Some(i) if !i.raw.trim().is_empty() => check_len(&format!("{field}.raw"), &i.raw, 256, v),
-        _ => v.push((format!("{field}.raw"), "required".to_owned())),
+        _ => v.add(format!("{field}.raw"), "required"),
     }
 }
 
-fn check_customer_id(customer_id: &str, v: &mut Vec<(String, String)>) {
-    if let Some(problem) = id_problem(customer_id, MAX_REQUEST_ID, true) {
-        v.push(("customer_id".to_owned(), problem));
-    }
+/// Page sizes of the customer lists: the default and the most.
+const PAGE_SIZE: u32 = 50;
+/// Receipts carry their lines: a smaller default page.
+const RECEIPTS_PAGE_SIZE: u32 = 20;
+const MAX_PAGE_SIZE: u32 = 100;
+
+fn check_customer_id(customer_id: &str, v: &mut Violations) {
+    v.id("customer_id", customer_id, MAX_REQUEST_ID, true);
 }
 
-fn check_page_size(page_size: i32, v: &mut Vec<(String, String)>) {
-    if !(0..=100).contains(&page_size) {
-        v.push(("page_size".to_owned(), "0 to 100".to_owned()));
-    }
-}
-
-fn done(v: Vec<(String, String)>) -> Result<()> {
-    if v.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Invalid(v))
-    }
+fn done(v: Violations) -> Result<()> {
+    Ok(v.check()?)
 }
 
 fn validate_register(r: &pb::RegisterCustomerRequest) -> Result<()> {
     check_request_id("request_id", &r.request_id)?;
-    let mut v = Vec::new();
+    let mut v = Violations::new();
     check_phone("phone", &r.phone, &mut v);
     if r.phone.is_empty() && r.cards.is_empty() {
-        v.push((
-            "phone".to_owned(),
-            "required unless a card is given".to_owned(),
-        ));
+        v.add("phone", "required unless a card is given");
     }
     if r.cards.len() > MAX_CARDS {
-        v.push(("cards".to_owned(), format!("at most {MAX_CARDS}")));
+        v.add("cards", format!("at most {MAX_CARDS}"));
     }
     for (i, c) in r.cards.iter().enumerate() {
         check_identifier(&format!("cards[{i}]"), Some(c), &mut v);
@@ -628,7 +632,7 @@ fn validate_register(r: &pb::RegisterCustomerRequest) -> Result<()> {
         check_len("details.email", &d.email, 254, &mut v);
         check_len("details.locale", &d.locale, 35, &mut v);
         if d.consents.len() > 8 {
-            v.push(("details.consents".to_owned(), "at most 8".to_owned()));
+            v.add("details.consents", "at most 8");
         }
         if let Some(referrer) = &d.referrer {
             check_len("details.referrer.raw", &referrer.raw, 256, &mut v);
@@ -742,7 +746,7 @@ impl CustomerApi {
         let gw = &self.gw;
         let caller = gw.auth.terminal_or_admin(request).await?;
         let r = request.get_ref();
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_identifier("identifier", r.identifier.as_ref(), &mut v);
         done(v)?;
         let deadline = Deadline::of(request);
@@ -753,6 +757,7 @@ impl CustomerApi {
             deadline,
             r.identifier.clone().unwrap_or_default(),
             false,
+            "identifier",
         )
         .await?;
         let customer = found.customer.clone().unwrap_or_default();
@@ -777,7 +782,7 @@ impl CustomerApi {
         let gw = &self.gw;
         let caller = gw.auth.terminal_or_admin(request).await?;
         let r = request.get_ref();
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_customer_id(&r.customer_id, &mut v);
         done(v)?;
         let deadline = Deadline::of(request);
@@ -801,10 +806,10 @@ impl CustomerApi {
         let caller = gw.auth.terminal_or_admin(request).await?;
         let r = request.get_ref();
         check_request_id("request_id", &r.request_id)?;
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_customer_id(&r.customer_id, &mut v);
         if r.consent.is_none() {
-            v.push(("consent".to_owned(), "required".to_owned()));
+            v.add("consent", "required");
         }
         done(v)?;
         let deadline = Deadline::of(request);
@@ -868,10 +873,11 @@ impl CustomerApi {
         let gw = &self.gw;
         match (identifier, customer_id) {
             (Some(input), _) => {
-                let mut v = Vec::new();
+                let mut v = Violations::new();
                 check_identifier("identifier", Some(input), &mut v);
                 done(v)?;
-                let found = lookup(gw, merchant, deadline, input.clone(), false).await?;
+                let found =
+                    lookup(gw, merchant, deadline, input.clone(), false, "identifier").await?;
                 Ok((
                     found.customer.unwrap_or_default(),
                     found.tier,
@@ -880,7 +886,7 @@ impl CustomerApi {
                 ))
             }
             (None, Some(id)) => {
-                let mut v = Vec::new();
+                let mut v = Violations::new();
                 check_customer_id(id, &mut v);
                 done(v)?;
                 let customer = customer_of(gw, merchant, deadline, id).await?;
@@ -932,9 +938,9 @@ impl CustomerApi {
         let gw = &self.gw;
         let caller = gw.auth.terminal_or_admin(request).await?;
         let r = request.get_ref();
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_customer_id(&r.customer_id, &mut v);
-        check_page_size(r.page_size, &mut v);
+        let page_size = v.page_size("page_size", r.page_size, PAGE_SIZE, MAX_PAGE_SIZE);
         done(v)?;
         let deadline = Deadline::of(request);
         let merchant = caller.merchant_id();
@@ -945,7 +951,7 @@ impl CustomerApi {
             period: r.period,
             kinds: Vec::new(),
             include_entries: false,
-            page_size: if r.page_size == 0 { 50 } else { r.page_size },
+            page_size: page_size as i32,
             page_token: r.page_token.clone(),
         };
         let got = dep_call!(
@@ -968,9 +974,9 @@ impl CustomerApi {
         let gw = &self.gw;
         let caller = gw.auth.terminal_or_admin(request).await?;
         let r = request.get_ref();
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_customer_id(&r.customer_id, &mut v);
-        check_page_size(r.page_size, &mut v);
+        let page_size = v.page_size("page_size", r.page_size, RECEIPTS_PAGE_SIZE, MAX_PAGE_SIZE);
         done(v)?;
         let deadline = Deadline::of(request);
         let merchant = caller.merchant_id();
@@ -986,7 +992,7 @@ impl CustomerApi {
                 .unwrap_or_default(),
             period: r.period,
             include_lines: true,
-            page_size: if r.page_size == 0 { 20 } else { r.page_size },
+            page_size: page_size as i32,
             page_token: r.page_token.clone(),
         };
         let got = dep_call!(
@@ -1011,31 +1017,30 @@ impl CustomerApi {
         let caller = gw.auth.terminal_or_admin(request).await?;
         let r = request.get_ref();
         check_request_id("request_id", &r.request_id)?;
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         let action = ActionKind::try_from(r.action).unwrap_or(ActionKind::Unspecified);
         match action {
-            ActionKind::Unspecified => v.push(("action".to_owned(), "required".to_owned())),
-            ActionKind::Registration | ActionKind::Birthday | ActionKind::WinBack => v.push((
-                "action".to_owned(),
-                "REGISTRATION, BIRTHDAY and WIN_BACK are triggered by Kopilka itself".to_owned(),
-            )),
-            ActionKind::Custom if r.custom_code.is_empty() => v.push((
-                "custom_code".to_owned(),
-                "required for ACTION_KIND_CUSTOM".to_owned(),
-            )),
+            ActionKind::Unspecified => v.add("action", "required"),
+            ActionKind::Registration | ActionKind::Birthday | ActionKind::WinBack => v.add(
+                "action",
+                "REGISTRATION, BIRTHDAY and WIN_BACK are triggered by Kopilka itself",
+            ),
+            ActionKind::Custom if r.custom_code.is_empty() => {
+                v.add("custom_code", "required for ACTION_KIND_CUSTOM")
+            }
             _ => {}
         }
         check_len("custom_code", &r.custom_code, 64, &mut v);
         if r.action_ref.is_empty() || r.action_ref.chars().count() > 64 {
-            v.push(("action_ref".to_owned(), "1 to 64 characters".to_owned()));
+            v.add("action_ref", "1 to 64 characters");
         }
         if let Some(at) = &r.occurred_at {
             match timestamps::from_proto(at) {
                 Some(t) if t <= Utc::now() + chrono::Duration::minutes(5) => {}
-                _ => v.push((
-                    "occurred_at".to_owned(),
-                    "a valid time at most 5 minutes in the future".to_owned(),
-                )),
+                _ => v.add(
+                    "occurred_at",
+                    "a valid time at most 5 minutes in the future",
+                ),
             }
         }
         done(v)?;
@@ -1096,7 +1101,7 @@ impl CustomerApi {
         let caller = gw.auth.terminal_or_admin(request).await?;
         let r = request.get_ref();
         check_request_id("request_id", &r.request_id)?;
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_customer_id(&r.customer_id, &mut v);
         check_identifier("card", r.card.as_ref(), &mut v);
         done(v)?;
@@ -1132,12 +1137,12 @@ impl CustomerApi {
         let caller = gw.auth.terminal_or_admin(request).await?;
         let r = request.get_ref();
         check_request_id("request_id", &r.request_id)?;
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_identifier("card", r.card.as_ref(), &mut v);
         if cards::BlockReason::try_from(r.reason)
             .map_or(true, |reason| reason == cards::BlockReason::Unspecified)
         {
-            v.push(("reason".to_owned(), "required".to_owned()));
+            v.add("reason", "required");
         }
         check_len("comment", &r.comment, 500, &mut v);
         done(v)?;
@@ -1175,11 +1180,11 @@ impl CustomerApi {
         let caller = gw.auth.terminal_or_admin(request).await?;
         let r = request.get_ref();
         check_request_id("request_id", &r.request_id)?;
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_identifier("old_card", r.old_card.as_ref(), &mut v);
         check_identifier("new_card", r.new_card.as_ref(), &mut v);
         if cards::BlockReason::try_from(r.reason).is_err() {
-            v.push(("reason".to_owned(), "is not a known reason".to_owned()));
+            v.add("reason", "is not a known reason");
         }
         done(v)?;
         let deadline = Deadline::of(request);
@@ -1222,14 +1227,14 @@ impl CustomerApi {
         let gw = &self.gw;
         let caller = gw.auth.admin(request).await?;
         let r = request.get_ref();
-        let mut v = Vec::new();
-        check_page_size(r.page_size, &mut v);
+        let mut v = Violations::new();
+        let page_size = v.page_size("page_size", r.page_size, PAGE_SIZE, MAX_PAGE_SIZE);
         done(v)?;
         let deadline = Deadline::of(request);
         let msg = cards::ListCustomersRequest {
             merchant_id: caller.merchant_id().to_owned(),
             filter: r.filter.clone(),
-            page_size: if r.page_size == 0 { 50 } else { r.page_size },
+            page_size: page_size as i32,
             page_token: r.page_token.clone(),
         };
         let got = dep_call!(
@@ -1253,13 +1258,13 @@ impl CustomerApi {
         let caller = gw.auth.admin(request).await?;
         let r = request.get_ref();
         check_request_id("request_id", &r.request_id)?;
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         for (field, id) in [
             ("surviving_customer_id", &r.surviving_customer_id),
             ("merged_customer_id", &r.merged_customer_id),
         ] {
             if id.is_empty() || id.len() > 128 {
-                v.push((field.to_owned(), "1 to 128 characters".to_owned()));
+                v.add(field, "1 to 128 characters");
             }
         }
         done(v)?;
@@ -1298,17 +1303,14 @@ impl CustomerApi {
         let caller = gw.auth.admin(request).await?;
         let r = request.get_ref();
         check_request_id("request_id", &r.request_id)?;
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_customer_id(&r.customer_id, &mut v);
         if r.tier_code.is_empty() {
-            v.push(("tier_code".to_owned(), "required".to_owned()));
+            v.add("tier_code", "required");
         }
         check_len("tier_code", &r.tier_code, 64, &mut v);
         if r.reason.trim().is_empty() {
-            v.push((
-                "reason".to_owned(),
-                "required: 1 to 500 characters".to_owned(),
-            ));
+            v.add("reason", "required: 1 to 500 characters");
         }
         check_len("reason", &r.reason, 500, &mut v);
         done(v)?;
@@ -1350,14 +1352,14 @@ impl CustomerApi {
         let gw = &self.gw;
         let caller = gw.auth.admin(request).await?;
         let r = request.get_ref();
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_customer_id(&r.customer_id, &mut v);
-        check_page_size(r.page_size, &mut v);
+        let page_size = v.page_size("page_size", r.page_size, PAGE_SIZE, MAX_PAGE_SIZE);
         done(v)?;
         let msg = cards::GetTierHistoryRequest {
             merchant_id: caller.merchant_id().to_owned(),
             customer_id: r.customer_id.clone(),
-            page_size: if r.page_size == 0 { 50 } else { r.page_size },
+            page_size: page_size as i32,
             page_token: r.page_token.clone(),
         };
         let got = dep_call!(
@@ -1380,9 +1382,9 @@ impl CustomerApi {
         let gw = &self.gw;
         let caller = gw.auth.admin(request).await?;
         let r = request.get_ref();
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_customer_id(&r.customer_id, &mut v);
-        check_page_size(r.page_size, &mut v);
+        let page_size = v.page_size("page_size", r.page_size, PAGE_SIZE, MAX_PAGE_SIZE);
         done(v)?;
         let deadline = Deadline::of(request);
         let merchant = caller.merchant_id();
@@ -1407,7 +1409,7 @@ impl CustomerApi {
                 merchant_id: merchant.to_owned(),
                 customer_id: r.customer_id.clone(),
                 level: 1,
-                page_size: if r.page_size == 0 { 50 } else { r.page_size },
+                page_size: page_size as i32,
                 page_token: r.page_token.clone(),
             })
         )?;
@@ -1427,20 +1429,14 @@ impl CustomerApi {
         let caller = gw.auth.admin(request).await?;
         let r = request.get_ref();
         check_request_id("request_id", &r.request_id)?;
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_customer_id(&r.customer_id, &mut v);
         match Decimal::from_str(&r.amount) {
             Ok(a) if !a.is_zero() => {}
-            _ => v.push((
-                "amount".to_owned(),
-                "a signed decimal string, not zero".to_owned(),
-            )),
+            _ => v.add("amount", "a signed decimal string, not zero"),
         }
         if r.reason.trim().is_empty() {
-            v.push((
-                "reason".to_owned(),
-                "required: 1 to 500 characters".to_owned(),
-            ));
+            v.add("reason", "required: 1 to 500 characters");
         }
         check_len("reason", &r.reason, 500, &mut v);
         done(v)?;
@@ -1481,14 +1477,14 @@ impl CustomerApi {
         let caller = gw.auth.admin(request).await?;
         let r = request.get_ref();
         check_request_id("request_id", &r.request_id)?;
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_customer_id(&r.customer_id, &mut v);
         match Decimal::from_str(&r.points) {
             Ok(p) if p > Decimal::ZERO => {}
-            _ => v.push(("points".to_owned(), "a decimal string > 0".to_owned())),
+            _ => v.add("points", "a decimal string > 0"),
         }
         if r.valid_days > 3660 {
-            v.push(("valid_days".to_owned(), "0 to 3660".to_owned()));
+            v.add("valid_days", "0 to 3660");
         }
         check_len("reason", &r.reason, 500, &mut v);
         check_len("grant_key", &r.grant_key, 128, &mut v);
@@ -1722,7 +1718,7 @@ mod tests {
         let matched = types::Identifier {
             kind: IdentifierKind::Phone as i32,
             value: "+79123456789".into(),
-            display: "+7*******789".into(),
+            display: "+7 912 ***-**-89".into(),
         };
         let s = summary(
             &customer("Ирина", "Смирнова", "+79123456789"),
@@ -1733,10 +1729,10 @@ mod tests {
             true,
         );
         assert_eq!(s.display_name, "Ирина С.");
-        assert_eq!(s.phone_masked, "+7*******789");
+        assert_eq!(s.phone_masked, "+7 912 ***-**-89");
         assert_eq!(s.tier_code, "VIP");
         assert_eq!(s.perks, vec!["free coffee".to_owned()]);
-        assert_eq!(s.matched.as_ref().unwrap().value, "+7*******789");
+        assert_eq!(s.matched.as_ref().unwrap().value, "+7 912 ***-**-89");
         assert!(s.registered_now);
         assert!(!format!("{s:?}").contains("+79123456789"));
         assert!(!format!("{s:?}").contains("irina@"));
@@ -1752,20 +1748,20 @@ mod tests {
             false,
             true,
         );
-        assert_eq!(s.display_name, "+7*******789");
+        assert_eq!(s.display_name, "+7 912 ***-**-89");
         assert_eq!(s.tier_code, "");
     }
 
     #[test]
     fn phones_must_be_ascii() {
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_phone("phone", "+7 912 345-67-89", &mut v);
         check_phone("phone", "8 (912) 345.67.89", &mut v);
         assert!(v.is_empty(), "{v:?}");
         check_phone("phone", "+٧٩١٢٣٤٥٦٧٨٩", &mut v);
         check_phone("phone", "+7912abc", &mut v);
         check_phone("phone", "12", &mut v);
-        assert_eq!(v.len(), 3);
-        assert!(v.iter().all(|(f, _)| f == "phone"));
+        assert_eq!(v.fields().len(), 3);
+        assert!(v.fields().iter().all(|(f, _)| f == "phone"));
     }
 }

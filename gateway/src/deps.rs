@@ -30,9 +30,9 @@ use crate::error::{Error, Result};
 pub type Svc = LoadShed<ConcurrencyLimit<Timeout<Channel>>>;
 
 /// The dependencies, by the names used in DEPENDENCY_UNAVAILABLE's `dependency` metadata.
-pub const CARDS: &str = "cards-svc";
-pub const RULES: &str = "rules-svc";
-pub const LEDGER: &str = "ledger-svc";
+pub const CARDS: &str = "cards";
+pub const RULES: &str = "rules";
+pub const LEDGER: &str = "ledger";
 
 /// Whether a call may be repeated after a failure that leaves its outcome unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +197,13 @@ impl Deps {
 }
 
 /// Statuses that say nothing about the request, only that the dependency could not answer it.
+/// A refusal with a stable reason (ABORTED CONCURRENT_MODIFICATION …) is an answer, passed on;
+/// the dependency's own DEPENDENCY_UNAVAILABLE is an outage like any other.
 fn is_dependency_failure(status: &Status) -> bool {
+    let reason = kopilka_runtime::status::reason_of(status);
+    if reason.is_some_and(|r| r != "DEPENDENCY_UNAVAILABLE") {
+        return false;
+    }
     matches!(
         status.code(),
         Code::Unavailable

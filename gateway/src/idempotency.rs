@@ -11,7 +11,7 @@
 //!   The digest is SHA-256 over the length-prefixed parts, so no choice of parts in one
 //!   namespace produces another's key, and every key fits the services' 128-character limit;
 //! - in the gateway's own `gateway_requests`, caller ids are stored as sent (printable ASCII,
-//!   no spaces: `validate::id_problem`) and derived keys contain a space ([`local`]).
+//!   no spaces: `Violations::id`) and derived keys contain a space ([`local`]).
 
 use sha2::{Digest, Sha256};
 
@@ -87,6 +87,8 @@ mod tests {
     fn local_keys_are_not_caller_ids() {
         let key = local("receipt", "R42");
         assert_eq!(key, "receipt R42");
-        assert!(crate::checkout::validate::id_problem(&key, 128, true).is_some());
+        let mut v = kopilka_runtime::validate::Violations::new();
+        v.id("request_id", &key, 128, true);
+        assert!(!v.is_empty());
     }
 }

@@ -33,6 +33,15 @@ impl KeyScope {
         }
     }
 
+    /// The `KeyScope` enum value name of the contract (what error metadata names).
+    pub fn proto_name(self) -> &'static str {
+        match self {
+            KeyScope::Terminal => "KEY_SCOPE_TERMINAL",
+            KeyScope::Admin => "KEY_SCOPE_ADMIN",
+            KeyScope::Platform => "KEY_SCOPE_PLATFORM",
+        }
+    }
+
     /// Parses the stored value.
     pub fn parse(value: &str) -> Option<Self> {
         match value {

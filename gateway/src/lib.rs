@@ -129,12 +129,14 @@ pub async fn build(config: Config) -> Result<Host, BuildError> {
 /// The public gRPC services, all sharing one [`Gateway`].
 fn services(router: Router, gateway: &Gateway) -> Router {
     router
-        .add_service(AdminServiceServer::new(admin::AdminApi::new(
-            gateway.clone(),
-        )))
-        .add_service(CustomerServiceServer::new(customers::CustomerApi::new(
-            gateway.clone(),
-        )))
+        .add_service(
+            AdminServiceServer::new(admin::AdminApi::new(gateway.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            CustomerServiceServer::new(customers::CustomerApi::new(gateway.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
 }
 
 /// Forgets answers by request id once they are older than `retention_days` (checked hourly):

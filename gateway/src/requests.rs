@@ -7,11 +7,12 @@
 
 use std::future::Future;
 
+use kopilka_runtime::status::Refusal;
 use kopilka_runtime::{with_db, Db, Timestamp};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Stores one answer; a second answer under the same id is ignored (the first one wins).
 pub const INSERT_ANSWER: &str =
@@ -34,10 +35,9 @@ pub fn digest(message: &impl Message) -> Vec<u8> {
 
 /// Checks a request id's shape: 1 to 128 printable ASCII characters.
 pub fn check_request_id(field: &str, request_id: &str) -> Result<()> {
-    match crate::checkout::validate::id_problem(request_id, MAX_REQUEST_ID, true) {
-        Some(problem) => Err(Error::invalid(field, problem)),
-        None => Ok(()),
-    }
+    let mut v = kopilka_runtime::validate::Violations::new();
+    v.id(field, request_id, MAX_REQUEST_ID, true);
+    Ok(v.check()?)
 }
 
 impl Requests {
@@ -66,10 +66,12 @@ impl Requests {
             Some((op, hash, response)) if op == operation && hash == request_hash => {
                 Ok(Some(R::decode(response.as_slice())?))
             }
-            Some(_) => Err(Error::precondition(
+            Some(_) => Err(Refusal::precondition(
                 "IDEMPOTENCY_KEY_REUSED",
                 "this request_id was used for a different request",
-            )),
+            )
+            .with("request_id", request_id)
+            .into()),
         }
     }
 
@@ -183,6 +185,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(other.reason().as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+        let crate::error::Error::Refused(refusal) = &other else {
+            panic!("{other:?}")
+        };
+        assert_eq!(refusal.metadata, vec![("request_id", "r-1".to_owned())]);
         // Another merchant's request ids are its own.
         assert_eq!(
             requests

@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn only_outages_are_retried() {
         let down = Error::Dependency {
-            dependency: "rules-svc",
+            dependency: "rules",
             detail: "connection refused".into(),
         };
         assert!(is_transient(&down));

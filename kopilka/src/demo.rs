@@ -118,7 +118,7 @@ async fn seed_program(
             let name = v.program.map(|p| p.name).unwrap_or_default();
             (i64::try_from(v.version).unwrap_or_default(), name)
         })),
-        Err(RulesError::Precondition("NO_ACTIVE_PROGRAM", ..)) => Ok(None),
+        Err(RulesError::Refused(r)) if r.reason == "NO_ACTIVE_PROGRAM" => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

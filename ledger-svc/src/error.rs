@@ -1,9 +1,11 @@
 //! What can go wrong in a ledger operation, by what the caller can do about it, and the one
 //! place where that becomes a gRPC status.
 
-use kopilka_runtime::status;
+use kopilka_runtime::status::{self, Refusal};
 use rust_decimal::Decimal;
 use tonic::{Code, Status};
+
+use crate::settings::Settings;
 
 /// A ledger operation's error.
 #[derive(Debug, thiserror::Error)]
@@ -11,13 +13,10 @@ pub enum Error {
     /// Bad input: `(field path, description)` pairs. Nothing changed.
     #[error("invalid argument")]
     Invalid(Vec<(String, String)>),
-    /// Something named does not exist (for this merchant): NOT_FOUND with the reason.
-    #[error("{1}")]
-    NotFound(&'static str, String),
-    /// The request cannot be applied in the current state: FAILED_PRECONDITION with a stable
-    /// reason (INSUFFICIENT_POINTS, HOLD_EXPIRED, IDEMPOTENCY_KEY_REUSED …).
-    #[error("{1}")]
-    Precondition(&'static str, String),
+    /// Refused with a stable reason and the metadata errors.proto documents for it: NOT_FOUND
+    /// (HOLD_NOT_FOUND …) or FAILED_PRECONDITION (INSUFFICIENT_POINTS, HOLD_EXPIRED …).
+    #[error("{0}")]
+    Refused(Refusal),
     /// The database failed.
     #[error("database error")]
     Db(#[from] sqlx::Error),
@@ -26,17 +25,28 @@ pub enum Error {
     Decode(#[from] prost::DecodeError),
 }
 
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        Error::Refused(r)
+    }
+}
+
 impl Error {
     /// One field violation.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Error::Invalid(vec![(field.into(), description.into())])
     }
 
-    pub fn insufficient(available: Decimal, requested: Decimal) -> Self {
-        Error::Precondition(
+    /// INSUFFICIENT_POINTS, the amounts formatted like the balance's.
+    pub fn insufficient(s: &Settings, available: Decimal, requested: Decimal) -> Self {
+        let (available, requested) = (s.points(available), s.points(requested));
+        Refusal::precondition(
             "INSUFFICIENT_POINTS",
             format!("insufficient points: {available} available, {requested} requested"),
         )
+        .with("available", available)
+        .with("requested", requested)
+        .into()
     }
 
     /// Whether retrying the whole operation may succeed (a concurrent insert won a race).
@@ -56,18 +66,51 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
             Error::Invalid(violations) => status::invalid_argument(violations),
-            Error::NotFound(reason, message) => {
-                status::with_reason(Code::NotFound, reason, message)
-            }
-            Error::Precondition(reason, message) => {
-                status::with_reason(Code::FailedPrecondition, reason, message)
-            }
-            Error::Db(sqlx::Error::PoolTimedOut) => status::with_reason(
+            Error::Refused(refusal) => refusal.into(),
+            Error::Db(sqlx::Error::PoolTimedOut) => Refusal::new(
                 Code::Unavailable,
                 "DEPENDENCY_UNAVAILABLE",
                 "the database is not answering",
-            ),
+            )
+            .with("dependency", "database")
+            .into(),
             ref other => status::internal(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kopilka_proto::ledger as pb;
+    use kopilka_runtime::Db;
+
+    use super::*;
+    use crate::testing::*;
+
+    /// A database that does not hand out a connection in time is DEPENDENCY_UNAVAILABLE.
+    #[tokio::test]
+    async fn a_pool_timeout_names_the_database() {
+        let (l, _) = ledger_with_acquire_timeout(Duration::from_millis(100)).await;
+        let Db::Sqlite(pool) = l.db() else {
+            unreachable!("the test ledger runs on SQLite")
+        };
+        let _only = pool.acquire().await.unwrap();
+        let read = l
+            .get_balance(&pb::GetBalanceRequest {
+                merchant_id: M.into(),
+                customer_id: "c-1".into(),
+                expiring_within: None,
+            })
+            .await;
+        assert_eq!(
+            refusal(read),
+            answer(
+                Code::Unavailable,
+                "DEPENDENCY_UNAVAILABLE",
+                &[("dependency", "database")]
+            )
+        );
     }
 }

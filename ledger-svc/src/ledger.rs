@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use kopilka_proto::ledger as pb;
 use kopilka_proto::types::{LotKind, PointsGrant};
+use kopilka_runtime::status::Refusal;
 use prost::Message;
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
@@ -120,17 +121,46 @@ pub(crate) fn done(violations: Vec<(String, String)>) -> Result<(), Error> {
     }
 }
 
-pub(crate) fn book_error(e: BookError) -> Error {
+pub(crate) fn book_error(e: BookError, s: &Settings) -> Error {
     match e {
         BookError::Insufficient {
             available,
             requested,
-        } => Error::insufficient(available, requested),
-        BookError::NegativeLimit { limit, would_be } => Error::Precondition(
+        } => Error::insufficient(s, available, requested),
+        BookError::NegativeLimit { limit, would_be } => Refusal::precondition(
             "NEGATIVE_BALANCE_NOT_ALLOWED",
-            format!("the balance would fall to {would_be}, below the allowed -{limit}"),
-        ),
+            format!(
+                "the balance would fall to {}, below the allowed -{}",
+                s.points(would_be),
+                s.points(limit)
+            ),
+        )
+        .into(),
     }
+}
+
+/// HOLD_NOT_FOUND.
+pub(crate) fn hold_not_found(hold_id: &str) -> Error {
+    Refusal::not_found("HOLD_NOT_FOUND", format!("hold `{hold_id}` not found")).into()
+}
+
+/// HOLD_FINALIZED; the metadata's state is the `HoldState` value name.
+pub(crate) fn hold_finalized(hold: &HoldRow, message: String) -> Error {
+    let state = pb::HoldState::try_from(hold.state).unwrap_or(pb::HoldState::Unspecified);
+    Refusal::precondition("HOLD_FINALIZED", message)
+        .with("state", state.as_str_name())
+        .into()
+}
+
+/// HOLD_AMOUNT_EXCEEDED: `amount` is more than the hold's.
+pub(crate) fn hold_exceeded(hold: &HoldRow, amount: Decimal, s: &Settings) -> Error {
+    let held = s.points(hold.amount);
+    Refusal::precondition(
+        "HOLD_AMOUNT_EXCEEDED",
+        format!("{} exceeds the {held} held", s.points(amount)),
+    )
+    .with("held", held)
+    .into()
 }
 
 /// The UTC day number of an instant (purchase_days buckets).
@@ -317,10 +347,12 @@ impl Ledger {
                         if op == operation && hash == request_hash {
                             Ok(response)
                         } else {
-                            Err(Error::Precondition(
+                            Err(Refusal::precondition(
                                 "IDEMPOTENCY_KEY_REUSED",
                                 format!("request_id `{request_id}` was used for a different request"),
-                            ))
+                            )
+                            .with("request_id", request_id)
+                            .into())
                         }
                     }
                     Ok(Claim::New) => match self.apply(tx, merchant, request_id, &command, now).await {
@@ -652,7 +684,7 @@ impl Ledger {
         let consumed = loaded
             .book
             .debit(amount, Account::Redeemed)
-            .map_err(book_error)?;
+            .map_err(|e| book_error(e, s))?;
         let transaction_id = Self::save(
             tx,
             merchant,
@@ -716,13 +748,17 @@ impl Ledger {
             let wanted = -amount;
             let available = loaded.book.account.available.max(Decimal::ZERO);
             if wanted > available && !r.allow_negative {
-                return Err(Error::insufficient(loaded.book.account.available, wanted));
+                return Err(Error::insufficient(
+                    s,
+                    loaded.book.account.available,
+                    wanted,
+                ));
             }
             let from_lots = wanted.min(available);
             let consumed = loaded
                 .book
                 .debit(from_lots, Account::Adjusted)
-                .map_err(book_error)?;
+                .map_err(|e| book_error(e, s))?;
             if wanted > from_lots {
                 // allow_negative: the rest becomes a debt later accruals pay off.
                 loaded
@@ -732,7 +768,7 @@ impl Ledger {
                         "",
                         crate::domain::book::Shortfall::AllowNegative(None),
                     )
-                    .map_err(book_error)?;
+                    .map_err(|e| book_error(e, s))?;
             }
             response.consumed = consumed
                 .into_iter()
@@ -803,7 +839,7 @@ impl Ledger {
         }
         done(v)?;
         let mut loaded = Self::load(tx, merchant, &r.customer_id, now).await?;
-        let allocations = loaded.book.hold(amount).map_err(book_error)?;
+        let allocations = loaded.book.hold(amount).map_err(|e| book_error(e, s))?;
         let hold = HoldRow {
             hold_id: new_id(),
             customer_id: r.customer_id.clone(),
@@ -842,9 +878,10 @@ impl Ledger {
         hold_id: &str,
         now: DateTime<Utc>,
     ) -> Result<(HoldRow, Loaded), Error> {
-        let hold = tx.hold(merchant, hold_id).await?.ok_or_else(|| {
-            Error::NotFound("HOLD_NOT_FOUND", format!("hold `{hold_id}` not found"))
-        })?;
+        let hold = tx
+            .hold(merchant, hold_id)
+            .await?
+            .ok_or_else(|| hold_not_found(hold_id))?;
         let loaded = Self::load(tx, merchant, &hold.customer_id, now).await?;
         // Re-read under the account lock: another writer may have finished it meanwhile.
         let hold = tx.hold(merchant, hold_id).await?.unwrap_or(hold);
@@ -903,31 +940,30 @@ impl Ledger {
         match hold.state {
             // An error rolls this transaction back; the caller releases the hold separately.
             hold_state::ACTIVE if hold.expires_at <= now => {
-                return Err(Error::Precondition(
+                return Err(Refusal::precondition(
                     "HOLD_EXPIRED",
                     format!("hold `{}` expired at {}", hold.hold_id, hold.expires_at),
-                ));
+                )
+                .into());
             }
             hold_state::ACTIVE => {}
             hold_state::EXPIRED => {
-                return Err(Error::Precondition(
+                return Err(Refusal::precondition(
                     "HOLD_EXPIRED",
                     format!("hold `{}` expired", hold.hold_id),
-                ))
+                )
+                .into())
             }
             _ => {
-                return Err(Error::Precondition(
-                    "HOLD_FINALIZED",
+                return Err(hold_finalized(
+                    &hold,
                     format!("hold `{}` is already finished", hold.hold_id),
                 ))
             }
         }
         let amount = requested.unwrap_or(hold.amount);
         if amount > hold.amount {
-            return Err(Error::Precondition(
-                "HOLD_AMOUNT_EXCEEDED",
-                format!("{amount} exceeds the {} held", hold.amount),
-            ));
+            return Err(hold_exceeded(&hold, amount, s));
         }
         self.end_hold(
             tx,
@@ -1003,8 +1039,8 @@ impl Ledger {
             }
             hold_state::VOIDED | hold_state::EXPIRED => {}
             _ => {
-                return Err(Error::Precondition(
-                    "HOLD_FINALIZED",
+                return Err(hold_finalized(
+                    &hold,
                     format!("hold `{}` was committed", hold.hold_id),
                 ))
             }
@@ -1068,10 +1104,11 @@ impl Ledger {
         if (parsed.points_scale != old.points_scale || parsed.money_scale != old.money_scale)
             && tx.has_transactions(merchant).await?
         {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "VALIDATION_FAILED",
-                "scales cannot change once the merchant has entries".to_owned(),
-            ));
+                "scales cannot change once the merchant has entries",
+            )
+            .into());
         }
         tx.put_settings(merchant, &parsed.to_proto().encode_to_vec(), now)
             .await?;
@@ -1137,7 +1174,7 @@ impl Ledger {
                 Command::Commit(r),
             )
             .await;
-        if let Err(Error::Precondition("HOLD_EXPIRED", _)) = &result {
+        if matches!(&result, Err(Error::Refused(r)) if r.reason == "HOLD_EXPIRED") {
             // Committing too late releases the points, as the time-out would have.
             self.release_if_expired(&r.merchant_id, &r.hold_id).await?;
         }
@@ -1164,5 +1201,166 @@ impl Ledger {
             let tx: &mut dyn LedgerTx = &mut tx;
             Ok(Self::settings(tx, merchant).await?.to_proto())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::testing::*;
+
+    fn redeem(customer: &str, request_id: &str, amount: &str) -> pb::RedeemRequest {
+        pb::RedeemRequest {
+            merchant_id: M.into(),
+            request_id: request_id.into(),
+            customer_id: customer.into(),
+            amount: amount.into(),
+            ..Default::default()
+        }
+    }
+
+    fn commit(hold_id: &str, amount: &str) -> pb::CommitHoldRequest {
+        pb::CommitHoldRequest {
+            merchant_id: M.into(),
+            request_id: rid(),
+            hold_id: hold_id.into(),
+            amount: amount.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Every refusal of accruals, redemptions, adjustments, holds and settings, with the exact
+    /// metadata errors.proto documents for its reason.
+    #[tokio::test]
+    async fn refusals_carry_the_documented_metadata() {
+        let (l, clock) = ledger().await;
+        let c = "c-1";
+        accrue(&l, M, c, "10").await;
+        // A merchant with one decimal of points.
+        let m1 = "m-scale-1";
+        let one_decimal = pb::LedgerSettings {
+            points_scale: 1,
+            ..Default::default()
+        };
+        set(&l, m1, one_decimal, &["points_scale"]).await.unwrap();
+        accrue(&l, m1, c, "12.5").await;
+        l.redeem_points(&redeem(c, "req-once", "1")).await.unwrap();
+        let late = reserve(&l, c, "1").await.unwrap();
+        clock.advance(Duration::hours(1));
+        let small = reserve(&l, c, "4").await.unwrap();
+        let committed = reserve(&l, c, "1").await.unwrap();
+        l.commit(&commit(&committed.hold_id, "")).await.unwrap();
+        let voided = reserve(&l, c, "1").await.unwrap();
+        void(&l, &voided.hold_id).await.unwrap();
+        // Available: 10 - 1 redeemed - 1 held (timed out, not yet released) - 4 held - 1 committed.
+        let adjust = pb::AdjustRequest {
+            merchant_id: M.into(),
+            request_id: rid(),
+            customer_id: c.into(),
+            amount: "-30".into(),
+            reason: "fraud".into(),
+            ..Default::default()
+        };
+        let scale = pb::LedgerSettings {
+            points_scale: 2,
+            ..Default::default()
+        };
+        let fp = Code::FailedPrecondition;
+        check(vec![
+            (
+                "redeem too much",
+                refusal(l.redeem_points(&redeem(c, &rid(), "25")).await),
+                answer(
+                    fp,
+                    "INSUFFICIENT_POINTS",
+                    &[("available", "3"), ("requested", "25")],
+                ),
+            ),
+            (
+                "redeem too much, one decimal",
+                refusal(
+                    l.redeem_points(&pb::RedeemRequest {
+                        merchant_id: m1.into(),
+                        ..redeem(c, &rid(), "20")
+                    })
+                    .await,
+                ),
+                answer(
+                    fp,
+                    "INSUFFICIENT_POINTS",
+                    &[("available", "12.5"), ("requested", "20.0")],
+                ),
+            ),
+            (
+                "reserve too much",
+                refusal(reserve(&l, c, "11").await),
+                answer(
+                    fp,
+                    "INSUFFICIENT_POINTS",
+                    &[("available", "3"), ("requested", "11")],
+                ),
+            ),
+            (
+                "adjust below zero",
+                refusal(l.adjust_points(&adjust).await),
+                answer(
+                    fp,
+                    "INSUFFICIENT_POINTS",
+                    &[("available", "3"), ("requested", "30")],
+                ),
+            ),
+            (
+                "request_id reused",
+                refusal(l.redeem_points(&redeem(c, "req-once", "2")).await),
+                answer(fp, "IDEMPOTENCY_KEY_REUSED", &[("request_id", "req-once")]),
+            ),
+            (
+                "commit more than held",
+                refusal(l.commit(&commit(&small.hold_id, "5")).await),
+                answer(fp, "HOLD_AMOUNT_EXCEEDED", &[("held", "4")]),
+            ),
+            (
+                "commit twice",
+                refusal(l.commit(&commit(&committed.hold_id, "")).await),
+                answer(fp, "HOLD_FINALIZED", &[("state", "HOLD_STATE_COMMITTED")]),
+            ),
+            (
+                "void a committed hold",
+                refusal(void(&l, &committed.hold_id).await),
+                answer(fp, "HOLD_FINALIZED", &[("state", "HOLD_STATE_COMMITTED")]),
+            ),
+            (
+                "commit a voided hold",
+                refusal(l.commit(&commit(&voided.hold_id, "")).await),
+                answer(fp, "HOLD_FINALIZED", &[("state", "HOLD_STATE_VOIDED")]),
+            ),
+            (
+                "commit too late",
+                refusal(l.commit(&commit(&late.hold_id, "")).await),
+                answer(fp, "HOLD_EXPIRED", &[]),
+            ),
+            (
+                "commit an expired hold",
+                refusal(l.commit(&commit(&late.hold_id, "")).await),
+                answer(fp, "HOLD_EXPIRED", &[]),
+            ),
+            (
+                "no such hold",
+                refusal(l.commit(&commit("h-missing", "")).await),
+                answer(Code::NotFound, "HOLD_NOT_FOUND", &[]),
+            ),
+            (
+                "scale change after entries",
+                refusal(set(&l, M, scale, &["points_scale"]).await),
+                answer(fp, "VALIDATION_FAILED", &[]),
+            ),
+            (
+                "bad input",
+                refusal(l.redeem_points(&redeem("", &rid(), "1")).await),
+                answer(Code::InvalidArgument, "VALIDATION_FAILED", &[]),
+            ),
+        ]);
     }
 }

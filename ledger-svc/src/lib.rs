@@ -26,6 +26,8 @@ pub mod reads;
 pub mod receipts;
 pub mod settings;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;

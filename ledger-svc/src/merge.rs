@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use kopilka_proto::ledger as pb;
 use kopilka_proto::types::{self, event::Payload};
+use kopilka_runtime::status::Refusal;
 use rust_decimal::Decimal;
 
 use crate::domain::book::{Account, AccountState, Book, Entry};
@@ -56,18 +57,22 @@ impl Ledger {
                 });
             }
             Some(into) => {
-                return Err(Error::Precondition(
+                return Err(Refusal::precondition(
                     "MERGE_CONFLICT",
                     format!("`{source}` was already merged into `{into}`"),
-                ));
+                )
+                .with("detail", "source_already_merged")
+                .into());
             }
             None => {}
         }
         if tx.merged_into(merchant, target).await?.is_some() {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "MERGE_CONFLICT",
                 format!("`{target}` was itself merged away"),
-            ));
+            )
+            .with("detail", "target_merged")
+            .into());
         }
         let src = Self::load(tx, merchant, source, now).await?.book;
         let dst = Self::load(tx, merchant, target, now).await?.book;
@@ -170,5 +175,42 @@ impl Ledger {
             receipts_moved,
             merged_now: true,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::testing::*;
+
+    fn merge(source: &str, target: &str) -> pb::MergeAccountsRequest {
+        pb::MergeAccountsRequest {
+            merchant_id: M.into(),
+            request_id: rid(),
+            source_customer_id: source.into(),
+            target_customer_id: target.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn conflicts_say_which() {
+        let (l, _) = ledger().await;
+        accrue(&l, M, "c-a", "10").await;
+        l.merge(&merge("c-a", "c-b")).await.unwrap();
+        let fp = Code::FailedPrecondition;
+        check(vec![
+            (
+                "source merged elsewhere",
+                refusal(l.merge(&merge("c-a", "c-c")).await),
+                answer(fp, "MERGE_CONFLICT", &[("detail", "source_already_merged")]),
+            ),
+            (
+                "target merged away",
+                refusal(l.merge(&merge("c-c", "c-a")).await),
+                answer(fp, "MERGE_CONFLICT", &[("detail", "target_merged")]),
+            ),
+        ]);
     }
 }

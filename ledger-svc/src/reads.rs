@@ -10,7 +10,8 @@ use crate::convert::{self, opt_instant, timestamp};
 use crate::domain::book::{lot_state, Account, AccountState, Book};
 use crate::domain::periods::{buckets, Granularity};
 use crate::error::Error;
-use crate::ledger::{check_id, day_of, done, hold_state, tx_kind, Ledger};
+use crate::ledger::{check_id, day_of, done, hold_not_found, hold_state, tx_kind, Ledger};
+use crate::receipts::receipt_not_found;
 use crate::settings::Settings;
 use crate::store::LedgerTx;
 use crate::{in_read_tx, in_write_tx};
@@ -312,7 +313,7 @@ impl Ledger {
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
             let s = Self::settings(tx, &r.merchant_id).await?;
-            let hold = tx.hold(&r.merchant_id, &r.hold_id).await?.ok_or_else(|| Error::NotFound("HOLD_NOT_FOUND", format!("hold `{}` not found", r.hold_id)))?;
+            let hold = tx.hold(&r.merchant_id, &r.hold_id).await?.ok_or_else(|| hold_not_found(&r.hold_id))?;
             Ok(pb::GetHoldResponse { hold: Some(convert::hold(&hold, &s)) })
         })
     }
@@ -327,7 +328,7 @@ impl Ledger {
         done(v)?;
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
-            let row = tx.receipt(&r.merchant_id, &r.receipt_id).await?.ok_or_else(|| Error::NotFound("RECEIPT_NOT_FOUND", format!("receipt `{}` not found", r.receipt_id)))?;
+            let row = tx.receipt(&r.merchant_id, &r.receipt_id).await?.ok_or_else(|| receipt_not_found(&r.receipt_id))?;
             Ok(pb::GetReceiptResponse { receipt: Some(self.receipt_with_refunds(tx, &r.merchant_id, &row).await?) })
         })
     }
@@ -655,5 +656,42 @@ impl Ledger {
         }
         tx.insert_events(merchant, &events, now).await?;
         Ok((activated as u64, expired as u64, released))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::testing::*;
+
+    #[tokio::test]
+    async fn missing_things_are_named() {
+        let (l, _) = ledger().await;
+        let hold = pb::GetHoldRequest {
+            merchant_id: M.into(),
+            hold_id: "h-missing".into(),
+        };
+        let receipt = pb::GetReceiptRequest {
+            merchant_id: M.into(),
+            receipt_id: "r-missing".into(),
+        };
+        check(vec![
+            (
+                "no such hold",
+                refusal(l.get_hold(&hold).await),
+                answer(Code::NotFound, "HOLD_NOT_FOUND", &[]),
+            ),
+            (
+                "no such receipt",
+                refusal(l.get_receipt(&receipt).await),
+                answer(
+                    Code::NotFound,
+                    "RECEIPT_NOT_FOUND",
+                    &[("receipt_id", "r-missing")],
+                ),
+            ),
+        ]);
     }
 }

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Duration, Utc};
 use kopilka_proto::ledger as pb;
 use kopilka_proto::types::{self, event::Payload, LotKind};
+use kopilka_runtime::status::Refusal;
 use prost::Message;
 use rust_decimal::{Decimal, RoundingStrategy};
 
@@ -12,8 +13,8 @@ use crate::domain::book::{Account, NewLot};
 use crate::domain::split::proportional;
 use crate::error::Error;
 use crate::ledger::{
-    book_error, check_id, check_text, day_of, digest, done, hold_state, new_id, parse_into,
-    tx_kind, Ledger, FUTURE_SKEW_SECS, MAX_LINES,
+    book_error, check_id, check_text, day_of, digest, done, hold_exceeded, hold_finalized,
+    hold_not_found, hold_state, new_id, parse_into, tx_kind, Ledger, FUTURE_SKEW_SECS, MAX_LINES,
 };
 use crate::settings::Settings;
 use crate::store::{LedgerTx, LineRefunded, ReceiptRow, SoldLine};
@@ -34,6 +35,37 @@ struct Line {
     discount: Decimal,
     redeem: Decimal,
     accrual: Decimal,
+}
+
+/// RECEIPT_NOT_FOUND.
+pub(crate) fn receipt_not_found(receipt_id: &str) -> Error {
+    Refusal::not_found(
+        "RECEIPT_NOT_FOUND",
+        format!("receipt `{receipt_id}` not found"),
+    )
+    .with("receipt_id", receipt_id)
+    .into()
+}
+
+/// A duration as ISO 8601 in hours, minutes and seconds ("PT720H", "PT1H30M", "PT0.5S").
+pub(crate) fn iso_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, sec) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = "PT".to_owned();
+    if h > 0 {
+        out.push_str(&format!("{h}H"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}M"));
+    }
+    let nanos = d.subsec_nanos();
+    if nanos > 0 {
+        let frac = format!("{nanos:09}");
+        out.push_str(&format!("{sec}.{}S", frac.trim_end_matches('0')));
+    } else if sec > 0 || out.len() == 2 {
+        out.push_str(&format!("{sec}S"));
+    }
+    out
 }
 
 fn opt_amount(field: &str, value: &str, scale: u32, v: &mut Vec<(String, String)>) -> Decimal {
@@ -318,16 +350,20 @@ impl Ledger {
         }
         done(v)?;
         if occurred_at > now + Duration::seconds(FUTURE_SKEW_SECS) {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "TIMESTAMP_IN_FUTURE",
-                "the sale time is in the future".to_owned(),
-            ));
+                "the sale time is in the future",
+            )
+            .with("field", "receipt.occurred_at")
+            .into());
         }
         if now - occurred_at > Duration::from_std(s.max_receipt_age).unwrap_or(Duration::days(30)) {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "RECEIPT_TOO_OLD",
-                "the sale is older than the merchant accepts".to_owned(),
-            ));
+                "the sale is older than the merchant accepts",
+            )
+            .with("max_age", iso_duration(s.max_receipt_age))
+            .into());
         }
 
         let content_hash = digest(input);
@@ -360,31 +396,24 @@ impl Ledger {
                     .hold(merchant, &input.hold_id)
                     .await?
                     .filter(|h| h.customer_id == input.customer_id)
-                    .ok_or_else(|| {
-                        Error::NotFound(
-                            "HOLD_NOT_FOUND",
-                            format!("hold `{}` not found", input.hold_id),
-                        )
-                    })?;
+                    .ok_or_else(|| hold_not_found(&input.hold_id))?;
                 if hold.state == hold_state::EXPIRED
                     || (hold.state == hold_state::ACTIVE && hold.expires_at <= now)
                 {
-                    return Err(Error::Precondition(
+                    return Err(Refusal::precondition(
                         "HOLD_EXPIRED",
                         format!("hold `{}` expired", hold.hold_id),
-                    ));
+                    )
+                    .into());
                 }
                 if hold.state != hold_state::ACTIVE {
-                    return Err(Error::Precondition(
-                        "HOLD_FINALIZED",
+                    return Err(hold_finalized(
+                        &hold,
                         format!("hold `{}` is already finished", hold.hold_id),
                     ));
                 }
                 if redeem > hold.amount {
-                    return Err(Error::Precondition(
-                        "HOLD_AMOUNT_EXCEEDED",
-                        format!("{redeem} exceeds the {} held", hold.amount),
-                    ));
+                    return Err(hold_exceeded(&hold, redeem, s));
                 }
                 self.end_hold(
                     tx,
@@ -400,7 +429,7 @@ impl Ledger {
                 loaded
                     .book
                     .debit(redeem, Account::Redeemed)
-                    .map_err(book_error)?;
+                    .map_err(|e| book_error(e, s))?;
             }
             for mut lot in lots {
                 lot.receipt_id = Some(input.receipt_id.clone());
@@ -432,13 +461,14 @@ impl Ledger {
                     )
                     .await?;
                 if count < 0 {
-                    return Err(Error::Precondition(
+                    return Err(Refusal::precondition(
                         "VALIDATION_FAILED",
                         format!(
                             "stamp card `{}` has fewer stamps than consumed",
                             c.stamp_card_id
                         ),
-                    ));
+                    )
+                    .into());
                 }
                 c.balance_after = count as u32;
             }
@@ -629,13 +659,15 @@ impl Ledger {
         now: DateTime<Utc>,
     ) -> Result<pb::RecordReceiptResponse, Error> {
         if existing.content_hash != content_hash {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "RECEIPT_ALREADY_RECORDED",
                 format!(
                     "receipt `{}` was recorded with different content",
                     existing.receipt_id
                 ),
-            ));
+            )
+            .with("receipt_id", &existing.receipt_id)
+            .into());
         }
         let receipt = self.receipt_with_refunds(tx, merchant, &existing).await?;
         let balance = if existing.customer_id.is_empty() {
@@ -730,12 +762,7 @@ impl Ledger {
         let row = tx
             .lock_receipt(merchant, &r.receipt_id)
             .await?
-            .ok_or_else(|| {
-                Error::NotFound(
-                    "RECEIPT_NOT_FOUND",
-                    format!("receipt `{}` not found", r.receipt_id),
-                )
-            })?;
+            .ok_or_else(|| receipt_not_found(&r.receipt_id))?;
         let hash = digest(&pb::RefundReceiptRequest {
             merchant_id: String::new(),
             request_id: String::new(),
@@ -743,10 +770,12 @@ impl Ledger {
         });
         if let Some((stored_hash, doc)) = tx.refund(merchant, &r.receipt_id, &r.refund_id).await? {
             if stored_hash != hash {
-                return Err(Error::Precondition(
+                return Err(Refusal::precondition(
                     "IDEMPOTENCY_KEY_REUSED",
                     format!("refund `{}` was made with different content", r.refund_id),
-                ));
+                )
+                .with("request_id", request_id)
+                .into());
             }
             let refund = pb::Refund::decode(doc.as_slice())?;
             let receipt = self.receipt_with_refunds(tx, merchant, &row).await?;
@@ -760,10 +789,11 @@ impl Ledger {
             });
         }
         if row.refund_state == refund_state::FULL {
-            return Err(Error::Precondition(
+            return Err(Refusal::precondition(
                 "RECEIPT_ALREADY_REFUNDED",
                 format!("receipt `{}` is fully refunded", r.receipt_id),
-            ));
+            )
+            .into());
         }
         let receipt = pb::Receipt::decode(row.document.as_slice())?;
         // Lock the buyer and every referrer rewarded by this receipt, in one fixed order.
@@ -828,10 +858,12 @@ impl Ledger {
             let Some((_, sold_qty, net, accrual, redeem)) =
                 sold.iter().find(|(id, ..)| id == line_id)
             else {
-                return Err(Error::NotFound(
+                return Err(Refusal::not_found(
                     "LINE_NOT_FOUND",
                     format!("line `{line_id}` is not on receipt `{}`", r.receipt_id),
-                ));
+                )
+                .with("line_id", line_id)
+                .into());
             };
             let state = match refunded.iter_mut().find(|x| &x.line_id == line_id) {
                 Some(x) => x,
@@ -844,13 +876,17 @@ impl Ledger {
                 }
             };
             if *qty <= Decimal::ZERO || state.quantity + qty > *sold_qty {
-                return Err(Error::Precondition(
+                let remaining = (*sold_qty - state.quantity).normalize().to_string();
+                return Err(Refusal::precondition(
                     "REFUND_EXCEEDS_RECEIPT",
                     format!(
-                        "lines[{i}]: {qty} exceeds the {} not yet refunded",
-                        *sold_qty - state.quantity
+                        "lines[{i}]: {} exceeds the {remaining} not yet refunded",
+                        qty.normalize()
                     ),
-                ));
+                )
+                .with("line_id", line_id)
+                .with("remaining_quantity", remaining)
+                .into());
             }
             let a = proportional(
                 *net,
@@ -919,7 +955,7 @@ impl Ledger {
             let taken = loaded
                 .book
                 .take_back(reversed, &r.receipt_id, shortfall_rule)
-                .map_err(book_error)?;
+                .map_err(|e| book_error(e, s))?;
             refund.shortfall = s.points(taken.shortfall);
             // What was actually taken back; a reported shortfall is not.
             refund.points_reversed = s.points(reversed - taken.shortfall);
@@ -1012,7 +1048,7 @@ impl Ledger {
             let taken = loaded
                 .book
                 .take_back(now_reversed, &r.receipt_id, shortfall_rule)
-                .map_err(book_error)?;
+                .map_err(|e| book_error(e, s))?;
             Self::save(
                 tx,
                 merchant,
@@ -1103,4 +1139,201 @@ impl Ledger {
 /// A stored decimal string (already validated) as a decimal; empty is zero.
 fn amount_of(s: &str) -> Decimal {
     s.parse().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::testing::*;
+
+    #[test]
+    fn durations_read_as_iso_8601() {
+        let d = std::time::Duration::from_millis;
+        for (ms, iso) in [
+            (72 * 3_600_000, "PT72H"),
+            (5_400_000, "PT1H30M"),
+            (3_600_000 + 1000, "PT1H1S"),
+            (45_000, "PT45S"),
+            (500, "PT0.5S"),
+            (0, "PT0S"),
+        ] {
+            assert_eq!(iso_duration(d(ms)), iso);
+        }
+    }
+
+    /// Every refusal of receipts and refunds, with the exact metadata errors.proto documents
+    /// for its reason.
+    #[tokio::test]
+    async fn refusals_carry_the_documented_metadata() {
+        let (l, _) = ledger().await;
+        let policy = pb::LedgerSettings {
+            max_negative_balance: "5".into(),
+            max_receipt_age: Some(pbjson_types::Duration {
+                seconds: 72 * 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        set(&l, M, policy, &["max_negative_balance", "max_receipt_age"])
+            .await
+            .unwrap();
+        // c-1: 20 points from r-1, 15 of them reversed by a refund of 1.5 of its 2 items.
+        record(
+            &l,
+            receipt("r-1", "c-1", vec![line("1", "100.00", "2", "0", "20")]),
+        )
+        .await
+        .unwrap();
+        refund(&l, &rid(), "r-1", "refund-1", &[("1", "1.5")])
+            .await
+            .unwrap();
+        // r-2 refunded in full.
+        record(
+            &l,
+            receipt("r-2", "c-2", vec![line("1", "10.00", "1", "0", "0")]),
+        )
+        .await
+        .unwrap();
+        refund(&l, &rid(), "r-2", "refund-2", &[]).await.unwrap();
+        // c-3 spent the 30 points of r-3: refunding r-3 would leave -30, the limit is -5.
+        record(
+            &l,
+            receipt("r-3", "c-3", vec![line("1", "100.00", "1", "0", "30")]),
+        )
+        .await
+        .unwrap();
+        record(
+            &l,
+            receipt("r-3b", "c-3", vec![line("1", "100.00", "1", "30", "0")]),
+        )
+        .await
+        .unwrap();
+        let small = reserve(&l, "c-1", "2").await.unwrap();
+        let voided = reserve(&l, "c-1", "1").await.unwrap();
+        void(&l, &voided.hold_id).await.unwrap();
+        let with_hold = |id: &str, hold: &str, redeem: &str| pb::ReceiptInput {
+            hold_id: hold.into(),
+            ..receipt(id, "c-1", vec![line("1", "100.00", "1", redeem, "0")])
+        };
+        let at = |id: &str, t: DateTime<Utc>| pb::ReceiptInput {
+            occurred_at: Some(ts(t)),
+            ..receipt(id, "c-4", vec![line("1", "10.00", "1", "0", "0")])
+        };
+        let unstamped = pb::ReceiptInput {
+            stamp_changes: vec![types::StampChange {
+                stamp_card_id: "coffee".into(),
+                consumed: 1,
+                ..Default::default()
+            }],
+            ..receipt("r-stamps", "c-4", vec![line("1", "10.00", "1", "0", "0")])
+        };
+        let now = l.now();
+        let fp = Code::FailedPrecondition;
+        check(vec![
+            (
+                "same receipt_id, other content",
+                refusal(
+                    record(
+                        &l,
+                        receipt("r-1", "c-1", vec![line("1", "1.00", "1", "0", "0")]),
+                    )
+                    .await,
+                ),
+                answer(fp, "RECEIPT_ALREADY_RECORDED", &[("receipt_id", "r-1")]),
+            ),
+            (
+                "redeem more than available",
+                refusal(
+                    record(
+                        &l,
+                        receipt("r-4", "c-4", vec![line("1", "10.00", "1", "5", "0")]),
+                    )
+                    .await,
+                ),
+                answer(
+                    fp,
+                    "INSUFFICIENT_POINTS",
+                    &[("available", "0"), ("requested", "5")],
+                ),
+            ),
+            (
+                "sale in the future",
+                refusal(record(&l, at("r-5", now + Duration::minutes(6))).await),
+                answer(
+                    fp,
+                    "TIMESTAMP_IN_FUTURE",
+                    &[("field", "receipt.occurred_at")],
+                ),
+            ),
+            (
+                "sale too old",
+                refusal(record(&l, at("r-6", now - Duration::hours(73))).await),
+                answer(fp, "RECEIPT_TOO_OLD", &[("max_age", "PT72H")]),
+            ),
+            (
+                "more stamps consumed than collected",
+                refusal(record(&l, unstamped).await),
+                answer(fp, "VALIDATION_FAILED", &[]),
+            ),
+            (
+                "redeem more than held",
+                refusal(record(&l, with_hold("r-7", &small.hold_id, "3")).await),
+                answer(fp, "HOLD_AMOUNT_EXCEEDED", &[("held", "2")]),
+            ),
+            (
+                "redeem from a voided hold",
+                refusal(record(&l, with_hold("r-8", &voided.hold_id, "1")).await),
+                answer(fp, "HOLD_FINALIZED", &[("state", "HOLD_STATE_VOIDED")]),
+            ),
+            (
+                "redeem from no such hold",
+                refusal(record(&l, with_hold("r-9", "h-missing", "1")).await),
+                answer(Code::NotFound, "HOLD_NOT_FOUND", &[]),
+            ),
+            (
+                "refund of no such receipt",
+                refusal(refund(&l, &rid(), "r-missing", "refund-x", &[]).await),
+                answer(
+                    Code::NotFound,
+                    "RECEIPT_NOT_FOUND",
+                    &[("receipt_id", "r-missing")],
+                ),
+            ),
+            (
+                "refund of a line not on the receipt",
+                refusal(refund(&l, &rid(), "r-1", "refund-x", &[("9", "1")]).await),
+                answer(Code::NotFound, "LINE_NOT_FOUND", &[("line_id", "9")]),
+            ),
+            (
+                "refund of more than remains",
+                refusal(refund(&l, &rid(), "r-1", "refund-x", &[("1", "1")]).await),
+                answer(
+                    fp,
+                    "REFUND_EXCEEDS_RECEIPT",
+                    &[("line_id", "1"), ("remaining_quantity", "0.5")],
+                ),
+            ),
+            (
+                "refund_id reused with other content",
+                refusal(refund(&l, "req-refund", "r-1", "refund-1", &[("1", "0.5")]).await),
+                answer(
+                    fp,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    &[("request_id", "req-refund")],
+                ),
+            ),
+            (
+                "refund of a refunded receipt",
+                refusal(refund(&l, &rid(), "r-2", "refund-x", &[]).await),
+                answer(fp, "RECEIPT_ALREADY_REFUNDED", &[]),
+            ),
+            (
+                "refund below the negative limit",
+                refusal(refund(&l, &rid(), "r-3", "refund-x", &[]).await),
+                answer(fp, "NEGATIVE_BALANCE_NOT_ALLOWED", &[]),
+            ),
+        ]);
+    }
 }

@@ -17,6 +17,7 @@ use kopilka_proto::rules::{
 use kopilka_proto::types::{ActionKind, AmountRange, BeneficiaryGrant, LotKind, PointsGrant};
 use kopilka_proto::wkt::Timestamp;
 use kopilka_runtime::timestamps::to_proto as timestamp;
+use kopilka_runtime::validate::Violations;
 use rust_decimal::Decimal;
 
 use crate::context;
@@ -163,42 +164,33 @@ fn check_request(
     request: &EvaluateActionRequest,
     now: DateTime<Utc>,
 ) -> Result<(&CustomerContext, ActionKind, DateTime<Utc>), Error> {
-    let mut violations = Vec::new();
+    let mut violations = Violations::new();
     let customer = request
         .customer
         .as_ref()
         .filter(|c| !c.customer_id.is_empty());
     if customer.is_none() {
-        violations.push(("customer.customer_id".to_owned(), "is required".to_owned()));
+        violations.add("customer.customer_id", "is required");
     }
     let action = ActionKind::try_from(request.action).unwrap_or(ActionKind::Unspecified);
     if action == ActionKind::Unspecified {
-        violations.push((
-            "action".to_owned(),
-            "an action (ACTION_KIND_REGISTRATION, ACTION_KIND_REVIEW …) is required".to_owned(),
-        ));
+        violations.add(
+            "action",
+            "an action (ACTION_KIND_REGISTRATION, ACTION_KIND_REVIEW …) is required",
+        );
     }
     if request.action_ref.chars().count() > MAX_REF_LEN {
-        violations.push((
-            "action_ref".to_owned(),
-            format!("must be at most {MAX_REF_LEN} characters"),
-        ));
+        violations.limit("action_ref", MAX_REF_LEN, "characters");
     }
     if action == ActionKind::Custom && request.custom_code.is_empty() {
-        violations.push((
-            "custom_code".to_owned(),
-            "is required for ACTION_KIND_CUSTOM".to_owned(),
-        ));
+        violations.add("custom_code", "is required for ACTION_KIND_CUSTOM");
     }
     let at = match &request.occurred_at {
         None => Some(now),
         Some(t) => kopilka_runtime::timestamps::from_proto(t),
     };
     if at.is_none() {
-        violations.push((
-            "occurred_at".to_owned(),
-            "is not a valid instant".to_owned(),
-        ));
+        violations.add("occurred_at", "is not a valid instant");
     }
     match (customer, at) {
         (Some(c), Some(at)) if violations.is_empty() => Ok((c, action, at)),
@@ -525,7 +517,7 @@ rules:
         assert_eq!(r2.grants[0].grant_key, "action:review:rev-43");
         let err = evaluate_action(&p, 1, &request(ActionKind::Review, ""), at()).unwrap_err();
         assert!(
-            matches!(err, Error::Invalid(ref v) if v[0].0 == "action_ref"),
+            matches!(err, Error::Invalid(ref v) if v.fields()[0].0 == "action_ref"),
             "{err:?}"
         );
     }
@@ -688,7 +680,7 @@ rules:
         let Err(Error::Invalid(v)) = evaluate_action(&p, 1, &req, at()) else {
             panic!("expected Invalid");
         };
-        let fields: Vec<&str> = v.iter().map(|(f, _)| f.as_str()).collect();
+        let fields: Vec<&str> = v.fields().iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["customer.customer_id", "action", "action_ref"]);
         let mut req = request(ActionKind::Custom, "r");
         req.occurred_at = Some(Timestamp {
@@ -698,7 +690,7 @@ rules:
         let Err(Error::Invalid(v)) = evaluate_action(&p, 1, &req, at()) else {
             panic!("expected Invalid");
         };
-        let fields: Vec<&str> = v.iter().map(|(f, _)| f.as_str()).collect();
+        let fields: Vec<&str> = v.fields().iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["custom_code", "occurred_at"]);
         let mut req = request(ActionKind::Review, "r");
         req.action = 99;

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use kopilka_proto::rules as pb;
+use kopilka_runtime::validate::Violations;
 use kopilka_runtime::Timestamp;
 
 use crate::error::Error;
@@ -116,12 +117,16 @@ impl Tx {
 }
 
 /// Field checks of an upsert that need no database: sizes, ids, duplicates, self-parents.
-pub fn check_upsert(categories: &[pb::Category], v: &mut Vec<(String, String)>) {
-    if categories.is_empty() || categories.len() > MAX_BATCH {
-        v.push((
-            "categories".to_owned(),
+pub fn check_upsert(categories: &[pb::Category], v: &mut Violations) {
+    if categories.is_empty() {
+        v.add(
+            "categories",
             format!("must hold 1 to {MAX_BATCH} categories"),
-        ));
+        );
+        return;
+    }
+    if categories.len() > MAX_BATCH {
+        v.limit("categories", MAX_BATCH, "categories");
         return;
     }
     let mut seen = HashSet::new();
@@ -129,35 +134,29 @@ pub fn check_upsert(categories: &[pb::Category], v: &mut Vec<(String, String)>) 
         let field = |f: &str| format!("categories[{i}].{f}");
         check_category_id(&field("category_id"), &c.category_id, v);
         if c.name.chars().count() > MAX_NAME {
-            v.push((
-                field("name"),
-                format!("must be at most {MAX_NAME} characters"),
-            ));
+            v.limit(&field("name"), MAX_NAME, "characters");
         }
         if !c.parent_id.is_empty() {
             check_category_id(&field("parent_id"), &c.parent_id, v);
         }
         if !c.category_id.is_empty() && c.parent_id == c.category_id {
-            v.push((
-                field("parent_id"),
-                "a category cannot be its own parent".to_owned(),
-            ));
+            v.add(field("parent_id"), "a category cannot be its own parent");
         }
         if !seen.insert(c.category_id.as_str()) {
-            v.push((
+            v.add(
                 field("category_id"),
                 format!("`{}` appears twice in the batch", c.category_id),
-            ));
+            );
         }
     }
 }
 
-pub fn check_category_id(field: &str, id: &str, v: &mut Vec<(String, String)>) {
-    if id.is_empty() || id.chars().count() > MAX_CATEGORY_ID {
-        v.push((
-            field.to_owned(),
-            format!("must be 1 to {MAX_CATEGORY_ID} characters"),
-        ));
+/// 1 to [`MAX_CATEGORY_ID`] characters (LIMIT_EXCEEDED above).
+pub fn check_category_id(field: &str, id: &str, v: &mut Violations) {
+    if id.is_empty() {
+        v.add(field, format!("must be 1 to {MAX_CATEGORY_ID} characters"));
+    } else if id.chars().count() > MAX_CATEGORY_ID {
+        v.limit(field, MAX_CATEGORY_ID, "characters");
     }
 }
 
@@ -166,7 +165,7 @@ pub fn check_category_id(field: &str, id: &str, v: &mut Vec<(String, String)>) {
 pub fn check_tree(
     existing: &[(String, String)],
     categories: &[pb::Category],
-    v: &mut Vec<(String, String)>,
+    v: &mut Violations,
 ) -> HashSet<String> {
     let mut parents: HashMap<&str, &str> = existing
         .iter()
@@ -182,13 +181,13 @@ pub fn check_tree(
     }
     for (i, c) in categories.iter().enumerate() {
         if !c.parent_id.is_empty() && !parents.contains_key(c.parent_id.as_str()) {
-            v.push((
+            v.add(
                 format!("categories[{i}].parent_id"),
                 format!(
                     "unknown category `{}`: it must exist or be in the same batch",
                     c.parent_id
                 ),
-            ));
+            );
             continue;
         }
         // Walk up at most the tree's size: coming back to the start is a cycle; a longer walk
@@ -198,10 +197,10 @@ pub fn check_tree(
         while !current.is_empty() && path.len() <= parents.len() {
             if current == c.category_id {
                 path.push(current);
-                v.push((
+                v.add(
                     format!("categories[{i}].parent_id"),
                     format!("makes a cycle: {}", path.join(" → ")),
-                ));
+                );
                 break;
             }
             path.push(current);
@@ -225,7 +224,7 @@ mod tests {
 
     #[test]
     fn parents_may_come_in_the_same_batch_in_any_order() {
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         let existing = vec![("drinks".to_owned(), String::new())];
         let before = check_tree(
             &existing,
@@ -242,12 +241,13 @@ mod tests {
 
     #[test]
     fn unknown_parents_and_cycles_are_refused_with_their_paths() {
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         let existing = vec![
             ("a".to_owned(), String::new()),
             ("b".to_owned(), "a".to_owned()),
         ];
         check_tree(&existing, &[cat("a", "b"), cat("x", "nowhere")], &mut v);
+        let v = v.fields();
         assert_eq!(v.len(), 2, "{v:?}");
         assert_eq!(v[0].0, "categories[0].parent_id");
         assert!(v[0].1.contains("a → b → a"), "{}", v[0].1);
@@ -256,9 +256,9 @@ mod tests {
 
     #[test]
     fn batch_shape_is_checked() {
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_upsert(&[cat("a", "a"), cat("a", ""), cat("", "")], &mut v);
-        let fields: Vec<&str> = v.iter().map(|(f, _)| f.as_str()).collect();
+        let fields: Vec<&str> = v.fields().iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
             fields,
             [
@@ -267,8 +267,8 @@ mod tests {
                 "categories[2].category_id"
             ]
         );
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_upsert(&[], &mut v);
-        assert_eq!(v[0].0, "categories");
+        assert_eq!(v.fields()[0].0, "categories");
     }
 }

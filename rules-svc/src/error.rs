@@ -1,36 +1,36 @@
 //! What can go wrong in rules-svc, by what the caller can do about it, and the one place where
-//! that becomes a gRPC status.
+//! that becomes a gRPC status. Every status carries an `ErrorInfo` (domain "kopilka") with the
+//! reason and the metadata errors.proto documents for it.
 
 use std::collections::HashMap;
 
 use kopilka_proto::rules::{Violation, ViolationSeverity};
-use kopilka_runtime::status;
+use kopilka_runtime::status::{self, Refusal};
+use kopilka_runtime::validate::{Violations, VALIDATION_FAILED};
 use tonic::{Code, Status};
 
 /// A rules-svc operation's error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad input: `(field path, description)` pairs. Nothing changed.
-    #[error("invalid argument")]
-    Invalid(Vec<(String, String)>),
-    /// Bad input with a stable reason (BASKET_INVALID, VALIDATION_FAILED …).
-    #[error("invalid argument ({0})")]
-    InvalidWithReason(&'static str, Vec<(String, String)>),
+    /// Bad input: field violations under VALIDATION_FAILED or a more specific reason
+    /// (LIMIT_EXCEEDED, TIMESTAMP_IN_FUTURE, PAGE_TOKEN_INVALID, BASKET_INVALID …). Nothing
+    /// changed.
+    #[error("invalid argument: {0}")]
+    Invalid(Violations),
     /// A program with ERROR violations: INVALID_ARGUMENT PROGRAM_INVALID, one field violation
     /// per finding (path of the bad field, `CODE: description`).
     #[error("the program is invalid")]
     ProgramInvalid(Vec<Violation>),
-    /// Something named does not exist (for this merchant): NOT_FOUND with the reason.
-    #[error("{1}")]
-    NotFound(&'static str, String),
-    /// The request cannot be applied in the current state: FAILED_PRECONDITION with a stable
-    /// reason and `ErrorInfo.metadata`.
-    #[error("{1}")]
-    Precondition(&'static str, String, Vec<(String, String)>),
-    /// Another service or the database is not answering: UNAVAILABLE DEPENDENCY_UNAVAILABLE.
+    /// Refused with a stable reason and the metadata errors.proto documents for it: something
+    /// named does not exist for this merchant (NOT_FOUND), or the request cannot be applied in
+    /// the current state (FAILED_PRECONDITION).
+    #[error("{0}")]
+    Refused(Refusal),
+    /// A service this call needs is not answering: UNAVAILABLE DEPENDENCY_UNAVAILABLE with
+    /// metadata `dependency` ("cards").
     #[error("{0} is unavailable")]
-    Unavailable(String),
-    /// The database failed.
+    Unavailable(&'static str),
+    /// The database failed (a pool timeout is UNAVAILABLE DEPENDENCY_UNAVAILABLE "database").
     #[error("database error")]
     Db(#[from] sqlx::Error),
     /// A stored document could not be decoded.
@@ -38,16 +38,40 @@ pub enum Error {
     Decode(#[from] prost::DecodeError),
 }
 
-impl Error {
-    /// One field violation.
-    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Error::Invalid(vec![(field.into(), description.into())])
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        Error::Refused(r)
     }
+}
 
-    /// FAILED_PRECONDITION without metadata.
-    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
-        Error::Precondition(reason, message.into(), Vec::new())
+impl From<Violations> for Error {
+    fn from(v: Violations) -> Self {
+        Error::Invalid(v)
     }
+}
+
+impl Error {
+    /// One field violation (VALIDATION_FAILED).
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::Invalid(Violations::one(field, description))
+    }
+}
+
+/// `violations` under `reason` (e.g. BASKET_INVALID) unless one of them already has a more
+/// specific one (LIMIT_EXCEEDED, TIMESTAMP_IN_FUTURE …). The field violations stay as they are.
+pub fn with_default_reason(violations: Violations, reason: &'static str) -> Violations {
+    if violations.reason() != VALIDATION_FAILED {
+        return violations;
+    }
+    let mut out = Violations::new();
+    for (i, (field, description)) in violations.fields().iter().enumerate() {
+        if i == 0 {
+            out.add_with_reason(field.clone(), description.clone(), reason, Vec::new());
+        } else {
+            out.add(field.clone(), description.clone());
+        }
+    }
+    out
 }
 
 fn bad_request_with_reason(reason: &str, violations: Vec<(String, String)>) -> Status {
@@ -67,13 +91,19 @@ fn bad_request_with_reason(reason: &str, violations: Vec<(String, String)>) -> S
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+fn unavailable(dependency: &str, message: &str) -> Status {
+    status::with_reason_and_metadata(
+        Code::Unavailable,
+        "DEPENDENCY_UNAVAILABLE",
+        message,
+        HashMap::from([("dependency".to_owned(), dependency.to_owned())]),
+    )
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
-            Error::Invalid(violations) => status::invalid_argument(violations),
-            Error::InvalidWithReason(reason, violations) => {
-                bad_request_with_reason(reason, violations)
-            }
+            Error::Invalid(violations) => violations.into(),
             Error::ProgramInvalid(violations) => bad_request_with_reason(
                 "PROGRAM_INVALID",
                 violations
@@ -82,27 +112,17 @@ impl From<Error> for Status {
                     .map(|v| (v.field, format!("{}: {}", v.code, v.description)))
                     .collect(),
             ),
-            Error::NotFound(reason, message) => {
-                status::with_reason(Code::NotFound, reason, message)
+            Error::Refused(refusal) => refusal.into(),
+            Error::Unavailable(dependency) => {
+                unavailable(dependency, &format!("{dependency} is not answering"))
             }
-            Error::Precondition(reason, message, metadata) => status::with_reason_and_metadata(
-                Code::FailedPrecondition,
-                reason,
-                message,
-                metadata.into_iter().collect(),
-            ),
-            Error::Unavailable(what) => status::with_reason_and_metadata(
-                Code::Unavailable,
-                "DEPENDENCY_UNAVAILABLE",
-                format!("{what} is not answering"),
-                HashMap::from([("dependency".to_owned(), what)]),
-            ),
-            Error::Db(sqlx::Error::PoolTimedOut) => status::with_reason(
-                Code::Unavailable,
-                "DEPENDENCY_UNAVAILABLE",
-                "the database is not answering",
-            ),
+            Error::Db(sqlx::Error::PoolTimedOut) => {
+                unavailable("database", "the database is not answering")
+            }
             ref other => status::internal(other),
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use kopilka_proto::rules::evaluation_service_server::EvaluationService;
 use kopilka_proto::rules::{self as pb, simulate_request::Item, ProgramRef, TierTrigger};
 use kopilka_proto::wkt::Timestamp;
+use kopilka_runtime::validate::Violations;
 use rust_decimal::Decimal;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -237,11 +238,9 @@ impl EvaluationApi {
             };
             count += 1;
             if count > MAX_SIMULATED_RECEIPTS {
-                return Err(Error::invalid(
-                    "receipt",
-                    format!("at most {MAX_SIMULATED_RECEIPTS} receipts per call"),
-                )
-                .into());
+                let mut v = Violations::new();
+                v.limit("receipt", MAX_SIMULATED_RECEIPTS, "receipts per call");
+                return Err(Error::Invalid(v).into());
             }
             let Some(input) = receipt.input.as_ref() else {
                 sim.add(

@@ -16,6 +16,8 @@ use kopilka_proto::cards::tier_service_client::TierServiceClient;
 use kopilka_proto::cards::ListTiersRequest;
 use kopilka_proto::rules::{self as pb, Program, ProgramRef, VersionState, Violation};
 use kopilka_proto::wkt::Timestamp as PbTimestamp;
+use kopilka_runtime::status::Refusal;
+use kopilka_runtime::validate::Violations;
 use kopilka_runtime::Timestamp;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -100,11 +102,11 @@ impl Command<'_> {
     }
 
     /// The checks that need no database.
-    fn check(&self, v: &mut Vec<(String, String)>) {
+    fn check(&self, v: &mut Violations) {
         match self {
             Command::CreateDraft(r) => {
                 match &r.source {
-                    None => v.push(("source".into(), "set program or copy_of_version".into())),
+                    None => v.add("source", "set program or copy_of_version"),
                     Some(pb::create_draft_request::Source::Program(p)) => {
                         check_document("program", p, v)
                     }
@@ -118,7 +120,7 @@ impl Command<'_> {
             Command::UpdateDraft(r) => {
                 check_version("version", r.version, v);
                 match &r.program {
-                    None => v.push(("program".into(), "is required".into())),
+                    None => v.add("program", "is required"),
                     Some(p) => check_document("program", p, v),
                 }
                 check_len("etag", &r.etag, MAX_ID, v);
@@ -134,7 +136,7 @@ impl Command<'_> {
                 check_version("version", r.version, v);
                 if let Some(t) = &r.activate_at {
                     if instant(t).is_none() {
-                        v.push(("activate_at".into(), "is not a valid timestamp".into()));
+                        v.add("activate_at", "is not a valid timestamp");
                     }
                 }
                 check_len("requested_by", &r.requested_by, MAX_AUTHOR, v);
@@ -142,11 +144,13 @@ impl Command<'_> {
             Command::Cancel(r) => check_id("activation_id", &r.activation_id, v),
             Command::UpsertCategories(r) => catalog_store::check_upsert(&r.categories, v),
             Command::DeleteCategories(r) => {
-                if r.category_ids.is_empty() || r.category_ids.len() > catalog_store::MAX_BATCH {
-                    v.push((
-                        "category_ids".into(),
+                if r.category_ids.is_empty() {
+                    v.add(
+                        "category_ids",
                         format!("must hold 1 to {} ids", catalog_store::MAX_BATCH),
-                    ));
+                    );
+                } else if r.category_ids.len() > catalog_store::MAX_BATCH {
+                    v.limit("category_ids", catalog_store::MAX_BATCH, "ids");
                 }
                 for (i, id) in r.category_ids.iter().enumerate() {
                     catalog_store::check_category_id(&format!("category_ids[{i}]"), id, v);
@@ -158,61 +162,48 @@ impl Command<'_> {
 
 // ---- small checks and conversions -----------------------------------------------------------
 
-fn done(v: Vec<(String, String)>) -> Result<(), Error> {
-    if v.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Invalid(v))
-    }
-}
-
-fn check_id(field: &str, value: &str, v: &mut Vec<(String, String)>) {
+fn check_id(field: &str, value: &str, v: &mut Violations) {
     if value.is_empty() {
-        v.push((field.to_owned(), "is required".to_owned()));
+        v.add(field, "is required");
     } else {
         check_len(field, value, MAX_ID, v);
     }
 }
 
-fn check_len(field: &str, value: &str, max: usize, v: &mut Vec<(String, String)>) {
+/// At most `max` characters (LIMIT_EXCEEDED beyond).
+fn check_len(field: &str, value: &str, max: usize, v: &mut Violations) {
     if value.chars().count() > max {
-        v.push((
-            field.to_owned(),
-            format!("must be at most {max} characters"),
-        ));
+        v.limit(field, max, "characters");
     }
 }
 
-fn check_version(field: &str, version: u64, v: &mut Vec<(String, String)>) {
+fn check_version(field: &str, version: u64, v: &mut Violations) {
     if version == 0 || i64::try_from(version).is_err() {
-        v.push((
-            field.to_owned(),
-            "must be a version number (1 or more)".to_owned(),
-        ));
+        v.add(field, "must be a version number (1 or more)");
     }
 }
 
-fn check_document(field: &str, program: &Program, v: &mut Vec<(String, String)>) {
+fn check_document(field: &str, program: &Program, v: &mut Violations) {
     if program.encoded_len() > MAX_DOCUMENT_BYTES {
-        v.push((field.to_owned(), "is larger than 1 MiB".to_owned()));
+        v.limit(field, MAX_DOCUMENT_BYTES, "bytes encoded (1 MiB)");
     }
 }
 
-fn check_tier_codes(codes: &[String], v: &mut Vec<(String, String)>) {
+fn check_tier_codes(codes: &[String], v: &mut Violations) {
     for (i, code) in codes.iter().enumerate() {
-        if code.is_empty() || code.chars().count() > 32 {
-            v.push((
-                format!("tier_codes[{i}]"),
-                "must be 1 to 32 characters".to_owned(),
-            ));
+        let field = format!("tier_codes[{i}]");
+        if code.is_empty() {
+            v.add(field, "must be 1 to 32 characters");
+        } else {
+            check_len(&field, code, 32, v);
         }
     }
 }
 
 fn check_merchant(merchant: &str) -> Result<(), Error> {
-    let mut v = Vec::new();
+    let mut v = Violations::new();
     check_id("merchant_id", merchant, &mut v);
-    done(v)
+    Ok(v.check()?)
 }
 
 /// A checked version number as stored (the checks above keep it in range).
@@ -234,67 +225,71 @@ fn instant(t: &PbTimestamp) -> Option<DateTime<Utc>> {
 }
 
 fn version_not_found(version: u64) -> Error {
-    Error::NotFound(
+    Refusal::not_found(
         "VERSION_NOT_FOUND",
         format!("program version {version} not found"),
     )
+    .with("version", version)
+    .into()
 }
 
 fn key_reused(request_id: &str) -> Error {
-    Error::precondition(
+    Refusal::precondition(
         "IDEMPOTENCY_KEY_REUSED",
         format!("request_id `{request_id}` was used for a different request"),
     )
+    .with("request_id", request_id)
+    .into()
 }
 
 fn immutable(version: i64) -> Error {
-    Error::precondition(
+    Refusal::precondition(
         "VERSION_IMMUTABLE",
         format!("version {version} is published and cannot change; create a draft from it"),
     )
+    .with("version", version)
+    .into()
 }
 
 fn concurrent_modification(version: i64) -> Error {
-    Error::Precondition(
+    Refusal::new(
+        tonic::Code::Aborted,
         "CONCURRENT_MODIFICATION",
         format!("version {version} changed since it was read; read it again"),
-        vec![("version".to_owned(), version.to_string())],
     )
+    .with("version", version)
+    .into()
 }
 
 fn no_active_program(at: DateTime<Utc>) -> Error {
-    Error::precondition(
+    Refusal::precondition(
         "NO_ACTIVE_PROGRAM",
         format!("no program version is active at {}", at.to_rfc3339()),
     )
+    .into()
 }
 
 fn not_published(version: i64) -> Error {
-    Error::Precondition(
+    Refusal::precondition(
         "PROGRAM_NOT_PUBLISHED",
         format!("version {version} is a draft; publish it first"),
-        vec![("version".to_owned(), version.to_string())],
     )
+    .with("version", version)
+    .into()
 }
 
 fn page_token_invalid() -> Error {
-    Error::InvalidWithReason(
-        "PAGE_TOKEN_INVALID",
-        vec![(
-            "page_token".to_owned(),
-            "is not a token this service issued".to_owned(),
-        )],
-    )
+    let mut v = Violations::new();
+    v.page_token_invalid("page_token");
+    v.into()
 }
 
-fn page_size(size: i32, default: i64, max: i64) -> Result<i64, Error> {
-    match size {
-        0 => Ok(default),
-        s if s < 0 || i64::from(s) > max => {
-            Err(Error::invalid("page_size", format!("must be 0 to {max}")))
-        }
-        s => Ok(i64::from(s)),
-    }
+/// `page_size`: 0 is `default`; negative or above `max` is refused (LIMIT_EXCEEDED above).
+fn page_size(size: i32, default: u32, max: u32) -> Result<i64, Error> {
+    let mut v = Violations::new();
+    let size = v.page_size("page_size", size, default, max);
+    v.check()?;
+    Ok(i64::from(size))
 }
 
 fn state_of(row: &VersionRow) -> VersionState {
@@ -412,7 +407,7 @@ impl Programs {
             )),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "cards-svc ListTiers failed");
-                Err(Error::Unavailable("cards-svc".to_owned()))
+                Err(Error::Unavailable("cards"))
             }
         }
     }
@@ -444,9 +439,9 @@ impl Programs {
                 self.resolve_active(merchant_id, t).await
             }
             Some(Source::Version(version)) => {
-                let mut v = Vec::new();
+                let mut v = Violations::new();
                 check_version("program.version", *version, &mut v);
-                done(v)?;
+                v.check()?;
                 self.resolve_version(merchant_id, *version, allow_drafts, tier_codes)
                     .await
             }
@@ -457,9 +452,9 @@ impl Programs {
                         "an inline program is accepted by DryRun, CompareVersions and Simulate only",
                     ));
                 }
-                let mut v = Vec::new();
+                let mut v = Violations::new();
                 check_document("program.inline", document, &mut v);
-                done(v)?;
+                v.check()?;
                 let plan = self
                     .compile_unpublished(merchant_id, document, 0, tier_codes)
                     .await?;
@@ -630,11 +625,11 @@ impl Programs {
         request: &impl Message,
         command: Command<'_>,
     ) -> Result<R, Error> {
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_id("merchant_id", merchant, &mut v);
         check_id("request_id", request_id, &mut v);
         command.check(&mut v);
-        done(v)?;
+        v.check()?;
         let operation = command.name();
         let hash = digest(request);
         // A retry is answered from its record before any work, cards-svc calls included.
@@ -731,10 +726,10 @@ impl Programs {
         &self,
         r: &pb::GetVersionRequest,
     ) -> Result<pb::GetVersionResponse, Error> {
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_id("merchant_id", &r.merchant_id, &mut v);
         check_version("version", r.version, &mut v);
-        done(v)?;
+        v.check()?;
         let mut tx = self.store.read().await?;
         let row = tx.version(&r.merchant_id, db_version(r.version)).await?;
         drop(tx);
@@ -819,15 +814,15 @@ impl Programs {
         r: &pb::ValidateProgramRequest,
     ) -> Result<pb::ValidateProgramResponse, Error> {
         use pb::validate_program_request::Source;
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_id("merchant_id", &r.merchant_id, &mut v);
         check_tier_codes(&r.tier_codes, &mut v);
         match &r.source {
-            None => v.push(("source".into(), "set program or version".into())),
+            None => v.add("source", "set program or version"),
             Some(Source::Program(p)) => check_document("program", p, &mut v),
             Some(Source::Version(n)) => check_version("version", *n, &mut v),
         }
-        done(v)?;
+        v.check()?;
         let (program, stored) = match &r.source {
             Some(Source::Program(p)) => (p.clone(), None),
             Some(Source::Version(n)) => {
@@ -865,12 +860,12 @@ impl Programs {
         &self,
         r: &pb::ListCategoriesRequest,
     ) -> Result<pb::ListCategoriesResponse, Error> {
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         check_id("merchant_id", &r.merchant_id, &mut v);
         if !r.parent_id.is_empty() {
             catalog_store::check_category_id("parent_id", &r.parent_id, &mut v);
         }
-        done(v)?;
+        v.check()?;
         let limit = page_size(r.page_size, 500, 1000)?;
         let after = if r.page_token.is_empty() {
             None
@@ -1134,11 +1129,12 @@ async fn cancel(
     r: &pb::CancelActivationRequest,
     now: DateTime<Utc>,
 ) -> Result<pb::CancelActivationResponse, Error> {
-    let not_found = |why: &str| {
-        Error::NotFound(
+    let not_found = |why: &str| -> Error {
+        Refusal::not_found(
             "ACTIVATION_NOT_FOUND",
             format!("activation `{}` {why}", r.activation_id),
         )
+        .into()
     };
     let activation = tx
         .activation(merchant, &r.activation_id)
@@ -1163,9 +1159,9 @@ async fn upsert_categories(
     now: DateTime<Utc>,
 ) -> Result<pb::UpsertCategoriesResponse, Error> {
     let existing = tx.category_parents(merchant).await?;
-    let mut v = Vec::new();
+    let mut v = Violations::new();
     let before = catalog_store::check_tree(&existing, &r.categories, &mut v);
-    done(v)?;
+    v.check()?;
     for c in &r.categories {
         let row = CategoryRow {
             category_id: c.category_id.clone(),
@@ -1253,9 +1249,9 @@ mod tests {
             comment: "x".repeat(MAX_COMMENT + 1),
             created_by: "y".repeat(MAX_AUTHOR + 1),
         };
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         Command::CreateDraft(&r).check(&mut v);
-        let fields: Vec<&str> = v.iter().map(|(f, _)| f.as_str()).collect();
+        let fields: Vec<&str> = v.fields().iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["copy_of_version", "comment", "created_by"]);
     }
 }

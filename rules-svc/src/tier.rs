@@ -646,9 +646,9 @@ tier_progression:
         let p = from_yaml(CUMULATIVE).unwrap();
         let c = customer("NEW", "0", None);
         let err = decide(&p, 1, &c, TierTrigger::Unspecified, Decimal::ZERO, at()).unwrap_err();
-        assert!(matches!(err, Error::Invalid(ref v) if v[0].0 == "trigger"));
+        assert!(matches!(err, Error::Invalid(ref v) if v.fields()[0].0 == "trigger"));
         let err = decide(&p, 1, &c, TierTrigger::Purchase, d("-1"), at()).unwrap_err();
-        assert!(matches!(err, Error::Invalid(ref v) if v[0].0 == "purchase_amount"));
+        assert!(matches!(err, Error::Invalid(ref v) if v.fields()[0].0 == "purchase_amount"));
         // Garbage in the program or the aggregates never panics.
         let mut bad = p.clone();
         bad.tier_progression.as_mut().unwrap().levels[1].cumulative_turnover_at_least = "x".into();

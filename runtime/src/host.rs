@@ -32,6 +32,13 @@ pub struct ServiceSettings {
     /// How often the database is pinged to keep the health status true.
     #[serde(with = "seconds")]
     pub health_interval: Duration,
+    /// Calls in flight on one HTTP/2 connection (`KOPILKA_MAX_CONCURRENT_STREAMS`); a client
+    /// opening more waits for a free stream.
+    pub max_concurrent_streams: u32,
+    /// The longest any call may run (`KOPILKA_REQUEST_TIMEOUT`, seconds); a caller's shorter
+    /// `grpc-timeout` wins. A call past it ends with CANCELLED.
+    #[serde(with = "seconds")]
+    pub request_timeout: Duration,
 }
 
 impl ServiceSettings {
@@ -43,6 +50,8 @@ impl ServiceSettings {
             max_connections: 8,
             shutdown_grace: Duration::from_secs(0),
             health_interval: Duration::from_secs(5),
+            max_concurrent_streams: server::MAX_CONCURRENT_STREAMS,
+            request_timeout: server::REQUEST_TIMEOUT,
         }
     }
 }
@@ -80,7 +89,10 @@ impl Host {
         )
         .await?;
         let listener = server::bind(settings.listen_addr).await?;
-        let server = GrpcServer::new()?;
+        let server = GrpcServer::with_limits(server::Limits {
+            max_concurrent_streams: settings.max_concurrent_streams,
+            request_timeout: settings.request_timeout,
+        })?;
         tracing::info!(service = name, backend = ?db.backend(), "database ready");
         Ok(Self {
             name,

@@ -8,6 +8,7 @@
 //! - [`decimal`]: decimal strings of the contract (money, points, percentages) parsed and formatted exactly.
 //! - [`db`]: one handle over PostgreSQL or SQLite, chosen by URL, with each service's migrations.
 //! - [`status`]: building gRPC statuses with `google.rpc` details (field violations, stable reasons).
+//! - [`validate`]: request fields checked one way: violations with field paths and reasons.
 //! - [`timestamps`]: proto timestamps to and from `chrono` instants.
 //! - [`outbox`]: the relay of outbox events to notify-svc, at least once, with back-off.
 //! - [`redact`]: masking phone numbers, e-mails and keys before they reach a log line.
@@ -23,5 +24,6 @@ pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod timestamps;
+pub mod validate;
 
 pub use db::{Amount, Db, Timestamp};

@@ -1,25 +1,65 @@
 //! Masks personal data and secrets before they reach a log line. Logs carry enough to correlate
-//! (the last digits of a phone, the domain of an e-mail, a key's public prefix), never the whole.
+//! (the masked phone of [`phone`], the domain of an e-mail, a key's public prefix), never the whole.
 
-/// `+79123456789` → `+7*******789`. Short inputs are masked whole.
+/// The one phone mask of Kopilka, in answers and in logs alike (two masks of one number would
+/// reveal more digits together than either alone): "+7 912 ***-**-89" — the country code, the
+/// first 3 and last 2 national digits, the rest masked in RU-style groups. National numbers
+/// under 8 digits keep no head, under 4 no tail. A value that is not E.164 shows at most its
+/// last 2 characters.
 pub fn phone(value: &str) -> String {
-    let chars: Vec<char> = value.chars().collect();
-    if chars.len() < 7 {
-        return "*".repeat(chars.len());
+    match split_e164(value) {
+        Some((code, national)) => masked_phone(&code, national),
+        None if value.chars().count() >= 6 => {
+            let skip = value.chars().count() - 2;
+            format!("****-{}", value.chars().skip(skip).collect::<String>())
+        }
+        None => "****".to_owned(),
     }
-    let keep_head = if chars[0] == '+' { 2 } else { 1 };
-    let keep_tail = 3;
-    chars
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            if i < keep_head || i >= chars.len() - keep_tail {
-                *c
-            } else {
-                '*'
-            }
-        })
-        .collect()
+}
+
+/// Country code and national significant number of an E.164 value.
+fn split_e164(value: &str) -> Option<(String, &str)> {
+    let digits = value.strip_prefix('+')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let number = phonenumber::parse(None, value).ok()?;
+    let code = number.code().value().to_string();
+    let national = digits.strip_prefix(code.as_str())?;
+    (!national.is_empty()).then_some((code, national))
+}
+
+fn masked_phone(code: &str, national: &str) -> String {
+    let n = national.len();
+    let head = if n >= 8 { 3 } else { 0 };
+    let tail = if n >= 4 { 2 } else { 0 };
+    let mut parts = vec![format!("+{code}")];
+    if head > 0 {
+        parts.push(national[..head].to_owned());
+    }
+    let mut masked = star_groups(n - head - tail);
+    if tail > 0 {
+        masked.push('-');
+        masked.push_str(&national[n - tail..]);
+    }
+    parts.push(masked);
+    parts.join(" ")
+}
+
+/// `count` stars grouped like a RU number: pairs, with a leading three when odd ("***-**").
+fn star_groups(count: usize) -> String {
+    let mut groups = Vec::new();
+    let mut left = count;
+    if left % 2 == 1 {
+        let first = left.min(3);
+        groups.push("*".repeat(first));
+        left -= first;
+    }
+    while left > 0 {
+        groups.push("**".to_owned());
+        left -= 2;
+    }
+    groups.join("-")
 }
 
 /// `ivan.petrov@example.ru` → `i***@example.ru`.
@@ -45,9 +85,10 @@ mod tests {
 
     #[test]
     fn phone_keeps_country_and_last_digits() {
-        assert_eq!(phone("+79123456789"), "+7*******789");
-        assert_eq!(phone("89123456789"), "8*******789");
-        assert_eq!(phone("12345"), "*****");
+        assert_eq!(phone("+79123456789"), "+7 912 ***-**-89");
+        assert_eq!(phone("+442079460958"), "+44 207 ***-**-58");
+        assert_eq!(phone("89123456789"), "****-89");
+        assert_eq!(phone("12345"), "****");
     }
 
     #[test]

@@ -27,6 +27,27 @@ pub enum ServeError {
     Bind(SocketAddr, #[source] std::io::Error),
 }
 
+/// Calls in flight per HTTP/2 connection by default: one client cannot hold unbounded work.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// The longest a call may run by default (every Kopilka RPC is a unary call of milliseconds).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one connection and one call may cost the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_concurrent_streams: u32,
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
 /// A router that already serves health and reflection, and the reporter to flip health with.
 pub struct GrpcServer {
     /// Add the service's own gRPC services to this router.
@@ -36,8 +57,14 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// A router with health and reflection; the overall status starts SERVING.
+    /// A router with health and reflection and the default [`Limits`]; the overall status
+    /// starts SERVING.
     pub fn new() -> Result<Self, ServeError> {
+        Self::with_limits(Limits::default())
+    }
+
+    /// Like [`GrpcServer::new`], with per-connection stream and per-call time limits.
+    pub fn with_limits(limits: Limits) -> Result<Self, ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(kopilka_proto::FILE_DESCRIPTOR_SET)
@@ -48,6 +75,11 @@ impl GrpcServer {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let router = Server::builder()
+            .max_concurrent_streams(Some(limits.max_concurrent_streams.max(1)))
+            .timeout(limits.request_timeout)
+            // Dead peers are found and their connections closed.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);

@@ -16,14 +16,12 @@ use kopilka_proto::rules::{
 };
 use kopilka_proto::types::{BasketLine, Identifier, PurchaseAggregates};
 use kopilka_proto::wkt::Timestamp;
-use kopilka_runtime::{status, timestamps};
+use kopilka_runtime::timestamps;
 use moka::future::Cache;
-use tonic::Status;
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::auth::{Caller, TerminalRef};
 use crate::deps::{Deadline, Retry, CARDS, LEDGER, RULES};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::{dep_call, Gateway};
 
 /// A buyer as cards-svc knows them.
@@ -175,7 +173,8 @@ impl Composer<'_> {
                         input: Some(input.clone()),
                         include_referral_chain: referral_levels > 0,
                     })
-                )?;
+                )
+                .map_err(|e| e.for_caller(&[("input", "buyer.identifier")]))?;
                 Ok(Some(Known {
                     customer: found.customer.unwrap_or_default(),
                     tier: found.tier,
@@ -287,7 +286,7 @@ impl Composer<'_> {
                     }),
                 })
             )
-            .map_err(rename_input_fields)?;
+            .map_err(|e| e.for_caller(RULES_INPUT))?;
             let result = answer.result.unwrap_or_default();
             // A version published since the needs were cached may read other windows.
             if receipt.occurred_at.is_none() && result.program_version != needs.0 && !fresh {
@@ -394,31 +393,12 @@ fn add_decimal_strings(a: &str, b: &str) -> String {
     (parse(a) + parse(b)).normalize().to_string()
 }
 
-/// rules-svc names bad fields from its own request ("input.lines[2].quantity"); the register
-/// sent "lines[2].quantity".
-fn rename_input_fields(error: Error) -> Error {
-    let Error::Downstream(status) = error else {
-        return error;
-    };
-    let Some(bad) = status.get_details_bad_request() else {
-        return Error::Downstream(status);
-    };
-    let mut details = ErrorDetails::with_bad_request(
-        bad.field_violations
-            .into_iter()
-            .map(|v| {
-                let field = v
-                    .field
-                    .strip_prefix("input.")
-                    .unwrap_or(&v.field)
-                    .to_owned();
-                FieldViolation::new(field, v.description)
-            })
-            .collect::<Vec<_>>(),
-    );
-    if let Some(info) = status.get_details_error_info() {
-        details.set_error_info(info.reason, status::ERROR_DOMAIN, info.metadata);
-    }
-    let message = status.message().replace("input.", "");
-    Error::Downstream(Status::with_error_details(status.code(), message, details))
-}
+/// The fields of an evaluation input that are the caller's own, by their names in the
+/// caller's request (rules-svc names them from its own: "input.lines[2].quantity"); the gateway
+/// fills the rest.
+const RULES_INPUT: &[(&str, &str)] = &[
+    ("input.lines", "lines"),
+    ("input.promo_codes", "promo_codes"),
+    ("input.redeem_points", "redeem_points"),
+    ("input.occurred_at", "occurred_at"),
+];

@@ -36,7 +36,7 @@ use kopilka_proto::ledger as ledger_pb;
 use kopilka_proto::rules as rules_pb;
 use kopilka_proto::types::BasketLine;
 use kopilka_proto::wkt::{Duration as ProtoDuration, Timestamp};
-use kopilka_runtime::timestamps;
+use kopilka_runtime::{status, timestamps};
 use tokio::sync::{Mutex, MutexGuard};
 use tonic::{Request, Response, Status};
 
@@ -139,14 +139,13 @@ impl Booking<'_> {
 
 /// FAILED_PRECONDITION CHECKOUT_STATE_CONFLICT for a receipt in `state`.
 fn conflict(receipt_id: &str, state: CheckoutState, hint: &str) -> Error {
-    Error::Precondition(
+    status::Refusal::precondition(
         "CHECKOUT_STATE_CONFLICT",
         format!("receipt {receipt_id} is {}: {hint}", state::word(state)),
-        vec![
-            ("state".to_owned(), state.as_str_name().to_owned()),
-            ("receipt_id".to_owned(), receipt_id.to_owned()),
-        ],
     )
+    .with("state", state.as_str_name())
+    .with("receipt_id", receipt_id)
+    .into()
 }
 
 /// The checkout `stored` may take `op`, or the conflict that says why not.
@@ -171,7 +170,7 @@ fn lost_race(receipt_id: &str) -> Error {
 }
 
 fn not_found(receipt_id: &str) -> Error {
-    Error::NotFound(
+    Error::not_found(
         "CHECKOUT_NOT_FOUND",
         format!("no checkout with receipt_id {receipt_id}"),
     )
@@ -301,11 +300,16 @@ impl CheckoutApi {
         validate::buyer(&mut v, "buyer", req.buyer.as_ref(), false);
         validate::lines(&mut v, "lines", &req.lines, &caller.merchant.currency);
         validate::promo_codes(&mut v, "promo_codes", &req.promo_codes);
-        v.points("redeem_points", &req.redeem_points, false);
-        v.not_future("occurred_at", req.occurred_at.as_ref(), Utc::now());
+        validate::points(&mut v, "redeem_points", &req.redeem_points, false);
+        v.not_future(
+            "occurred_at",
+            req.occurred_at.as_ref(),
+            Utc::now(),
+            validate::MAX_CLOCK_SKEW,
+        );
         v.id("terminal_id", &req.terminal_id, MAX_ID, false);
         v.enumeration::<rules_pb::ExplainLevel>("explain", req.explain);
-        v.into_result()?;
+        v.check()?;
         let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
         let c = self.composer(&caller, &terminal, deadline);
         let levels = c.referral_levels(None).await?;
@@ -400,7 +404,7 @@ impl CheckoutApi {
         validate::buyer(&mut v, "buyer", req.buyer.as_ref(), true);
         validate::lines(&mut v, "lines", &req.lines, &caller.merchant.currency);
         validate::promo_codes(&mut v, "promo_codes", &req.promo_codes);
-        v.points("points", &req.points, true);
+        validate::points(&mut v, "points", &req.points, true);
         let ttl = match &req.ttl {
             None => DEFAULT_HOLD_TTL,
             Some(d) => match std::time::Duration::try_from(*d) {
@@ -412,7 +416,7 @@ impl CheckoutApi {
             },
         };
         v.id("terminal_id", &req.terminal_id, MAX_ID, false);
-        v.into_result()?;
+        v.check()?;
         let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
         let merchant = caller.merchant_id().to_owned();
         let _guard = self.lock(&merchant, &req.receipt_id).await;
@@ -549,16 +553,21 @@ impl CheckoutApi {
         validate::buyer(&mut v, "buyer", req.buyer.as_ref(), false);
         validate::lines(&mut v, "lines", &req.lines, &caller.merchant.currency);
         validate::promo_codes(&mut v, "promo_codes", &req.promo_codes);
-        v.points("redeem_points", &req.redeem_points, false);
-        v.not_future("occurred_at", req.occurred_at.as_ref(), Utc::now());
+        validate::points(&mut v, "redeem_points", &req.redeem_points, false);
+        v.not_future(
+            "occurred_at",
+            req.occurred_at.as_ref(),
+            Utc::now(),
+            validate::MAX_CLOCK_SKEW,
+        );
         v.id("terminal_id", &req.terminal_id, MAX_ID, false);
-        v.text("fiscal_ref", &req.fiscal_ref, MAX_ID);
+        v.text("fiscal_ref", &req.fiscal_ref, MAX_ID, false);
         details(
             &mut v,
             "register_if_unknown",
             req.register_if_unknown.as_ref(),
         );
-        v.into_result()?;
+        v.check()?;
         let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
         let content = ConfirmRequest {
             buyer: req.buyer.clone(),
@@ -674,9 +683,9 @@ impl CheckoutApi {
             .parse::<rust_decimal::Decimal>()
             .is_ok_and(|p| !p.is_zero());
         if buyer.is_none() && redeeming {
-            return Err(Error::invalid(
-                "redeem_points",
-                "an anonymous receipt cannot be paid with points",
+            return Err(Error::precondition(
+                "REDEMPTION_NOT_ALLOWED",
+                "an anonymous receipt cannot be paid with points: identify the buyer",
             ));
         }
         let occurred_at = b.occurred_at.unwrap_or_else(now_proto);
@@ -727,7 +736,9 @@ impl CheckoutApi {
                 request_id: idempotency::derived("book", &[b.receipt_id]),
                 receipt: Some(input),
             })
-        )?;
+        )
+        // The gateway built this receipt from input it checked: a refusal is its own fault.
+        .map_err(|e| e.for_caller(&[]))?;
         Ok((recorded, evaluated, occurred_at))
     }
 
@@ -1020,9 +1031,9 @@ impl CheckoutApi {
         let mut v = Violations::default();
         v.id("request_id", &req.request_id, MAX_ID, true);
         v.id("receipt_id", &req.receipt_id, MAX_ID, true);
-        v.text("reason", &req.reason, MAX_TEXT);
+        v.text("reason", &req.reason, MAX_TEXT, false);
         v.id("terminal_id", &req.terminal_id, MAX_ID, false);
-        v.into_result()?;
+        v.check()?;
         let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
         let merchant = caller.merchant_id().to_owned();
         let _guard = self.lock(&merchant, &req.receipt_id).await;
@@ -1101,10 +1112,15 @@ impl CheckoutApi {
                 }
             }
         }
-        v.not_future("occurred_at", req.occurred_at.as_ref(), Utc::now());
-        v.text("reason", &req.reason, MAX_TEXT);
+        v.not_future(
+            "occurred_at",
+            req.occurred_at.as_ref(),
+            Utc::now(),
+            validate::MAX_CLOCK_SKEW,
+        );
+        v.text("reason", &req.reason, MAX_TEXT, false);
         v.id("terminal_id", &req.terminal_id, MAX_ID, false);
-        v.into_result()?;
+        v.check()?;
         // Any terminal of the merchant may take a return; the key must still be good for it.
         let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
         let merchant = caller.merchant_id().to_owned();
@@ -1200,7 +1216,7 @@ impl CheckoutApi {
         let req = request.into_inner();
         let mut v = Violations::default();
         v.id("receipt_id", &req.receipt_id, MAX_ID, true);
-        v.into_result()?;
+        v.check()?;
         let stored = self
             .checkouts
             .get(caller.merchant_id(), &req.receipt_id)
@@ -1227,34 +1243,30 @@ impl CheckoutApi {
         validate::promo_codes(&mut v, "promo_codes", &req.promo_codes);
         match &req.occurred_at {
             None => v.add("occurred_at", "required: the original sale time"),
-            Some(at) => v.not_future("occurred_at", Some(at), now),
+            Some(at) => {
+                v.not_future("occurred_at", Some(at), now, validate::MAX_CLOCK_SKEW);
+            }
         }
         v.id("terminal_id", &req.terminal_id, MAX_ID, false);
-        v.text("fiscal_ref", &req.fiscal_ref, MAX_ID);
+        v.text("fiscal_ref", &req.fiscal_ref, MAX_ID, false);
         details(
             &mut v,
             "register_if_unknown",
             req.register_if_unknown.as_ref(),
         );
-        v.into_result()?;
+        v.check()?;
         let sold_at = req
             .occurred_at
             .as_ref()
             .and_then(timestamps::from_proto)
             .unwrap_or(now);
-        if sold_at > now + chrono::Duration::from_std(validate::MAX_CLOCK_SKEW).unwrap_or_default()
-        {
-            return Err(Error::precondition(
-                "TIMESTAMP_IN_FUTURE",
-                "occurred_at is in the future",
-            ));
-        }
         if now - sold_at > OFFLINE_MAX_AGE {
-            return Err(Error::Precondition(
+            return Err(status::Refusal::precondition(
                 "RECEIPT_TOO_OLD",
-                "offline receipts older than 30 days are not accepted".to_owned(),
-                vec![("max_age_days".to_owned(), "30".to_owned())],
-            ));
+                "offline receipts older than 30 days are not accepted",
+            )
+            .with("max_age", "PT720H")
+            .into());
         }
         let terminal = self.gw.auth.terminal_for(&caller, &req.terminal_id).await?;
         let content = SubmitOfflineReceiptRequest {
@@ -1340,10 +1352,10 @@ fn receipt_lines(
 /// Checks registration details given with a checkout.
 fn details(v: &mut Violations, field: &str, details: Option<&CustomerDetails>) {
     let Some(d) = details else { return };
-    v.text(&format!("{field}.first_name"), &d.first_name, 100);
-    v.text(&format!("{field}.last_name"), &d.last_name, 100);
-    v.text(&format!("{field}.middle_name"), &d.middle_name, 100);
-    v.text(&format!("{field}.email"), &d.email, 254);
+    v.text(&format!("{field}.first_name"), &d.first_name, 100, false);
+    v.text(&format!("{field}.last_name"), &d.last_name, 100, false);
+    v.text(&format!("{field}.middle_name"), &d.middle_name, 100, false);
+    v.text(&format!("{field}.email"), &d.email, 254, false);
     v.enumeration::<kopilka_proto::types::Gender>(&format!("{field}.gender"), d.gender);
 }
 

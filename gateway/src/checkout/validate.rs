@@ -5,11 +5,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use kopilka_proto::gateway::Buyer;
 use kopilka_proto::types::{BasketLine, IdentifierKind};
-use kopilka_proto::wkt::Timestamp;
 use kopilka_runtime::decimal::{self, Sign};
+pub use kopilka_runtime::validate::Violations;
 use rust_decimal::Decimal;
 
 /// Most lines per receipt.
@@ -37,95 +36,14 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// Longest raw identifier input.
 pub const MAX_IDENTIFIER: usize = 256;
 
-/// What is wrong with an id of 1 to `max` printable ASCII characters (empty allowed unless
-/// `required`); the one id rule of the gateway's API.
-pub fn id_problem(value: &str, max: usize, required: bool) -> Option<String> {
-    if value.is_empty() {
-        required.then(|| format!("required: 1 to {max} characters"))
-    } else if value.len() > max || !value.bytes().all(|b| b.is_ascii_graphic()) {
-        Some(format!("must be 1 to {max} printable ASCII characters"))
+/// A decimal string of points, >= 0 or > 0 when `positive` (then required; empty = none).
+pub fn points(v: &mut Violations, field: &str, value: &str, positive: bool) -> Option<Decimal> {
+    let sign = if positive {
+        Sign::Positive
     } else {
-        None
-    }
-}
-
-/// Field violations collected over one request.
-#[derive(Debug, Default)]
-pub struct Violations(pub Vec<(String, String)>);
-
-impl Violations {
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push((field.into(), description.into()));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// INVALID_ARGUMENT with every violation, or nothing to complain about.
-    pub fn into_result(self) -> crate::error::Result<()> {
-        if self.is_empty() {
-            Ok(())
-        } else {
-            Err(crate::error::Error::Invalid(self.0))
-        }
-    }
-
-    /// An id of 1 to `max` printable ASCII characters (`required`), or empty.
-    pub fn id(&mut self, field: &str, value: &str, max: usize, required: bool) {
-        if let Some(problem) = id_problem(value, max, required) {
-            self.add(field, problem);
-        }
-    }
-
-    /// Free text of at most `max` characters.
-    pub fn text(&mut self, field: &str, value: &str, max: usize) {
-        if value.chars().count() > max {
-            self.add(field, format!("at most {max} characters"));
-        }
-    }
-
-    /// A known value of a proto enum (unknown numbers are refused, not ignored).
-    pub fn enumeration<E: TryFrom<i32>>(&mut self, field: &str, value: i32) {
-        if E::try_from(value).is_err() {
-            self.add(field, format!("unknown enum value {value}"));
-        }
-    }
-
-    /// A timestamp at most five minutes ahead of `now`.
-    pub fn not_future(&mut self, field: &str, value: Option<&Timestamp>, now: DateTime<Utc>) {
-        let Some(ts) = value else { return };
-        match kopilka_runtime::timestamps::from_proto(ts) {
-            None => self.add(field, "not a valid timestamp"),
-            Some(at) if at > now + MAX_CLOCK_SKEW => self.add(
-                field,
-                "more than 5 minutes in the future (check the register's clock)",
-            ),
-            Some(_) => {}
-        }
-    }
-
-    /// A decimal string of points, >= 0 (empty = none); the parsed value.
-    pub fn points(&mut self, field: &str, value: &str, positive: bool) -> Option<Decimal> {
-        if value.is_empty() {
-            if positive {
-                self.add(field, "required: a decimal string > 0");
-            }
-            return None;
-        }
-        let sign = if positive {
-            Sign::Positive
-        } else {
-            Sign::NonNegative
-        };
-        match decimal::parse(value, MAX_POINTS_SCALE, sign) {
-            Ok(points) => Some(points),
-            Err(why) => {
-                self.add(field, why);
-                None
-            }
-        }
-    }
+        Sign::NonNegative
+    };
+    v.decimal(field, value, MAX_POINTS_SCALE, sign, positive)
 }
 
 /// Decimals of a currency's minor unit (ISO 4217); 2 unless listed.
@@ -144,10 +62,7 @@ pub fn lines(v: &mut Violations, prefix: &str, lines: &[BasketLine], currency: &
         return;
     }
     if lines.len() > MAX_LINES {
-        v.add(
-            prefix,
-            format!("at most {MAX_LINES} lines per receipt, got {}", lines.len()),
-        );
+        v.limit(prefix, MAX_LINES, "lines per receipt");
         return;
     }
     let scale = currency_scale(currency);
@@ -160,14 +75,9 @@ pub fn lines(v: &mut Violations, prefix: &str, lines: &[BasketLine], currency: &
             v.add(at("line_id"), "duplicate line id in this receipt");
         }
         v.id(&at("product_id"), &line.product_id, MAX_LINE_ID, true);
-        v.text(&at("sku"), &line.sku, MAX_LINE_ID);
-        v.text(&at("name"), &line.name, MAX_TEXT);
-        if line.category_ids.len() > MAX_CATEGORIES {
-            v.add(
-                at("category_ids"),
-                format!("at most {MAX_CATEGORIES} categories"),
-            );
-        }
+        v.text(&at("sku"), &line.sku, MAX_LINE_ID, false);
+        v.text(&at("name"), &line.name, MAX_TEXT, false);
+        v.count(&at("category_ids"), line.category_ids.len(), MAX_CATEGORIES);
         for (j, category) in line.category_ids.iter().enumerate() {
             v.id(
                 &format!("{prefix}[{i}].category_ids[{j}]"),
@@ -235,9 +145,7 @@ fn money(
 
 /// Checks promo codes.
 pub fn promo_codes(v: &mut Violations, field: &str, codes: &[String]) {
-    if codes.len() > MAX_PROMO_CODES {
-        v.add(field, format!("at most {MAX_PROMO_CODES} promo codes"));
-    }
+    v.count(field, codes.len(), MAX_PROMO_CODES);
     for (i, code) in codes.iter().enumerate() {
         v.id(&format!("{field}[{i}]"), code, MAX_PROMO_CODE, true);
     }
@@ -255,7 +163,7 @@ pub fn buyer(v: &mut Violations, field: &str, buyer: Option<&Buyer>, required: b
             if input.raw.trim().is_empty() {
                 v.add(&raw, format!("required: 1 to {MAX_IDENTIFIER} characters"));
             } else if input.raw.chars().count() > MAX_IDENTIFIER {
-                v.add(&raw, format!("at most {MAX_IDENTIFIER} characters"));
+                v.limit(&raw, MAX_IDENTIFIER, "characters");
             } else if input
                 .raw
                 .chars()
@@ -291,7 +199,7 @@ mod tests {
     }
 
     fn fields(v: Violations) -> Vec<String> {
-        v.0.into_iter().map(|(f, _)| f).collect()
+        v.fields().iter().map(|(f, _)| f.clone()).collect()
     }
 
     #[test]
@@ -303,7 +211,7 @@ mod tests {
             &[line("1", "100.50", "2"), line("2", "0", "0.125")],
             "RUB",
         );
-        assert!(v.is_empty(), "{:?}", v.0);
+        assert!(v.is_empty(), "{v:?}");
     }
 
     #[test]
@@ -393,16 +301,5 @@ mod tests {
                 "buyer"
             ]
         );
-    }
-
-    #[test]
-    fn timestamps_far_ahead_are_refused() {
-        let now = Utc::now();
-        let mut v = Violations::default();
-        let soon = kopilka_runtime::timestamps::to_proto(now + chrono::Duration::minutes(4));
-        let later = kopilka_runtime::timestamps::to_proto(now + chrono::Duration::minutes(6));
-        v.not_future("a", Some(&soon), now);
-        v.not_future("b", Some(&later), now);
-        assert_eq!(fields(v), ["b"]);
     }
 }

@@ -7,11 +7,12 @@ use std::str::FromStr;
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use kopilka_proto::rules::{CustomerContext, EvaluationInput, ExplainLevel};
+use kopilka_runtime::validate::Violations;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
 use crate::catalog::Catalog;
-use crate::error::Error;
+use crate::error::{self, Error};
 use crate::money::{self, Sign};
 use crate::plan::{Plan, Sym};
 
@@ -75,19 +76,38 @@ pub struct Receipt<'a> {
     pub total: Decimal,
 }
 
-struct Problems(Vec<(String, String)>);
+/// The basket's problems: BASKET_INVALID, unless one has a reason of its own (LIMIT_EXCEEDED,
+/// TIMESTAMP_IN_FUTURE), which then names the error.
+struct Problems(Violations);
 
 impl Problems {
+    /// A pathological basket could produce thousands; the first hundred say enough.
+    fn room(&self) -> bool {
+        self.0.fields().len() < 100
+    }
+
     fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        // A pathological basket could produce thousands; the first hundred say enough.
-        if self.0.len() < 100 {
-            self.0.push((field.into(), description.into()));
+        if self.room() {
+            self.0.add(field, description);
+        }
+    }
+
+    /// A documented size limit (lines, characters, codes): LIMIT_EXCEEDED naming the field and
+    /// the limit.
+    fn limit(&mut self, field: impl Into<String>, description: impl Into<String>, limit: usize) {
+        if self.room() {
+            let field = field.into();
+            let metadata = vec![("field", field.clone()), ("limit", limit.to_string())];
+            self.0
+                .add_with_reason(field, description, "LIMIT_EXCEEDED", metadata);
         }
     }
 
     fn check_len(&mut self, field: impl FnOnce() -> String, value: &str, min: usize, max: usize) {
         let n = value.chars().count();
-        if n < min || n > max {
+        if n > max {
+            self.limit(field(), format!("must be {min} to {max} characters"), max);
+        } else if n < min {
             let what = if min > 0 && n == 0 {
                 "is required".to_owned()
             } else {
@@ -117,12 +137,16 @@ impl<'a> Receipt<'a> {
         now: DateTime<Utc>,
     ) -> Result<Receipt<'a>, Error> {
         let s = plan.settings();
-        let mut p = Problems(Vec::new());
+        let mut p = Problems(Violations::new());
         if input.lines.is_empty() {
             p.add("input.lines", "a receipt needs at least one line");
         }
         if input.lines.len() > MAX_LINES {
-            p.add("input.lines", format!("at most {MAX_LINES} lines"));
+            p.limit(
+                "input.lines",
+                format!("at most {MAX_LINES} lines"),
+                MAX_LINES,
+            );
         }
         let mut lines = Vec::with_capacity(input.lines.len().min(MAX_LINES));
         let mut total = Decimal::ZERO;
@@ -136,7 +160,7 @@ impl<'a> Receipt<'a> {
             p.check_len(|| f("sku"), &l.sku, 0, 64);
             p.check_len(|| f("name"), &l.name, 0, 256);
             if l.category_ids.len() > 16 {
-                p.add(f("category_ids"), "at most 16 categories");
+                p.limit(f("category_ids"), "at most 16 categories", 16);
             }
             for (j, c) in l.category_ids.iter().enumerate() {
                 p.check_len(|| format!("input.lines[{i}].category_ids[{j}]"), c, 1, 64);
@@ -205,7 +229,7 @@ impl<'a> Receipt<'a> {
             });
         }
         if input.promo_codes.len() > 10 {
-            p.add("input.promo_codes", "at most 10 codes");
+            p.limit("input.promo_codes", "at most 10 codes", 10);
         }
         for (i, c) in input.promo_codes.iter().enumerate() {
             p.check_len(|| format!("input.promo_codes[{i}]"), c, 1, 32);
@@ -214,7 +238,14 @@ impl<'a> Receipt<'a> {
             None => now,
             Some(t) => match kopilka_runtime::timestamps::from_proto(t) {
                 Some(at) if at > now + Duration::minutes(5) => {
-                    p.add("input.occurred_at", "is more than 5 minutes in the future");
+                    if p.room() {
+                        p.0.add_with_reason(
+                            "input.occurred_at",
+                            "is more than 5 minutes in the future",
+                            "TIMESTAMP_IN_FUTURE",
+                            vec![("field", "input.occurred_at".to_owned())],
+                        );
+                    }
                     now
                 }
                 Some(at) => at,
@@ -312,7 +343,10 @@ impl<'a> Receipt<'a> {
             );
         }
         if !p.0.is_empty() {
-            return Err(Error::InvalidWithReason("BASKET_INVALID", p.0));
+            return Err(Error::Invalid(error::with_default_reason(
+                p.0,
+                "BASKET_INVALID",
+            )));
         }
         Ok(Receipt {
             lines,

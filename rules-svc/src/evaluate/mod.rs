@@ -16,6 +16,7 @@ pub mod input;
 
 use chrono::{DateTime, Utc};
 use kopilka_proto::rules::{BracketBasis, EffectTarget, EvaluationInput, EvaluationResult};
+use kopilka_runtime::status::Refusal;
 use rust_decimal::Decimal;
 
 use crate::catalog::Catalog;
@@ -154,7 +155,8 @@ struct Evaluation<'p, 'r> {
     rules: Vec<RuleRun>,
     lines: Vec<LineRun>,
     referrals: Vec<ReferralRun>,
-    /// Points rewards of stamp cards, booked in the accrual phase: (rule, line, points).
+    /// Points rewards of stamp cards, booked in the accrual phase: (rule, line, points), one
+    /// entry per rewarded line.
     stamp_points: Vec<(usize, usize, Decimal)>,
     total_max_redeem: Decimal,
     money_unit: Decimal,
@@ -168,6 +170,21 @@ fn pct(amount: Decimal, percent: Decimal) -> Decimal {
         .checked_mul(percent)
         .and_then(|v| v.checked_mul(HUNDREDTH))
         .unwrap_or(Decimal::ZERO)
+}
+
+/// `count` whole units of one line (`k`: its index in the rule's lines) at `price` each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct UnitRun {
+    k: usize,
+    price: Decimal,
+    count: u64,
+}
+
+/// `amount` x `count`, saturating (inputs keep it far below the limit).
+fn times(amount: Decimal, count: u64) -> Decimal {
+    amount
+        .checked_mul(Decimal::from(count))
+        .unwrap_or(MAX_AMOUNT)
 }
 
 impl<'p, 'r> Evaluation<'p, 'r> {
@@ -605,23 +622,32 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         }
     }
 
-    /// Every whole unit of the lines (line index, unit price), dearest first (ties: line order).
-    fn units_desc(&self, lines: &[usize]) -> Vec<(usize, Decimal)> {
-        let mut units: Vec<(usize, Decimal)> = Vec::new();
-        for (k, &l) in lines.iter().enumerate() {
-            let line = &self.r.lines[l];
-            // A register total below price x quantity lowers each unit's price.
-            let price = if line.quantity.is_zero() {
-                Decimal::ZERO
-            } else {
-                line.unit_price.min(line.gross / line.quantity)
-            };
-            for _ in 0..line.units().min(10_000) {
-                units.push((k, price));
-            }
+    /// A line's price per whole unit for unit mechanics, on the money scale: a register amount
+    /// below price x quantity lowers it.
+    fn unit_price(&self, l: usize) -> Decimal {
+        let line = &self.r.lines[l];
+        match line.gross.checked_div(line.quantity) {
+            Some(per_unit) => line.unit_price.min(self.settings().round_money(per_unit)),
+            None => Decimal::ZERO,
         }
-        units.sort_by_key(|u| std::cmp::Reverse(u.1));
-        units
+    }
+
+    /// The whole units of the lines as runs, dearest first (ties: line order), so that laying
+    /// the runs end to end gives every unit in the order unit mechanics count them.
+    fn unit_runs(&self, lines: &[usize]) -> Vec<UnitRun> {
+        let mut runs: Vec<UnitRun> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| self.r.lines[l].units() > 0)
+            .map(|(k, &l)| UnitRun {
+                k,
+                price: self.unit_price(l),
+                count: u64::from(self.r.lines[l].units()),
+            })
+            .collect();
+        // Stable: equal prices keep line order.
+        runs.sort_by_key(|r| std::cmp::Reverse(r.price));
+        runs
     }
 
     fn cap_to_rooms(&self, lines: &[usize], mut amounts: Vec<Decimal>) -> Vec<Decimal> {
@@ -631,6 +657,7 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         amounts
     }
 
+    /// Groups of `buy` units, dearest first; the cheapest `buy - pay` of each are free.
     fn n_for_m(
         &mut self,
         i: usize,
@@ -639,20 +666,27 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         pay: u32,
         max_times: u32,
     ) -> Vec<Decimal> {
-        let units = self.units_desc(lines);
-        let buy = buy as usize;
-        let mut groups = units.len() / buy;
+        let runs = self.unit_runs(lines);
+        let units: u64 = runs.iter().map(|r| r.count).sum();
+        let (buy, pay) = (u64::from(buy), u64::from(pay));
+        let mut groups = units / buy;
         if max_times > 0 {
-            groups = groups.min(max_times as usize);
+            groups = groups.min(u64::from(max_times));
         }
+        // Free units among the first `n`: positions `pay..buy` of each group counted so far.
+        let free_before = |n: u64| {
+            let n = n.min(groups * buy);
+            n / buy * (buy - pay) + (n % buy).saturating_sub(pay)
+        };
         let mut amounts = vec![Decimal::ZERO; lines.len()];
-        for g in 0..groups {
-            for &(k, price) in &units[g * buy + pay as usize..(g + 1) * buy] {
-                amounts[k] += price;
-            }
+        let mut start = 0;
+        for r in &runs {
+            let end = start + r.count;
+            amounts[r.k] += times(r.price, free_before(end) - free_before(start));
+            start = end;
         }
         self.rules[i].one_more =
-            units.len() % buy == buy - 1 && (max_times == 0 || (groups as u32) < max_times);
+            units % buy == buy - 1 && (max_times == 0 || groups < u64::from(max_times));
         if groups == 0 {
             self.rules[i].outcome = Outcome::Failed(Failure {
                 field: "n_for_m.buy",
@@ -663,6 +697,7 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         self.cap_to_rooms(lines, amounts)
     }
 
+    /// Every `every`-th unit, dearest first, `percent` off (each unit's discount rounded).
     fn nth_item(
         &mut self,
         i: usize,
@@ -672,19 +707,28 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         max_times: u32,
     ) -> Vec<Decimal> {
         let s = self.settings();
-        let units = self.units_desc(lines);
-        let every = every as usize;
+        let runs = self.unit_runs(lines);
+        let units: u64 = runs.iter().map(|r| r.count).sum();
+        let every = u64::from(every);
+        let mut given = units / every;
+        if max_times > 0 {
+            given = given.min(u64::from(max_times));
+        }
+        // Rewarded units among the first `n`: positions every - 1, 2 x every - 1, ..., `given` in
+        // all.
+        let given_before = |n: u64| (n / every).min(given);
         let mut amounts = vec![Decimal::ZERO; lines.len()];
-        let mut given = 0u32;
-        for (&(k, price), _) in units.iter().skip(every - 1).step_by(every).zip(0..) {
-            if max_times > 0 && given >= max_times {
-                break;
+        let mut start = 0;
+        for r in &runs {
+            let end = start + r.count;
+            let rewarded = given_before(end) - given_before(start);
+            if rewarded > 0 {
+                amounts[r.k] += times(s.round_money(pct(r.price, percent)), rewarded);
             }
-            amounts[k] += s.round_money(pct(price, percent));
-            given += 1;
+            start = end;
         }
         self.rules[i].one_more =
-            units.len() % every == every - 1 && (max_times == 0 || given < max_times);
+            units % every == every - 1 && (max_times == 0 || given < u64::from(max_times));
         if given == 0 {
             self.rules[i].outcome = Outcome::Failed(Failure {
                 field: "nth_item.every",
@@ -713,20 +757,29 @@ impl<'p, 'r> Evaluation<'p, 'r> {
             .customer
             .and_then(|c| c.stamps.iter().find(|x| &x.stamp_card_id == rule_id))
             .map_or(0, |x| x.count);
-        let mut units = self.units_desc(lines);
-        units.reverse(); // cheapest first
+        let mut runs = self.unit_runs(lines);
+        // Cheapest first; equal prices in reverse line order, as the reversed unit list had.
+        runs.reverse();
         if per_receipt {
             // One stamp per visit; the reward is the visit's cheapest unit (or line).
-            let cheapest = units.first().copied().or_else(|| {
-                lines
-                    .iter()
-                    .enumerate()
-                    .min_by(|a, b| self.r.lines[*a.1].gross.cmp(&self.r.lines[*b.1].gross))
-                    .map(|(k, &l)| (k, self.r.lines[l].gross))
-            });
-            units = cheapest.into_iter().collect();
+            let cheapest = runs
+                .first()
+                .map(|r| UnitRun { count: 1, ..*r })
+                .or_else(|| {
+                    lines
+                        .iter()
+                        .enumerate()
+                        .min_by(|a, b| self.r.lines[*a.1].gross.cmp(&self.r.lines[*b.1].gross))
+                        .map(|(k, &l)| UnitRun {
+                            k,
+                            price: self.r.lines[l].gross,
+                            count: 1,
+                        })
+                });
+            runs = cheapest.into_iter().collect();
         }
-        let qualifying = units.len() as u32;
+        let qualifying =
+            u32::try_from(runs.iter().map(|r| r.count).sum::<u64>()).unwrap_or(u32::MAX);
         let rewards = (balance.saturating_add(qualifying)) / every;
         let rewards = rewards.min(qualifying);
         let after = balance
@@ -734,10 +787,22 @@ impl<'p, 'r> Evaluation<'p, 'r> {
             .saturating_sub(rewards * every);
         self.rules[i].stamps = Some((qualifying - rewards, rewards * (every - 1), after));
         let mut amounts = vec![Decimal::ZERO; lines.len()];
-        for &(k, price) in units.iter().take(rewards as usize) {
+        let mut left = u64::from(rewards);
+        for r in &runs {
+            if left == 0 {
+                break;
+            }
+            let n = r.count.min(left);
+            left -= n;
             match reward {
-                StampReward::Percent(p) => amounts[k] += s.round_money(pct(price, p)),
-                StampReward::Points(points) => self.stamp_points.push((i, lines[k], points)),
+                StampReward::Percent(p) => {
+                    amounts[r.k] += times(s.round_money(pct(r.price, p)), n);
+                }
+                // One entry per line, not per unit: the points of its `n` rewards.
+                StampReward::Points(points) => {
+                    let points = times(s.round_points(points), n);
+                    self.stamp_points.push((i, lines[r.k], points));
+                }
             }
         }
         self.cap_to_rooms(lines, amounts)
@@ -818,7 +883,9 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         let by_money = to_points((net_total - s.min_money_payment).max(Decimal::ZERO));
         let by_limits: Decimal = caps.iter().sum();
         let limit = by_limits.min(by_money);
-        let total = limit.min(self.r.available);
+        // The balance may have more decimals than the points scale; those cannot pay.
+        let available = crate::money::Rounding::Down.round(self.r.available, s.points_scale);
+        let total = limit.min(available);
         let maxima = allocate_capped(total, &caps, &caps, s.points_scale);
         self.total_max_redeem = total;
         let mut requested = self.r.redeem;
@@ -826,25 +893,30 @@ impl<'p, 'r> Evaluation<'p, 'r> {
             match mode {
                 Redemption::Cap => requested = total,
                 Redemption::Refuse if requested > self.r.available && self.r.available < limit => {
-                    return Err(Error::precondition(
+                    return Err(Refusal::precondition(
                         "INSUFFICIENT_POINTS",
                         format!(
                             "{} points available, {} requested",
                             s.fmt_points(self.r.available),
                             s.fmt_points(requested)
                         ),
-                    ))
+                    )
+                    .with("available", s.fmt_points(self.r.available))
+                    .with("requested", s.fmt_points(requested))
+                    .into())
                 }
                 Redemption::Refuse => {
-                    return Err(Error::Precondition(
+                    return Err(Refusal::precondition(
                         "REDEMPTION_LIMIT_EXCEEDED",
                         format!(
                             "at most {} points can pay for this receipt, {} requested",
                             s.fmt_points(total),
                             s.fmt_points(requested)
                         ),
-                        vec![("max_redeemable".to_owned(), s.fmt_points(total))],
-                    ))
+                    )
+                    .with("max_redeemable", s.fmt_points(total))
+                    .with("requested", s.fmt_points(requested))
+                    .into())
                 }
             }
         }

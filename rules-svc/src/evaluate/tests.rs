@@ -9,6 +9,7 @@ use kopilka_proto::types::{
     lookback::Span, BasketLine, Date, Lookback, PurchaseAggregates, StampBalance, WindowAggregate,
 };
 use kopilka_proto::wkt::Timestamp;
+use rust_decimal::Decimal;
 
 use super::evaluate;
 use crate::catalog::Catalog;
@@ -378,7 +379,7 @@ fn r10_redemption_limits_share_weekday_per_visit_and_refusals() {
     i.redeem_points = "301".into();
     let err = evaluate(&p, &i, &Catalog::default(), monday_10()).unwrap_err();
     assert!(
-        matches!(&err, Error::Precondition("REDEMPTION_LIMIT_EXCEEDED", _, m) if m[0].1 == "300"),
+        matches!(&err, Error::Refused(r) if r.reason == "REDEMPTION_LIMIT_EXCEEDED" && r.get("max_redeemable") == Some("300")),
         "{err:?}"
     );
     let mut poor = customer();
@@ -387,7 +388,7 @@ fn r10_redemption_limits_share_weekday_per_visit_and_refusals() {
     i.redeem_points = "150".into();
     let err = evaluate(&p, &i, &Catalog::default(), monday_10()).unwrap_err();
     assert!(
-        matches!(err, Error::Precondition("INSUFFICIENT_POINTS", _, _)),
+        matches!(&err, Error::Refused(r) if r.reason == "INSUFFICIENT_POINTS"),
         "{err:?}"
     );
     // A valid redemption is spread over the lines and lowers the money to pay.
@@ -597,10 +598,11 @@ fn bad_baskets_name_the_field_and_never_panic() {
         monday_10(),
     )
     .unwrap_err();
-    let Error::InvalidWithReason("BASKET_INVALID", v) = err else {
+    let Error::Invalid(v) = err else {
         panic!("{err:?}")
     };
-    let fields: Vec<&str> = v.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(v.reason(), "BASKET_INVALID");
+    let fields: Vec<&str> = v.fields().iter().map(|x| x.0.as_str()).collect();
     assert_eq!(
         fields,
         [
@@ -616,10 +618,10 @@ fn bad_baskets_name_the_field_and_never_panic() {
         monday_10(),
     )
     .unwrap_err();
-    assert!(matches!(err, Error::InvalidWithReason(_, ref v) if v[0].0 == "input.lines"));
+    assert!(matches!(err, Error::Invalid(ref v) if v.fields()[0].0 == "input.lines"));
     let future = input(one("10"), None, monday_10() + chrono::Duration::minutes(6));
     let err = evaluate(&p, &future, &Catalog::default(), monday_10()).unwrap_err();
-    assert!(matches!(err, Error::InvalidWithReason(_, ref v) if v[0].0 == "input.occurred_at"));
+    assert!(matches!(err, Error::Invalid(ref v) if v.fields()[0].0 == "input.occurred_at"));
 }
 
 #[test]
@@ -647,4 +649,880 @@ fn stacked_multipliers_saturate_instead_of_overflowing() {
         ),
     );
     assert!(!totals(&r).points_accrued.is_empty());
+}
+
+// ---- properties: lines add up to totals, every figure on its scale ----
+
+/// A random rule, written out as YAML by [`GenRule::yaml`].
+#[derive(Debug, Clone)]
+enum GenEffect {
+    Percent {
+        tenths: u32,
+        max: Option<u32>,
+    },
+    Fixed {
+        amount: u32,
+        per: &'static str,
+    },
+    NForM {
+        buy: u32,
+        pay: u32,
+        max_times: u32,
+    },
+    Nth {
+        every: u32,
+        tenths: u32,
+        max_times: u32,
+    },
+    Stamp {
+        every: u32,
+        per_receipt: bool,
+        points: Option<u32>,
+        tenths: u32,
+    },
+    Accrue {
+        tenths: u32,
+        gross: bool,
+    },
+    AccrueFixed {
+        points: u32,
+        per: &'static str,
+    },
+    Cashback {
+        tenths: u32,
+    },
+    Multiplier {
+        tenths: u32,
+    },
+    Referral {
+        tenths: u32,
+    },
+    Limit {
+        share: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct GenRule {
+    effect: GenEffect,
+    /// Scope: lines of this category only.
+    category: Option<&'static str>,
+    stop: bool,
+}
+
+impl GenRule {
+    fn yaml(&self, id: usize) -> String {
+        let pct = |tenths: u32| Decimal::new(i64::from(tenths), 1);
+        let effect = match &self.effect {
+            GenEffect::Percent { tenths, max } => match max {
+                Some(m) => format!(
+                    "discount_percent: {{percent: \"{}\", max_amount: \"{m}\"}}",
+                    pct(*tenths)
+                ),
+                None => format!("discount_percent: {{percent: \"{}\"}}", pct(*tenths)),
+            },
+            GenEffect::Fixed { amount, per } => {
+                format!("discount_fixed: {{amount: \"{amount}\", per: {per}}}")
+            }
+            GenEffect::NForM {
+                buy,
+                pay,
+                max_times,
+            } => {
+                format!("n_for_m: {{buy: {buy}, pay: {pay}, max_times: {max_times}}}")
+            }
+            GenEffect::Nth {
+                every,
+                tenths,
+                max_times,
+            } => format!(
+                "nth_item: {{every: {every}, percent: \"{}\", max_times: {max_times}}}",
+                pct(*tenths)
+            ),
+            GenEffect::Stamp {
+                every,
+                per_receipt,
+                points,
+                tenths,
+            } => {
+                let per = if *per_receipt {
+                    "PER_RECEIPT"
+                } else {
+                    "PER_UNIT"
+                };
+                match points {
+                    Some(p) => {
+                        format!("stamp_card: {{every: {every}, per: {per}, points: \"{p}\"}}")
+                    }
+                    None => format!(
+                        "stamp_card: {{every: {every}, per: {per}, discount_percent: \"{}\"}}",
+                        pct(*tenths)
+                    ),
+                }
+            }
+            GenEffect::Accrue { tenths, gross } => {
+                let basis = if *gross {
+                    "AMOUNT_BASIS_GROSS"
+                } else {
+                    "AMOUNT_BASIS_NET"
+                };
+                format!(
+                    "accrue_percent: {{percent: \"{}\", basis: {basis}}}",
+                    pct(*tenths)
+                )
+            }
+            GenEffect::AccrueFixed { points, per } => {
+                format!("accrue_fixed: {{points: \"{points}\", per: {per}}}")
+            }
+            GenEffect::Cashback { tenths } => {
+                format!("cashback: {{percent: \"{}\"}}", pct(*tenths))
+            }
+            GenEffect::Multiplier { tenths } => {
+                format!("accrual_multiplier: {{factor: \"{}\"}}", pct(*tenths))
+            }
+            GenEffect::Referral { tenths } => format!(
+                "referral_reward:\n      levels:\n        - {{level: 1, percent: \"{}\"}}",
+                pct(*tenths)
+            ),
+            GenEffect::Limit { share } => {
+                format!("redemption_limit: {{max_share_percent: \"{share}\"}}")
+            }
+        };
+        let mut out = format!("  - id: r{id}\n    name: r{id}\n");
+        if self.stop {
+            out.push_str("    stop_further_rules: true\n");
+        }
+        if let Some(c) = self.category {
+            out.push_str(&format!("    scope: {{category_ids: [{c}]}}\n"));
+        }
+        out.push_str(&format!("    {effect}\n"));
+        out
+    }
+}
+
+fn gen_effect() -> impl proptest::strategy::Strategy<Value = GenEffect> {
+    use proptest::prelude::*;
+    let per = || prop_oneof![Just("PER_RECEIPT"), Just("PER_LINE"), Just("PER_UNIT")];
+    prop_oneof![
+        (1u32..=1000, proptest::option::of(1u32..500))
+            .prop_map(|(tenths, max)| GenEffect::Percent { tenths, max }),
+        (1u32..300, per()).prop_map(|(amount, per)| GenEffect::Fixed { amount, per }),
+        (2u32..7)
+            .prop_flat_map(|buy| (Just(buy), 1..buy, 0u32..5))
+            .prop_map(|(buy, pay, max_times)| GenEffect::NForM {
+                buy,
+                pay,
+                max_times
+            }),
+        (2u32..6, 1u32..=1000, 0u32..5).prop_map(|(every, tenths, max_times)| GenEffect::Nth {
+            every,
+            tenths,
+            max_times
+        }),
+        (
+            2u32..7,
+            any::<bool>(),
+            proptest::option::of(1u32..50),
+            1u32..=1000
+        )
+            .prop_map(|(every, per_receipt, points, tenths)| GenEffect::Stamp {
+                every,
+                per_receipt,
+                points,
+                tenths
+            }),
+        (1u32..=300, any::<bool>()).prop_map(|(tenths, gross)| GenEffect::Accrue { tenths, gross }),
+        (1u32..20, per()).prop_map(|(points, per)| GenEffect::AccrueFixed { points, per }),
+        (1u32..=300).prop_map(|tenths| GenEffect::Cashback { tenths }),
+        (10u32..=30).prop_map(|tenths| GenEffect::Multiplier { tenths }),
+        (1u32..=100).prop_map(|tenths| GenEffect::Referral { tenths }),
+        (0u32..=100).prop_map(|share| GenEffect::Limit { share }),
+    ]
+}
+
+fn gen_rule() -> impl proptest::strategy::Strategy<Value = GenRule> {
+    use proptest::prelude::*;
+    (
+        gen_effect(),
+        prop_oneof![Just(None), Just(Some("a")), Just(Some("b"))],
+        proptest::bool::weighted(0.2),
+    )
+        .prop_map(|(effect, category, stop)| GenRule {
+            effect,
+            category,
+            stop,
+        })
+}
+
+/// A random basket line: price in minor units, quantity whole + thousandths, an optional
+/// register amount as a share (per mille) of price x quantity.
+#[derive(Debug, Clone)]
+struct GenLine {
+    minor: u32,
+    whole: u32,
+    thousandths: u32,
+    weighted: bool,
+    amount_permille: Option<u32>,
+    category: &'static str,
+}
+
+fn gen_line() -> impl proptest::strategy::Strategy<Value = GenLine> {
+    use proptest::prelude::*;
+    (
+        0u32..200_000,
+        0u32..50,
+        prop_oneof![3 => Just(0u32), 1 => 0u32..1000],
+        proptest::bool::weighted(0.15),
+        proptest::option::of(0u32..=1000),
+        prop_oneof![Just("a"), Just("b"), Just("c")],
+    )
+        .prop_map(
+            |(minor, whole, thousandths, weighted, amount_permille, category)| GenLine {
+                minor,
+                whole,
+                thousandths,
+                weighted,
+                amount_permille,
+                category,
+            },
+        )
+}
+
+/// The lines as a basket for a currency of `scale` decimals.
+fn basket(lines: &[GenLine], scale: u32) -> Vec<BasketLine> {
+    use rust_decimal::RoundingStrategy;
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let price = Decimal::new(i64::from(g.minor), scale);
+            let mut quantity = Decimal::from(g.whole) + Decimal::new(i64::from(g.thousandths), 3);
+            if quantity.is_zero() {
+                quantity = Decimal::new(5, 1);
+            }
+            let mut l = line(&i.to_string(), &format!("p{i}"), &[g.category], "0", "1");
+            l.unit_price = price.to_string();
+            l.quantity = quantity.to_string();
+            l.weighted = g.weighted;
+            if let Some(permille) = g.amount_permille {
+                let amount = (price * quantity * Decimal::new(i64::from(permille), 3))
+                    .round_dp_with_strategy(scale, RoundingStrategy::ToZero);
+                l.amount = amount.to_string();
+            }
+            l
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+struct GenProgram {
+    currency: &'static str,
+    rounding: &'static str,
+    points_scale: u32,
+    point_value: &'static str,
+    max_discount: &'static str,
+    sequential: bool,
+    rules: Vec<GenRule>,
+}
+
+impl GenProgram {
+    fn plan(&self) -> Plan {
+        let rules: String = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.yaml(i))
+            .collect();
+        self.plan_with_rule(&rules)
+    }
+
+    /// The program's settings with `rules` (YAML) instead of its own.
+    fn plan_with_rule(&self, rules: &str) -> Plan {
+        let combination = if self.sequential {
+            "DISCOUNT_COMBINATION_SEQUENTIAL"
+        } else {
+            "DISCOUNT_COMBINATION_ADDITIVE"
+        };
+        let head = format!(
+            "name: t\nsettings: {{currency: {}, time_zone: Europe/Moscow, money_rounding: {}, points_scale: {}, point_value: \"{}\", max_discount_percent: \"{}\", discount_combination: {combination}}}\n",
+            self.currency, self.rounding, self.points_scale, self.point_value, self.max_discount
+        );
+        plan_with(&head, rules)
+    }
+}
+
+fn gen_program() -> impl proptest::strategy::Strategy<Value = GenProgram> {
+    use proptest::prelude::*;
+    (
+        prop_oneof![Just("RUB"), Just("JPY"), Just("KWD")],
+        prop_oneof![
+            Just("ROUNDING_HALF_UP"),
+            Just("ROUNDING_HALF_EVEN"),
+            Just("ROUNDING_DOWN"),
+            Just("ROUNDING_UP")
+        ],
+        0u32..=2,
+        prop_oneof![Just("1"), Just("0.5"), Just("2")],
+        prop_oneof![Just("100"), Just("50"), Just("33.3")],
+        any::<bool>(),
+        proptest::collection::vec(gen_rule(), 1..6),
+    )
+        .prop_map(
+            |(currency, rounding, points_scale, point_value, max_discount, sequential, rules)| {
+                GenProgram {
+                    currency,
+                    rounding,
+                    points_scale,
+                    point_value,
+                    max_discount,
+                    sequential,
+                    rules,
+                }
+            },
+        )
+}
+
+/// `value` has at most `scale` decimals.
+fn on_scale(value: Decimal, scale: u32) -> bool {
+    value.normalize().scale() <= scale
+}
+
+fn dec(s: &str) -> Decimal {
+    s.parse().unwrap_or_else(|_| panic!("{s:?} is a decimal"))
+}
+
+/// The customer side of a random receipt.
+#[derive(Debug, Clone)]
+struct GenCustomer {
+    /// Available points in ten-thousandths: often more decimals than the points scale.
+    available: u64,
+    stamps: u32,
+    redeem: u32,
+}
+
+fn gen_customer() -> impl proptest::strategy::Strategy<Value = Option<GenCustomer>> {
+    use proptest::prelude::*;
+    proptest::option::weighted(
+        0.85,
+        (0u64..100_000_000, 0u32..8, 0u32..3000).prop_map(|(available, stamps, redeem)| {
+            GenCustomer {
+                available,
+                stamps,
+                redeem,
+            }
+        }),
+    )
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
+    /// Whatever the rules, each line's figures are on the money (points) scale and the lines
+    /// add up to the receipt's totals, string for string.
+    #[test]
+    fn lines_add_up_to_totals_on_the_money_scale(
+        program in gen_program(),
+        lines in proptest::collection::vec(gen_line(), 1..8),
+        member in gen_customer(),
+    ) {
+        check_lines_add_up(&program, &lines, member.as_ref())?;
+    }
+}
+
+fn check_lines_add_up(
+    program: &GenProgram,
+    lines: &[GenLine],
+    member: Option<&GenCustomer>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use super::{explain, input::Receipt, Evaluation, Redemption};
+    use kopilka_proto::rules::{EffectTarget, LineResult};
+    use proptest::{prop_assert, prop_assert_eq};
+    let plan = program.plan();
+    let s = plan.settings();
+    let customer = member.map(|m| CustomerContext {
+        available_points: Decimal::new(m.available as i64, 4).to_string(),
+        stamps: (0..program.rules.len())
+            .map(|i| StampBalance {
+                stamp_card_id: format!("r{i}"),
+                count: m.stamps,
+            })
+            .collect(),
+        referrer_customer_ids: vec!["friend".into()],
+        ..customer()
+    });
+    let mut i = input(basket(lines, s.money_scale), customer, monday_10());
+    if let Some(m) = member {
+        i.redeem_points = m.redeem.to_string();
+    }
+    let now = monday_10() + chrono::Duration::days(30);
+    // The phases of `evaluate_with`, to see the exact figures before they are formatted.
+    let receipt = Receipt::read(&plan, &i, &Catalog::default(), now).expect("a valid basket");
+    let mut e = Evaluation::new(&plan, &receipt);
+    e.select();
+    e.exclusions();
+    e.discounts();
+    e.redemption(Redemption::Cap).expect("capped");
+    e.accruals();
+    let r = explain::result(&e);
+    let public = super::evaluate_with(&plan, &i, &Catalog::default(), now, Redemption::Cap);
+    prop_assert_eq!(&r, &public.unwrap());
+
+    let (ms, ps) = (s.money_scale, s.points_scale);
+    for (l, run) in e.lines.iter().enumerate() {
+        let gross = receipt.lines[l].gross;
+        prop_assert!(on_scale(run.discount, ms), "line {l}: {}", run.discount);
+        prop_assert!(run.discount >= Decimal::ZERO && run.discount <= gross);
+        prop_assert!(
+            on_scale(run.redeem_money, ms),
+            "line {l}: {}",
+            run.redeem_money
+        );
+        for v in [run.accrual, run.redeem, run.max_redeem] {
+            prop_assert!(on_scale(v, ps), "line {l}: {v}");
+        }
+        for (rule, target, v) in &run.contributions {
+            let scale = if *target == EffectTarget::Discount {
+                ms
+            } else {
+                ps
+            };
+            prop_assert!(on_scale(*v, scale), "line {l}, rule {rule}: {v}");
+        }
+    }
+    prop_assert!(on_scale(e.total_max_redeem, ps), "{}", e.total_max_redeem);
+
+    let t = totals(&r);
+    let sum = |f: fn(&LineResult) -> &str| -> Decimal { r.lines.iter().map(|l| dec(f(l))).sum() };
+    prop_assert_eq!(sum(|l| &l.gross_amount), dec(&t.gross_amount));
+    prop_assert_eq!(sum(|l| &l.discount), dec(&t.discount));
+    prop_assert_eq!(sum(|l| &l.net_amount), dec(&t.net_amount));
+    prop_assert_eq!(sum(|l| &l.max_redeem_points), dec(&t.max_redeem_points));
+    prop_assert_eq!(sum(|l| &l.redeem_points), dec(&t.redeem_points));
+    prop_assert_eq!(sum(|l| &l.redeem_money), dec(&t.redeem_money));
+    prop_assert_eq!(sum(|l| &l.paid_money), dec(&t.paid_money));
+    prop_assert_eq!(sum(|l| &l.accrual_points), dec(&t.points_accrued));
+    let lots: Decimal = r.accruals.iter().map(|a| dec(&a.amount)).sum();
+    prop_assert_eq!(lots, dec(&t.points_accrued));
+    let referrals: Decimal = r
+        .referral_rewards
+        .iter()
+        .map(|x| dec(&x.grant.as_ref().unwrap().amount))
+        .sum();
+    prop_assert_eq!(referrals, dec(&t.referral_points));
+    // Each line's contributions add up to its discount and accrual.
+    for l in &r.lines {
+        let of = |target: EffectTarget| -> Decimal {
+            l.contributions
+                .iter()
+                .filter(|c| c.target == target as i32)
+                .map(|c| dec(&c.amount))
+                .sum()
+        };
+        prop_assert_eq!(of(EffectTarget::Discount), dec(&l.discount));
+        prop_assert_eq!(of(EffectTarget::Accrual), dec(&l.accrual_points));
+    }
+    Ok(())
+}
+
+// ---- unit mechanics: runs of units instead of every unit ----
+
+/// The unit-by-unit expansion the run-based N for M, Nth item and stamp card replaced, kept as
+/// the reference (without its old cap of 10 000 units per line). Prices come from the same
+/// [`Evaluation::unit_price`], so only the counting is compared.
+mod by_unit {
+    use rust_decimal::Decimal;
+
+    use super::super::{pct, Evaluation, Failure, Outcome};
+    use crate::plan::StampReward;
+
+    /// Every whole unit (index in `lines`, price), dearest first (ties: line order).
+    fn units_desc(e: &Evaluation, lines: &[usize]) -> Vec<(usize, Decimal)> {
+        let mut units = Vec::new();
+        for (k, &l) in lines.iter().enumerate() {
+            let price = e.unit_price(l);
+            for _ in 0..e.r.lines[l].units() {
+                units.push((k, price));
+            }
+        }
+        units.sort_by_key(|u| std::cmp::Reverse(u.1));
+        units
+    }
+
+    pub fn n_for_m(
+        e: &mut Evaluation,
+        i: usize,
+        lines: &[usize],
+        buy: u32,
+        pay: u32,
+        max_times: u32,
+    ) -> Vec<Decimal> {
+        let units = units_desc(e, lines);
+        let buy = buy as usize;
+        let mut groups = units.len() / buy;
+        if max_times > 0 {
+            groups = groups.min(max_times as usize);
+        }
+        let mut amounts = vec![Decimal::ZERO; lines.len()];
+        for g in 0..groups {
+            for &(k, price) in &units[g * buy + pay as usize..(g + 1) * buy] {
+                amounts[k] += price;
+            }
+        }
+        e.rules[i].one_more =
+            units.len() % buy == buy - 1 && (max_times == 0 || (groups as u32) < max_times);
+        if groups == 0 {
+            e.rules[i].outcome = Outcome::Failed(Failure {
+                field: "n_for_m.buy",
+                missing: None,
+                bound: None,
+            });
+        }
+        e.cap_to_rooms(lines, amounts)
+    }
+
+    pub fn nth_item(
+        e: &mut Evaluation,
+        i: usize,
+        lines: &[usize],
+        every: u32,
+        percent: Decimal,
+        max_times: u32,
+    ) -> Vec<Decimal> {
+        let s = e.settings();
+        let units = units_desc(e, lines);
+        let every = every as usize;
+        let mut amounts = vec![Decimal::ZERO; lines.len()];
+        let mut given = 0u32;
+        for &(k, price) in units.iter().skip(every - 1).step_by(every) {
+            if max_times > 0 && given >= max_times {
+                break;
+            }
+            amounts[k] += s.round_money(pct(price, percent));
+            given += 1;
+        }
+        e.rules[i].one_more =
+            units.len() % every == every - 1 && (max_times == 0 || given < max_times);
+        if given == 0 {
+            e.rules[i].outcome = Outcome::Failed(Failure {
+                field: "nth_item.every",
+                missing: None,
+                bound: None,
+            });
+        }
+        e.cap_to_rooms(lines, amounts)
+    }
+
+    pub fn stamp_card(
+        e: &mut Evaluation,
+        i: usize,
+        lines: &[usize],
+        every: u32,
+        per_receipt: bool,
+        reward: StampReward,
+    ) -> Vec<Decimal> {
+        let plan = e.plan;
+        let s = plan.settings();
+        let rule_id = &plan.rules[i].id;
+        let balance =
+            e.r.customer
+                .and_then(|c| c.stamps.iter().find(|x| &x.stamp_card_id == rule_id))
+                .map_or(0, |x| x.count);
+        let mut units = units_desc(e, lines);
+        units.reverse();
+        if per_receipt {
+            let cheapest = units.first().copied().or_else(|| {
+                lines
+                    .iter()
+                    .enumerate()
+                    .min_by(|a, b| e.r.lines[*a.1].gross.cmp(&e.r.lines[*b.1].gross))
+                    .map(|(k, &l)| (k, e.r.lines[l].gross))
+            });
+            units = cheapest.into_iter().collect();
+        }
+        let qualifying = units.len() as u32;
+        let rewards = (balance.saturating_add(qualifying)) / every;
+        let rewards = rewards.min(qualifying);
+        let after = balance
+            .saturating_add(qualifying)
+            .saturating_sub(rewards * every);
+        e.rules[i].stamps = Some((qualifying - rewards, rewards * (every - 1), after));
+        let mut amounts = vec![Decimal::ZERO; lines.len()];
+        for &(k, price) in units.iter().take(rewards as usize) {
+            match reward {
+                StampReward::Percent(p) => amounts[k] += s.round_money(pct(price, p)),
+                StampReward::Points(points) => e.stamp_points.push((i, lines[k], points)),
+            }
+        }
+        e.cap_to_rooms(lines, amounts)
+    }
+}
+
+/// Parameters of one unit mechanic, for [`runs_count_like_units`].
+#[derive(Debug, Clone)]
+enum Mechanic {
+    NForM {
+        buy: u32,
+        pay: u32,
+        max_times: u32,
+    },
+    Nth {
+        every: u32,
+        tenths: u32,
+        max_times: u32,
+    },
+    Stamp {
+        every: u32,
+        per_receipt: bool,
+        points: Option<u32>,
+        tenths: u32,
+    },
+}
+
+fn gen_mechanic() -> impl proptest::strategy::Strategy<Value = Mechanic> {
+    use proptest::prelude::*;
+    let max_times = || prop_oneof![Just(0u32), 1u32..40];
+    prop_oneof![
+        (2u32..9)
+            .prop_flat_map(move |buy| (Just(buy), 1..buy, max_times()))
+            .prop_map(|(buy, pay, max_times)| Mechanic::NForM {
+                buy,
+                pay,
+                max_times
+            }),
+        (2u32..9, 1u32..=1000, max_times()).prop_map(|(every, tenths, max_times)| {
+            Mechanic::Nth {
+                every,
+                tenths,
+                max_times,
+            }
+        }),
+        (
+            2u32..9,
+            any::<bool>(),
+            proptest::option::of(1u32..50),
+            1u32..=1000
+        )
+            .prop_map(|(every, per_receipt, points, tenths)| Mechanic::Stamp {
+                every,
+                per_receipt,
+                points,
+                tenths,
+            }),
+    ]
+}
+
+/// One mechanic on one set of lines, run-based (`by_runs`) or unit by unit: the amounts, the
+/// rule's state after it and the stamp points per line.
+fn apply_mechanic(
+    e: &mut super::Evaluation,
+    lines: &[usize],
+    m: &Mechanic,
+    by_runs: bool,
+) -> (Vec<Decimal>, String, Vec<Decimal>) {
+    use crate::plan::StampReward;
+    let pct = |tenths: u32| Decimal::new(i64::from(tenths), 1);
+    let amounts = match *m {
+        Mechanic::NForM {
+            buy,
+            pay,
+            max_times,
+        } if by_runs => e.n_for_m(0, lines, buy, pay, max_times),
+        Mechanic::NForM {
+            buy,
+            pay,
+            max_times,
+        } => by_unit::n_for_m(e, 0, lines, buy, pay, max_times),
+        Mechanic::Nth {
+            every,
+            tenths,
+            max_times,
+        } if by_runs => e.nth_item(0, lines, every, pct(tenths), max_times),
+        Mechanic::Nth {
+            every,
+            tenths,
+            max_times,
+        } => by_unit::nth_item(e, 0, lines, every, pct(tenths), max_times),
+        Mechanic::Stamp {
+            every,
+            per_receipt,
+            points,
+            tenths,
+        } => {
+            let reward = match points {
+                Some(p) => StampReward::Points(Decimal::from(p)),
+                None => StampReward::Percent(pct(tenths)),
+            };
+            if by_runs {
+                e.stamp_card(0, lines, every, per_receipt, reward)
+            } else {
+                by_unit::stamp_card(e, 0, lines, every, per_receipt, reward)
+            }
+        }
+    };
+    let run = &e.rules[0];
+    let state = format!("{:?} {} {:?}", run.outcome, run.one_more, run.stamps);
+    // Booked as `accruals` books them: each entry rounded.
+    let mut points = vec![Decimal::ZERO; e.lines.len()];
+    for (_, l, p) in &e.stamp_points {
+        points[*l] += e.plan.settings().round_points(*p);
+    }
+    (amounts, state, points)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(1024))]
+
+    /// Counting over runs of equal units gives what expanding every unit gave: amounts per
+    /// line, `one_more`, outcomes, stamp balances and points rewards.
+    #[test]
+    fn runs_count_like_units(
+        program in gen_program(),
+        lines in proptest::collection::vec(gen_line(), 1..9),
+        in_scope in proptest::collection::vec(proptest::bool::weighted(0.8), 9),
+        prior in proptest::collection::vec(0u32..=1000, 9),
+        mechanic in gen_mechanic(),
+        stamps in 0u32..20,
+    ) {
+        let scope: Vec<usize> = (0..lines.len()).filter(|&l| in_scope[l]).collect();
+        proptest::prop_assume!(!scope.is_empty());
+        check_runs_like_units(&program, &lines, &scope, &prior, &mechanic, stamps)?;
+    }
+}
+
+/// `prior`: per mille of each line's amount already given as discount, so that rooms cap
+/// some lines.
+fn check_runs_like_units(
+    program: &GenProgram,
+    lines: &[GenLine],
+    scope: &[usize],
+    prior: &[u32],
+    mechanic: &Mechanic,
+    stamps: u32,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use super::{input::Receipt, Evaluation};
+    // The program's settings; the rule is only an id for the stamp balance.
+    let plan = program.plan_with_rule("  - id: r0\n    name: r0\n    n_for_m: {buy: 2, pay: 1}\n");
+    let s = plan.settings();
+    let customer = CustomerContext {
+        stamps: vec![StampBalance {
+            stamp_card_id: "r0".into(),
+            count: stamps,
+        }],
+        ..customer()
+    };
+    let i = input(basket(lines, s.money_scale), Some(customer), monday_10());
+    let receipt =
+        Receipt::read(&plan, &i, &Catalog::default(), monday_10()).expect("a valid basket");
+    let results: Vec<_> = [true, false]
+        .into_iter()
+        .map(|by_runs| {
+            let mut e = Evaluation::new(&plan, &receipt);
+            e.select();
+            for (l, line) in receipt.lines.iter().enumerate() {
+                let given = line.gross * Decimal::new(i64::from(prior[l]), 3);
+                e.lines[l].discount = s.round_money(given).min(line.gross);
+            }
+            apply_mechanic(&mut e, scope, mechanic, by_runs)
+        })
+        .collect();
+    proptest::prop_assert_eq!(&results[0], &results[1]);
+    Ok(())
+}
+
+#[test]
+fn runs_of_a_hundred_thousand_units_on_500_lines() {
+    // 500 lines of 100 000 units at 2.55: 50 000 000 units, each line 255 000.00.
+    let lines: Vec<BasketLine> = (0..500)
+        .map(|i| line(&i.to_string(), &format!("p{i}"), &[], "2.55", "100000"))
+        .collect();
+    let i = input(lines, Some(customer()), monday_10());
+    let discount = |rule: &str| {
+        let r = run(&plan(rule), &i);
+        (totals(&r).discount.clone(), r)
+    };
+
+    // 3 for 2: floor(5e7 / 3) = 16 666 666 free units.
+    let (total, r) = discount("  - id: n\n    name: 3 for 2\n    n_for_m: {buy: 3, pay: 2}\n");
+    assert_eq!(total, "42499998.30", "16 666 666 x 2.55");
+    // Line 0 holds units 0..100 000, every third free: 33 333 of them, far beyond the old
+    // cap of 10 000 units per line (which gave 3 333 and a total of 4 249 998.30).
+    assert_eq!(r.lines[0].discount, "84999.15");
+    assert!(r
+        .hints
+        .iter()
+        .any(|h| h.kind == HintKind::OneMoreItem as i32));
+    let (total, _) = discount(
+        "  - id: n\n    name: 3 for 2\n    n_for_m: {buy: 3, pay: 2, max_times: 1000000}\n",
+    );
+    assert_eq!(total, "2550000.00", "1 000 000 x 2.55");
+
+    // Every 2nd 50 %: 25 000 000 units at 1.275, rounded per unit to 1.28.
+    let (total, _) =
+        discount("  - id: n\n    name: every 2nd\n    nth_item: {every: 2, percent: \"50\"}\n");
+    assert_eq!(total, "32000000.00");
+
+    // Every 6th free, no stamps yet: 8 333 333 rewards, the cheapest units first; at equal
+    // prices from the last line back, so lines 417..500 are free and line 416 has 33 333.
+    let (total, r) = discount("  - id: n\n    name: 6th free\n    stamp_card: {every: 6}\n");
+    assert_eq!(total, "21249999.15", "8 333 333 x 2.55");
+    assert!(r.lines[417..].iter().all(|l| l.discount == "255000.00"));
+    assert_eq!(r.lines[416].discount, "84999.15");
+    assert_eq!(r.lines[415].discount, "0.00");
+    let c = &r.stamp_changes[0];
+    assert_eq!(
+        (c.earned, c.consumed, c.balance_after),
+        (41_666_667, 41_666_665, 2),
+        "5e7 - 8 333 333 earned, 8 333 333 x 5 used, 5e7 - 8 333 333 x 6 left"
+    );
+}
+
+#[test]
+fn a_register_amount_gives_unit_prices_on_the_money_scale() {
+    // 100.00 for 3 units: 33.33 a unit, not 33.333…; each line's free unit is 33.33 and the
+    // lines add up to the total (they did not: 33.33 + 33.33 against 66.67).
+    let p = plan("  - id: n\n    name: 3 for 2\n    n_for_m: {buy: 3, pay: 2}\n");
+    let mut lines = vec![
+        line("1", "a", &[], "40", "3"),
+        line("2", "b", &[], "40", "3"),
+    ];
+    for l in &mut lines {
+        l.amount = "100.00".into();
+    }
+    let r = run(&p, &input(lines, Some(customer()), monday_10()));
+    assert_eq!(
+        (r.lines[0].discount.as_str(), r.lines[1].discount.as_str()),
+        ("33.33", "33.33")
+    );
+    assert_eq!(totals(&r).discount, "66.66");
+    // Rounding up: 33.34 a unit.
+    let p = plan_with(
+        "name: t\nsettings: {currency: RUB, time_zone: Europe/Moscow, money_rounding: ROUNDING_UP}\n",
+        "  - id: n\n    name: 3 for 2\n    n_for_m: {buy: 3, pay: 2}\n",
+    );
+    let r = run(
+        &p,
+        &input(
+            one_amount("40", "3", "100.00"),
+            Some(customer()),
+            monday_10(),
+        ),
+    );
+    assert_eq!(totals(&r).discount, "33.34");
+}
+
+fn one_amount(price: &str, quantity: &str, amount: &str) -> Vec<BasketLine> {
+    let mut l = line("1", "p1", &[], price, quantity);
+    l.amount = amount.into();
+    vec![l]
+}
+
+#[test]
+fn a_balance_beyond_the_points_scale_is_not_redeemable() {
+    // 100.5 points available at points scale 0: at most 100 can pay, on the lines and in total.
+    let p = plan("  - id: pts\n    name: 5 %\n    accrue_percent: {percent: \"5\"}\n");
+    let mut c = customer();
+    c.available_points = "100.5".into();
+    let r = run(&p, &input(one("1000"), Some(c), monday_10()));
+    assert_eq!(totals(&r).max_redeem_points, "100");
+    assert_eq!(r.lines[0].max_redeem_points, "100");
 }

@@ -60,9 +60,9 @@ async fn each_dependency_killed_in_turn() {
 
     // ---- rules-svc killed: no calculation at all, never a zero discount; nothing booked.
     stack.rules.kill();
-    assert_dependency_unavailable(till.calculate(phone(PHONE)).await, "rules-svc");
-    assert_dependency_unavailable(till.calculate(None).await, "rules-svc");
-    assert_dependency_unavailable(till.confirm("c-rules", "rcpt-rules").await, "rules-svc");
+    assert_dependency_unavailable(till.calculate(phone(PHONE)).await, "rules");
+    assert_dependency_unavailable(till.calculate(None).await, "rules");
+    assert_dependency_unavailable(till.confirm("c-rules", "rcpt-rules").await, "rules");
     assert_eq!(till.points(&customer).await, points, "nothing booked");
     let missing = till.get_checkout("rcpt-rules").await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
@@ -86,9 +86,9 @@ async fn each_dependency_killed_in_turn() {
     stack.ledger.kill();
     // Calculate shows the buyer's balance: without ledger-svc it may refuse, naming it.
     if let Err(status) = till.calculate(phone(PHONE)).await {
-        assert_dependency_unavailable::<()>(Err(status), "ledger-svc");
+        assert_dependency_unavailable::<()>(Err(status), "ledger");
     }
-    assert_dependency_unavailable(till.confirm("c-ledger", "rcpt-ledger").await, "ledger-svc");
+    assert_dependency_unavailable(till.confirm("c-ledger", "rcpt-ledger").await, "ledger");
     stack.ledger.restart().await;
     assert_eq!(till.points(&customer).await, points, "nothing booked");
     let booked = till
@@ -106,8 +106,8 @@ async fn each_dependency_killed_in_turn() {
 
     // ---- cards-svc killed: identified buyers cannot be served.
     stack.cards.kill();
-    assert_dependency_unavailable(till.calculate(phone(PHONE)).await, "cards-svc");
-    assert_dependency_unavailable(till.confirm("c-cards", "rcpt-cards").await, "cards-svc");
+    assert_dependency_unavailable(till.calculate(phone(PHONE)).await, "cards");
+    assert_dependency_unavailable(till.confirm("c-cards", "rcpt-cards").await, "cards");
     assert_eq!(till.points(&customer).await, points, "nothing booked");
     let anonymous = till.calculate(None).await;
     eprintln!(

@@ -14,6 +14,7 @@ mod cli;
 mod gateway_admin;
 mod gateway_checkout;
 mod gateway_customers;
+mod gateway_errors;
 mod gateway_outages;
 mod health;
 mod ledger_accounts;

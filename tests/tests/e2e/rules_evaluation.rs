@@ -822,7 +822,7 @@ async fn occurred_at_selects_the_version_active_then(suite: TestSuite) {
             )
             .await,
         Code::InvalidArgument,
-        "BASKET_INVALID",
+        "TIMESTAMP_IN_FUTURE",
     );
     assert_eq!(fields(&status), ["input.occurred_at"]);
     // Before v1 nothing was active.

@@ -260,7 +260,7 @@ async fn drafts_are_validated_published_and_frozen(suite: TestSuite) {
     };
     assert_status(
         rules.programs.clone().update_draft(update.clone()).await,
-        Code::FailedPrecondition,
+        Code::Aborted,
         "CONCURRENT_MODIFICATION",
     );
     update.request_id = rid();
@@ -292,7 +292,7 @@ async fn drafts_are_validated_published_and_frozen(suite: TestSuite) {
             .clone()
             .publish_version(publish.clone())
             .await,
-        Code::FailedPrecondition,
+        Code::Aborted,
         "CONCURRENT_MODIFICATION",
     );
     publish.request_id = rid();
