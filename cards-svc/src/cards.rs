@@ -9,20 +9,23 @@ use kopilka_proto::cards as pb;
 use kopilka_proto::ledger::ledger_service_client::LedgerServiceClient;
 use kopilka_proto::types;
 use kopilka_proto::wkt::Timestamp;
+use kopilka_runtime::service_auth::ServiceChannel;
 use kopilka_runtime::status::Refusal;
+use kopilka_runtime::validate::Violations;
 use kopilka_runtime::Db;
 use prost::Message;
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 
 use crate::cache::TierCache;
-use crate::error::{done, Error};
+use crate::error::Error;
 use crate::identifiers::{self, Formats};
 use crate::store::{CardsTx, Claim, CustomerRow, IdentifierRow, SettingsRow};
 use crate::{in_write_tx, on_conn};
 
 /// Longest id accepted (request, customer, link, store …).
 pub const MAX_ID: usize = 128;
+/// How far ahead of the server's clock a request timestamp may be.
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// How long a merchant's settings are reused before being read again.
 const SETTINGS_TTL: Duration = Duration::from_secs(5);
 
@@ -47,7 +50,7 @@ type SettingsByMerchant = std::collections::HashMap<String, (Instant, Arc<Mercha
 pub struct Cards {
     pub(crate) db: Db,
     pub(crate) cache: TierCache,
-    pub(crate) ledger: Option<LedgerServiceClient<Channel>>,
+    pub(crate) ledger: Option<LedgerServiceClient<ServiceChannel>>,
     settings: Arc<Mutex<SettingsByMerchant>>,
 }
 
@@ -69,28 +72,19 @@ pub(crate) fn digest(message: &impl Message) -> Vec<u8> {
     Sha256::digest(message.encode_to_vec()).to_vec()
 }
 
-pub(crate) fn check_id(field: &str, value: &str, v: &mut Vec<(String, String)>) {
-    if value.is_empty() {
-        v.push((field.to_owned(), "is required".to_owned()));
-    } else {
-        check_len(field, value, MAX_ID, v);
-    }
-}
-
 /// Checks the (merchant, customer) pair a per-customer read names.
 pub(crate) fn check_customer_ref(merchant: &str, customer: &str) -> Result<(), Error> {
-    let mut v = Vec::new();
-    check_id("merchant_id", merchant, &mut v);
-    check_id("customer_id", customer, &mut v);
-    done(v)
+    let mut v = Violations::new();
+    v.id("merchant_id", merchant, MAX_ID, true);
+    v.id("customer_id", customer, MAX_ID, true);
+    Ok(v.check()?)
 }
 
-pub(crate) fn check_len(field: &str, value: &str, max: usize, v: &mut Vec<(String, String)>) {
+/// At most `max` characters (LIMIT_EXCEEDED beyond), for text that may span lines (comments,
+/// descriptions) and optional references to other services' ids.
+pub(crate) fn check_len(field: &str, value: &str, max: usize, v: &mut Violations) {
     if value.chars().count() > max {
-        v.push((
-            field.to_owned(),
-            format!("must be at most {max} characters"),
-        ));
+        v.limit(field, max, "characters");
     }
 }
 
@@ -101,38 +95,49 @@ pub(crate) fn timestamp(t: DateTime<Utc>) -> Timestamp {
     }
 }
 
-/// A request timestamp as an instant (microsecond precision, as stored).
-pub(crate) fn instant(t: &Timestamp, field: &str) -> Result<DateTime<Utc>, Error> {
-    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-        .and_then(|d| DateTime::from_timestamp_micros(d.timestamp_micros()))
-        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
+/// A request timestamp as an instant (microsecond precision, as stored); `None` with a
+/// violation when it is not a valid timestamp.
+pub(crate) fn instant(field: &str, t: &Timestamp, v: &mut Violations) -> Option<DateTime<Utc>> {
+    v.timestamp(field, t).map(micros)
 }
 
-/// Page tokens are offsets, opaque to clients.
+/// Like [`instant`], and at most [`CLOCK_SKEW`] after `now` (TIMESTAMP_IN_FUTURE beyond).
+pub(crate) fn not_future(
+    field: &str,
+    t: &Timestamp,
+    now: DateTime<Utc>,
+    v: &mut Violations,
+) -> Option<DateTime<Utc>> {
+    v.not_future(field, Some(t), now, CLOCK_SKEW).map(micros)
+}
+
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+/// A page of an offset-paged list: `page_size` (0 = `default`, above `max` LIMIT_EXCEEDED) and
+/// `page_token`, an offset opaque to clients (PAGE_TOKEN_INVALID when it is not one this
+/// service issued). Returns (limit, offset).
 pub(crate) fn page(
     size: i32,
     token: &str,
-    default: i64,
-    max: i64,
-    field: &str,
-) -> Result<(i64, i64), Error> {
-    let limit = match size {
-        0 => default,
-        s if s < 0 || i64::from(s) > max => {
-            return Err(Error::invalid(field, format!("must be 1 to {max}")))
-        }
-        s => i64::from(s),
-    };
+    default: u32,
+    max: u32,
+    v: &mut Violations,
+) -> (i64, i64) {
+    let limit = i64::from(v.page_size("page_size", size, default, max));
     let offset = if token.is_empty() {
         0
     } else {
-        token
-            .parse::<i64>()
-            .ok()
-            .filter(|o| *o >= 0)
-            .ok_or_else(|| Error::invalid("page_token", "is not a token this service issued"))?
+        match token.parse::<i64>().ok().filter(|o| *o >= 0) {
+            Some(offset) => offset,
+            None => {
+                v.page_token_invalid("page_token");
+                0
+            }
+        }
     };
-    Ok((limit, offset))
+    (limit, offset)
 }
 
 pub(crate) fn next_token(returned: usize, limit: i64, offset: i64) -> String {
@@ -179,7 +184,7 @@ pub fn default_settings() -> pb::CardsSettings {
 fn compile_settings(row: &SettingsRow) -> Result<Arc<MerchantSettings>, Error> {
     let settings = pb::CardsSettings::decode(row.settings.as_slice())?;
     // Stored settings were validated on the way in.
-    let formats = Formats::from_settings(&settings).unwrap_or_default();
+    let formats = Formats::from_settings(&settings, "").unwrap_or_default();
     Ok(Arc::new(MerchantSettings {
         settings,
         formats,
@@ -270,7 +275,11 @@ pub(crate) enum Command<'a> {
 }
 
 impl Cards {
-    pub fn new(db: Db, cache: TierCache, ledger: Option<LedgerServiceClient<Channel>>) -> Self {
+    pub fn new(
+        db: Db,
+        cache: TierCache,
+        ledger: Option<LedgerServiceClient<ServiceChannel>>,
+    ) -> Self {
         Cards {
             db,
             cache,
@@ -288,10 +297,10 @@ impl Cards {
         request: &impl Message,
         command: Command<'_>,
     ) -> Result<R, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", merchant, &mut v);
-        check_id("request_id", request_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", merchant, MAX_ID, true);
+        v.id("request_id", request_id, MAX_ID, true);
+        v.check()?;
         let operation = command.name();
         let hash = digest(request);
         let mut attempt = 0;

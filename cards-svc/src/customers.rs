@@ -5,15 +5,16 @@ use kopilka_proto::cards as pb;
 use kopilka_proto::ledger as ledger_pb;
 use kopilka_proto::types::{self, event::Payload};
 use kopilka_runtime::status::Refusal;
+use kopilka_runtime::validate::Violations;
 use kopilka_runtime::Timestamp;
 use prost::Message;
 use tonic::Code;
 
 use crate::cards::{
-    check_customer_ref, check_id, check_len, digest, event, instant, key_reused, new_id, timestamp,
-    Cards, MerchantSettings, STATE_ACTIVE, STATE_MERGED,
+    check_customer_ref, check_len, digest, event, instant, key_reused, new_id, not_future,
+    timestamp, Cards, MerchantSettings, MAX_ID, STATE_ACTIVE, STATE_MERGED,
 };
-use crate::error::{done, Error};
+use crate::error::Error;
 use crate::identifiers::{self, Candidate, ReadError};
 use crate::identify::storage_form;
 use crate::on_conn;
@@ -21,6 +22,18 @@ use crate::store::{CardsTx, CustomerQuery, CustomerRow};
 
 /// How many identifiers a registration may attach.
 const MAX_NEW_IDENTIFIERS: usize = 10;
+/// Longest external id (the merchant's CRM id).
+const MAX_EXTERNAL_ID: usize = 64;
+/// Attributes of a profile, and the longest key and value.
+const MAX_ATTRIBUTES: usize = 32;
+const MAX_ATTRIBUTE_KEY: usize = 64;
+const MAX_ATTRIBUTE_VALUE: usize = 256;
+/// Longest e-mail address (RFC 5321), in bytes.
+const MAX_EMAIL_BYTES: usize = 254;
+/// ListCustomers: the default and the largest page, and the most customer ids in a filter.
+const CUSTOMERS_PAGE: u32 = 100;
+const MAX_CUSTOMERS_PAGE: u32 = 1000;
+const MAX_FILTER_IDS: usize = 1000;
 
 /// Bit of a consent channel in `customers.consent_mask`.
 fn consent_bit(channel: i32) -> i32 {
@@ -34,9 +47,9 @@ fn consent_mask(consents: &[types::Consent]) -> i32 {
         .fold(0, |m, c| m | consent_bit(c.channel))
 }
 
-fn validate_consent(field: &str, c: &types::Consent, v: &mut Vec<(String, String)>) {
+fn validate_consent(field: &str, c: &types::Consent, v: &mut Violations) {
     if c.channel == 0 || types::Channel::try_from(c.channel).is_err() {
-        v.push((format!("{field}.channel"), "is required".to_owned()));
+        v.add(format!("{field}.channel"), "is required");
     }
     check_len(&format!("{field}.source"), &c.source, 200, v);
 }
@@ -63,7 +76,7 @@ pub(crate) fn normalise_profile(
     field: &str,
     p: &pb::CustomerProfile,
     s: &MerchantSettings,
-    v: &mut Vec<(String, String)>,
+    v: &mut Violations,
 ) -> Result<pb::CustomerProfile, Error> {
     let mut p = p.clone();
     for (name, value) in [
@@ -77,15 +90,13 @@ pub(crate) fn normalise_profile(
     if !p.email.is_empty() {
         let email = p.email.trim().to_owned();
         match email.rsplit_once('@') {
-            Some((local, domain))
-                if !local.is_empty() && domain.contains('.') && email.len() <= 254 =>
-            {
+            _ if email.len() > MAX_EMAIL_BYTES => {
+                v.limit(&format!("{field}.email"), MAX_EMAIL_BYTES, "bytes")
+            }
+            Some((local, domain)) if !local.is_empty() && domain.contains('.') => {
                 p.email = format!("{local}@{}", domain.to_lowercase());
             }
-            _ => v.push((
-                format!("{field}.email"),
-                "must be an e-mail address of at most 254 characters".to_owned(),
-            )),
+            _ => v.add(format!("{field}.email"), "must be an e-mail address"),
         }
     }
     if let Some(d) = &p.birth_date {
@@ -97,30 +108,28 @@ pub(crate) fn normalise_profile(
                 .and_then(|(m, day)| NaiveDate::from_ymd_opt(year, m, day))
                 .is_some();
         if !valid {
-            v.push((
+            v.add(
                 format!("{field}.birth_date"),
-                "is not a calendar date (year 0 = unknown)".to_owned(),
-            ));
+                "is not a calendar date (year 0 = unknown)",
+            );
         }
     }
     if p.gender != 0 && types::Gender::try_from(p.gender).is_err() {
-        v.push((
-            format!("{field}.gender"),
-            "is not a known gender".to_owned(),
-        ));
+        v.add(format!("{field}.gender"), "is not a known gender");
     }
-    if p.attributes.len() > 32 {
-        v.push((
-            format!("{field}.attributes"),
-            "at most 32 attributes".to_owned(),
-        ));
-    }
+    v.count(
+        &format!("{field}.attributes"),
+        p.attributes.len(),
+        MAX_ATTRIBUTES,
+    );
     for (k, value) in &p.attributes {
-        if k.is_empty() || k.chars().count() > 64 || value.chars().count() > 256 {
-            v.push((
-                format!("{field}.attributes[{k}]"),
-                "keys are 1 to 64 characters, values up to 256".to_owned(),
-            ));
+        let path = format!("{field}.attributes[{k}]");
+        if k.is_empty() {
+            v.add(path, "keys are 1 to 64 characters");
+        } else if k.chars().count() > MAX_ATTRIBUTE_KEY {
+            v.limit(&path, MAX_ATTRIBUTE_KEY, "characters in a key");
+        } else if value.chars().count() > MAX_ATTRIBUTE_VALUE {
+            v.limit(&path, MAX_ATTRIBUTE_VALUE, "characters in a value");
         }
     }
     if !p.phone.is_empty() {
@@ -239,14 +248,9 @@ impl Cards {
         s: &MerchantSettings,
         now: DateTime<Utc>,
     ) -> Result<(pb::Customer, Vec<String>), Error> {
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         let profile = normalise_profile("profile", reg.profile, s, &mut v)?;
-        if reg.identifiers.len() > MAX_NEW_IDENTIFIERS {
-            v.push((
-                "identifiers".to_owned(),
-                format!("at most {MAX_NEW_IDENTIFIERS}"),
-            ));
-        }
+        v.count("identifiers", reg.identifiers.len(), MAX_NEW_IDENTIFIERS);
         for (i, c) in reg.consents.iter().enumerate() {
             validate_consent(&format!("consents[{i}]"), c, &mut v);
         }
@@ -259,33 +263,19 @@ impl Cards {
         check_len(
             "registration.store_id",
             &reg.registration.store_id,
-            128,
+            MAX_ID,
             &mut v,
         );
         check_len(
             "registration.terminal_id",
             &reg.registration.terminal_id,
-            128,
+            MAX_ID,
             &mut v,
         );
-        if types_channel_invalid(reg.registration.channel) {
-            v.push((
-                "registration.channel".to_owned(),
-                "is not a known channel".to_owned(),
-            ));
-        }
-        check_len("external_id", reg.external_id, 64, &mut v);
+        v.enumeration::<pb::RegistrationChannel>("registration.channel", reg.registration.channel);
+        check_len("external_id", reg.external_id, MAX_EXTERNAL_ID, &mut v);
         let registered_at = match reg.registered_at {
-            Some(t) => {
-                let at = instant(t, "registered_at")?;
-                if at > now + chrono::Duration::minutes(5) {
-                    v.push((
-                        "registered_at".to_owned(),
-                        "must not be in the future".to_owned(),
-                    ));
-                }
-                at
-            }
+            Some(t) => not_future("registered_at", t, now, &mut v).unwrap_or(now),
             None => now,
         };
         let mut stored: Vec<(String, Candidate)> = Vec::new();
@@ -306,19 +296,19 @@ impl Cards {
             }
         }
         if stored.is_empty() {
-            v.push((
-                "profile.phone".to_owned(),
-                "a customer needs a phone or at least one identifier".to_owned(),
-            ));
+            v.add(
+                "profile.phone",
+                "a customer needs a phone or at least one identifier",
+            );
         }
-        done(v)?;
-        if !reg.external_id.is_empty()
-            && tx
+        v.check()?;
+        if !reg.external_id.is_empty() {
+            if let Some(owner) = tx
                 .customer_by_external_id(merchant, reg.external_id)
                 .await?
-                .is_some()
-        {
-            return Err(external_id_taken());
+            {
+                return Err(external_id_taken(&owner));
+            }
         }
         let customer_id = new_id();
         let referrer = match (reg.referrer_id, reg.referrer) {
@@ -465,9 +455,9 @@ impl Cards {
         s: &MerchantSettings,
         now: DateTime<Utc>,
     ) -> Result<pb::UpdateCustomerResponse, Error> {
-        let mut v = Vec::new();
-        check_id("customer_id", &r.customer_id, &mut v);
-        check_len("external_id", &r.external_id, 64, &mut v);
+        let mut v = Violations::new();
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
+        check_len("external_id", &r.external_id, MAX_EXTERNAL_ID, &mut v);
         let paths = r
             .update_mask
             .as_ref()
@@ -485,19 +475,19 @@ impl Cards {
             "attributes",
         ];
         if paths.is_empty() && r.external_id.is_empty() {
-            v.push(("update_mask".to_owned(), "is required".to_owned()));
+            v.add("update_mask", "is required");
         }
         for p in &paths {
             if p != "*" && !FIELDS.contains(&p.as_str()) {
-                v.push((
-                    "update_mask".to_owned(),
+                v.add(
+                    "update_mask",
                     format!("`{p}` is not a CustomerProfile field"),
-                ));
+                );
             }
         }
         let given =
             normalise_profile("profile", &r.profile.clone().unwrap_or_default(), s, &mut v)?;
-        done(v)?;
+        v.check()?;
         let mut c = self.active_customer(tx, merchant, &r.customer_id).await?;
         if !r.etag.is_empty() && r.etag != c.version.to_string() {
             return Err(Refusal::new(
@@ -544,12 +534,8 @@ impl Cards {
             }
         }
         if !r.external_id.is_empty() && c.external_id.as_deref() != Some(&r.external_id) {
-            if tx
-                .customer_by_external_id(merchant, &r.external_id)
-                .await?
-                .is_some()
-            {
-                return Err(external_id_taken());
+            if let Some(owner) = tx.customer_by_external_id(merchant, &r.external_id).await? {
+                return Err(external_id_taken(&owner));
             }
             c.external_id = Some(r.external_id.clone());
             changed.push("external_id".to_owned());
@@ -585,17 +571,17 @@ impl Cards {
         r: &pb::SetConsentRequest,
         now: DateTime<Utc>,
     ) -> Result<pb::SetConsentResponse, Error> {
-        let mut v = Vec::new();
-        check_id("customer_id", &r.customer_id, &mut v);
+        let mut v = Violations::new();
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
         let mut consent = r
             .consent
             .clone()
             .ok_or_else(|| Error::invalid("consent", "is required"))?;
         validate_consent("consent", &consent, &mut v);
         if consent.source.trim().is_empty() {
-            v.push(("consent.source".to_owned(), "is required".to_owned()));
+            v.add("consent.source", "is required");
         }
-        done(v)?;
+        v.check()?;
         if consent.updated_at.is_none() {
             consent.updated_at = Some(timestamp(now));
         }
@@ -628,38 +614,24 @@ impl Cards {
         &self,
         r: &pb::ListCustomersRequest,
     ) -> Result<pb::ListCustomersResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
         let f = r.filter.clone().unwrap_or_default();
-        let limit = match r.page_size {
-            0 => 100,
-            n if (1..=1000).contains(&n) => i64::from(n),
-            _ => {
-                v.push(("page_size".to_owned(), "must be 1 to 1000".to_owned()));
-                100
-            }
-        };
-        if f.customer_ids.len() > 1000 {
-            v.push((
-                "filter.customer_ids".to_owned(),
-                "at most 1000 ids".to_owned(),
-            ));
-        }
+        let limit =
+            i64::from(v.page_size("page_size", r.page_size, CUSTOMERS_PAGE, MAX_CUSTOMERS_PAGE));
+        v.count("filter.customer_ids", f.customer_ids.len(), MAX_FILTER_IDS);
         if f.birthday_from.is_some() != f.birthday_to.is_some() {
-            v.push((
-                "filter.birthday_to".to_owned(),
-                "birthday_from and birthday_to go together".to_owned(),
-            ));
+            v.add(
+                "filter.birthday_to",
+                "birthday_from and birthday_to go together",
+            );
         }
         if f.birth_month > 12 {
-            v.push((
-                "filter.birth_month".to_owned(),
-                "must be 0 to 12".to_owned(),
-            ));
+            v.add("filter.birth_month", "must be 0 to 12");
         }
-        let md = |d: &types::Date, field: &str, v: &mut Vec<(String, String)>| {
+        let md = |d: &types::Date, field: &str, v: &mut Violations| {
             if !(1..=12).contains(&d.month) || !(1..=31).contains(&d.day) {
-                v.push((field.to_owned(), "needs a month and a day".to_owned()));
+                v.add(field, "needs a month and a day");
             }
             d.month * 100 + d.day
         };
@@ -680,32 +652,24 @@ impl Cards {
                     .map(|at| (at, id.to_owned()))
             });
             if parsed.is_none() {
-                v.push((
-                    "page_token".to_owned(),
-                    "is not a token this service issued".to_owned(),
-                ));
+                v.page_token_invalid("page_token");
             }
             parsed
         };
-        let period =
-            |p: &Option<types::Period>, end: bool| -> Result<Option<DateTime<Utc>>, Error> {
-                let t = p.as_ref().and_then(|p| {
-                    if end {
-                        p.end.as_ref()
-                    } else {
-                        p.start.as_ref()
-                    }
-                });
-                t.map(|t| instant(t, "filter.registered")).transpose()
-            };
-        let registered_from = period(&f.registered, false)?;
-        let registered_to = period(&f.registered, true)?;
+        let registered = f.registered.unwrap_or_default();
+        let registered_from = registered
+            .start
+            .as_ref()
+            .and_then(|t| instant("filter.registered", t, &mut v));
+        let registered_to = registered
+            .end
+            .as_ref()
+            .and_then(|t| instant("filter.registered", t, &mut v));
         let updated_since = f
             .updated_since
             .as_ref()
-            .map(|t| instant(t, "filter.updated_since"))
-            .transpose()?;
-        done(v)?;
+            .and_then(|t| instant("filter.updated_since", t, &mut v));
+        v.check()?;
         let q = CustomerQuery {
             customer_ids: f.customer_ids.clone(),
             tier_codes: f.tier_codes.clone(),
@@ -755,12 +719,17 @@ impl Cards {
         &self,
         r: &pb::MergeCustomersRequest,
     ) -> Result<pb::MergeCustomersResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        check_id("request_id", &r.request_id, &mut v);
-        check_id("surviving_customer_id", &r.surviving_customer_id, &mut v);
-        check_id("merged_customer_id", &r.merged_customer_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        v.id("request_id", &r.request_id, MAX_ID, true);
+        v.id(
+            "surviving_customer_id",
+            &r.surviving_customer_id,
+            MAX_ID,
+            true,
+        );
+        v.id("merged_customer_id", &r.merged_customer_id, MAX_ID, true);
+        v.check()?;
         if r.surviving_customer_id == r.merged_customer_id {
             return Err(merge_conflict(
                 "same_customer",
@@ -930,11 +899,17 @@ fn merge_conflict(detail: &'static str, message: &str) -> Error {
         .into()
 }
 
-fn external_id_taken() -> Error {
-    Refusal::precondition(
-        "VALIDATION_FAILED",
-        "external_id is already used by another customer",
+/// ALREADY_EXISTS IDENTIFIER_TAKEN for the external id, unique per merchant like an
+/// identifier: metadata `field` = "external_id" (instead of an identifier's `kind`) and the
+/// owner's `customer_id`.
+fn external_id_taken(owner: &str) -> Error {
+    Refusal::new(
+        Code::AlreadyExists,
+        "IDENTIFIER_TAKEN",
+        "external_id belongs to another customer",
     )
+    .with("field", "external_id")
+    .with("customer_id", owner)
     .into()
 }
 
@@ -947,8 +922,4 @@ pub(crate) fn referrer_not_found(e: Error) -> Error {
         }
         e => e,
     }
-}
-
-fn types_channel_invalid(channel: i32) -> bool {
-    pb::RegistrationChannel::try_from(channel).is_err()
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use kopilka_runtime::status::{self, Refusal};
+use kopilka_runtime::validate::Violations;
 use tonic::{Code, Status};
 
 use crate::identifiers::ReadError;
@@ -11,9 +12,11 @@ use crate::identifiers::ReadError;
 /// A cards operation's error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad input: `(field path, description)` pairs. Nothing changed.
-    #[error("invalid argument")]
-    Invalid(Vec<(String, String)>),
+    /// Bad input: INVALID_ARGUMENT with one field violation per problem, under
+    /// VALIDATION_FAILED or a more specific reason (LIMIT_EXCEEDED with `field` and `limit`,
+    /// TIMESTAMP_IN_FUTURE, PAGE_TOKEN_INVALID). Nothing changed.
+    #[error("invalid argument: {0}")]
+    Invalid(Violations),
     /// An identifier could not be read: INVALID_ARGUMENT with reason INVALID_CHECKSUM or
     /// INVALID_IDENTIFIER, the field it came from and the kind it was read as.
     #[error("{field}: {error}")]
@@ -39,10 +42,26 @@ impl From<Refusal> for Error {
     }
 }
 
+impl From<Violations> for Error {
+    fn from(v: Violations) -> Self {
+        Error::Invalid(v)
+    }
+}
+
 impl Error {
-    /// One field violation.
+    /// One field violation (VALIDATION_FAILED).
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Error::Invalid(vec![(field.into(), description.into())])
+        Error::Invalid(Violations::one(field, description))
+    }
+
+    /// FAILED_PRECONDITION LIMIT_EXCEEDED: the request is within its own limits, but the stored
+    /// collection `field` ("identifiers" of a customer, "tiers" of a merchant) already holds
+    /// `limit` entries. Metadata `field` and `limit`, as for a request's own limits.
+    pub fn collection_full(field: &'static str, limit: usize, message: impl Into<String>) -> Self {
+        Refusal::precondition("LIMIT_EXCEEDED", message)
+            .with("field", field)
+            .with("limit", limit)
+            .into()
     }
 
     /// An identifier from `field` could not be read.
@@ -69,19 +88,10 @@ impl Error {
     }
 }
 
-/// `Ok(())` when there are no violations.
-pub fn done(violations: Vec<(String, String)>) -> Result<(), Error> {
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Invalid(violations))
-    }
-}
-
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
-            Error::Invalid(violations) => status::invalid_argument(violations),
+            Error::Invalid(violations) => violations.into(),
             Error::Unreadable { field, error } => status::invalid_field_with_metadata(
                 &field,
                 &error.to_string(),

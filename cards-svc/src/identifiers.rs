@@ -19,12 +19,13 @@ use std::collections::HashSet;
 
 use kopilka_proto::cards::{CardChecksum, CardsSettings};
 use kopilka_proto::types::{Identifier, IdentifierInput, IdentifierKind};
+use kopilka_runtime::validate::Violations;
 use phonenumber::country::Id as Region;
 use phonenumber::Mode;
 use regex::{Regex, RegexBuilder};
 
 /// Longest raw input, in characters (IdentifierInput.raw).
-const MAX_RAW_CHARS: usize = 256;
+pub(crate) const MAX_RAW_CHARS: usize = 256;
 /// Longest normalised card number, Code 128 barcode and wallet serial.
 const MAX_VALUE_CHARS: usize = 64;
 /// Shortest card number accepted when the merchant has no formats.
@@ -120,29 +121,40 @@ impl Default for Formats {
 }
 
 impl Formats {
-    /// Validates and compiles. Errors are field violations (path relative to CardsSettings,
-    /// message), all of them at once so an admin fixes everything in one round.
+    /// Validates and compiles. Errors are field violations, paths relative to CardsSettings
+    /// under the prefix `at` (e.g. "settings."), all of them at once so an admin fixes
+    /// everything in one round.
     ///
     /// The region must be an upper-case ISO 3166-1 alpha-2 code that the phone metadata knows
     /// ("ru" and "" are rejected: the store fills in the "RU" default before this is called).
-    /// Patterns must be non-empty, at most 256 characters and compile as a (RE2-compatible)
-    /// Rust regex; they are matched against the whole normalised (upper-case) number.
-    pub fn from_settings(s: &CardsSettings) -> Result<Formats, Vec<(String, String)>> {
-        let mut violations = Vec::new();
+    /// Patterns must be non-empty, at most 256 characters (LIMIT_EXCEEDED beyond) and compile
+    /// as a (RE2-compatible) Rust regex; they are matched against the whole normalised
+    /// (upper-case) number.
+    pub fn from_settings(s: &CardsSettings, at: &str) -> Result<Formats, Violations> {
+        let mut violations = Violations::new();
         let region = parse_region(&s.default_phone_region)
-            .map_err(|m| violations.push(("default_phone_region".to_owned(), m)))
+            .map_err(|m| violations.add(format!("{at}default_phone_region"), m))
             .ok();
         let mut card_formats = Vec::with_capacity(s.card_number_formats.len());
         for (i, format) in s.card_number_formats.iter().enumerate() {
-            let regex = compile_pattern(&format.pattern)
-                .map_err(|m| violations.push((format!("card_number_formats[{i}].pattern"), m)));
-            let checksum = CardChecksum::try_from(format.checksum).map_err(|_| {
-                violations.push((
-                    format!("card_number_formats[{i}].checksum"),
-                    "unknown checksum".to_owned(),
-                ))
-            });
-            if let (Ok(regex), Ok(checksum)) = (regex, checksum) {
+            let field = format!("{at}card_number_formats[{i}].pattern");
+            let regex = if format.pattern.chars().count() > MAX_PATTERN_CHARS {
+                violations.limit(&field, MAX_PATTERN_CHARS, "characters");
+                None
+            } else {
+                compile_pattern(&format.pattern)
+                    .map_err(|m| violations.add(field, m))
+                    .ok()
+            };
+            let checksum = CardChecksum::try_from(format.checksum)
+                .map_err(|_| {
+                    violations.add(
+                        format!("{at}card_number_formats[{i}].checksum"),
+                        "unknown checksum",
+                    )
+                })
+                .ok();
+            if let (Some(regex), Some(checksum)) = (regex, checksum) {
                 card_formats.push(CardFormat { regex, checksum });
             }
         }
@@ -166,13 +178,10 @@ fn parse_region(code: &str) -> Result<Region, String> {
     region.ok_or_else(|| "must be an upper-case ISO 3166-1 alpha-2 region code, e.g. RU".to_owned())
 }
 
-/// Compiles a merchant pattern for a full match.
+/// Compiles a merchant pattern (of at most [`MAX_PATTERN_CHARS`]) for a full match.
 fn compile_pattern(pattern: &str) -> Result<Regex, String> {
     if pattern.is_empty() {
         return Err("required".to_owned());
-    }
-    if pattern.chars().count() > MAX_PATTERN_CHARS {
-        return Err(format!("at most {MAX_PATTERN_CHARS} characters"));
     }
     // Compiling the bare pattern first guarantees balanced groups, so wrapping it cannot change
     // its meaning ("a)|(b" would otherwise escape the anchors).
@@ -755,7 +764,7 @@ mod tests {
     }
 
     fn compiled(s: &CardsSettings) -> Formats {
-        match Formats::from_settings(s) {
+        match Formats::from_settings(s, "") {
             Ok(f) => f,
             Err(v) => panic!("settings rejected: {v:?}"),
         }
@@ -887,7 +896,7 @@ mod tests {
             ),
         ];
         for s in &rows {
-            assert!(Formats::from_settings(s).is_ok(), "{s:?}");
+            assert!(Formats::from_settings(s, "").is_ok(), "{s:?}");
         }
     }
 
@@ -967,17 +976,44 @@ mod tests {
             ),
         ];
         for (s, paths) in rows {
-            match Formats::from_settings(&s) {
+            match Formats::from_settings(&s, "") {
                 Ok(_) => panic!("accepted {s:?}"),
                 Err(violations) => {
-                    let got: Vec<&str> = violations.iter().map(|(p, _)| p.as_str()).collect();
+                    let got: Vec<&str> = violations
+                        .fields()
+                        .iter()
+                        .map(|(p, _)| p.as_str())
+                        .collect();
                     assert_eq!(got, paths, "{s:?}");
                     assert!(violations
+                        .fields()
                         .iter()
                         .all(|(_, m)| !m.is_empty() && !m.contains('\n')));
                 }
             }
         }
+        // Too long a pattern is a size limit, under the prefix the caller names.
+        let long = settings("RU", vec![format(&too_long, CardChecksum::Luhn)], false);
+        let violations = Formats::from_settings(&long, "settings.").unwrap_err();
+        assert_eq!(violations.reason(), "LIMIT_EXCEEDED");
+        assert_eq!(
+            violations.fields()[0].0,
+            "settings.card_number_formats[0].pattern"
+        );
+        let bad = settings("XX", vec![format("(", CardChecksum::Luhn)], false);
+        let violations = Formats::from_settings(&bad, "settings.").unwrap_err();
+        assert_eq!(violations.reason(), "VALIDATION_FAILED");
+        assert_eq!(
+            violations
+                .fields()
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "settings.default_phone_region",
+                "settings.card_number_formats[0].pattern"
+            ]
+        );
     }
 
     #[test]

@@ -7,19 +7,30 @@ use chrono::{DateTime, Utc};
 use kopilka_proto::cards as pb;
 use kopilka_proto::types::{self, event::Payload, IdentifierInput, IdentifierKind};
 use kopilka_runtime::status::Refusal;
+use kopilka_runtime::validate::Violations;
 use kopilka_runtime::Timestamp;
 use tonic::Code;
 
 use crate::cards::{
-    check_customer_ref, check_id, check_len, event, Cards, MerchantSettings, ID_ACTIVE, ID_BLOCKED,
+    check_customer_ref, check_len, event, Cards, MerchantSettings, ID_ACTIVE, ID_BLOCKED, MAX_ID,
 };
-use crate::error::{done, Error};
-use crate::identifiers::{self, Candidate, Formats, Parsed};
+use crate::error::Error;
+use crate::identifiers::{self, Candidate, Formats, Parsed, MAX_RAW_CHARS};
 use crate::on_conn;
 use crate::store::{CardsTx, IdentifierRow, LookupHit};
 
-/// Identifiers a customer may hold.
+/// Identifiers a customer may hold (blocked ones included).
 const MAX_IDENTIFIERS: usize = 20;
+/// Longest comment on a block.
+const MAX_COMMENT: usize = 500;
+
+/// Input longer than any identifier reads as is LIMIT_EXCEEDED on `<field>.raw` (as the gateway
+/// reports it), not an unreadable identifier.
+fn check_raw(input: &IdentifierInput, field: &str) -> Result<(), Error> {
+    let mut v = Violations::new();
+    check_len(&format!("{field}.raw"), &input.raw, MAX_RAW_CHARS, &mut v);
+    Ok(v.check()?)
+}
 
 /// Reads `input` from `field` into the stored identifiers it may denote.
 pub(crate) fn read(
@@ -28,6 +39,7 @@ pub(crate) fn read(
     field: &str,
 ) -> Result<Parsed, Error> {
     let input = input.ok_or_else(|| Error::invalid(field, "is required"))?;
+    check_raw(input, field)?;
     identifiers::parse(input, formats).map_err(|e| Error::unreadable(format!("{field}.raw"), e))
 }
 
@@ -37,6 +49,7 @@ pub(crate) fn storage_form(
     formats: &Formats,
     field: &str,
 ) -> Result<Candidate, Error> {
+    check_raw(input, field)?;
     identifiers::storage_form(input, formats)
         .map_err(|e| Error::unreadable(format!("{field}.raw"), e))
 }
@@ -145,9 +158,9 @@ impl Cards {
         &self,
         r: &pb::LookupCustomerRequest,
     ) -> Result<pb::LookupCustomerResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        v.check()?;
         let s = self.settings_for_read(&r.merchant_id).await?;
         let parsed = read(r.input.as_ref(), &s.formats, "input")?;
         on_conn!(&self.db, conn => {
@@ -178,9 +191,9 @@ impl Cards {
         &self,
         r: &pb::ParseIdentifierRequest,
     ) -> Result<pb::ParseIdentifierResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        v.check()?;
         let s = self.settings_for_read(&r.merchant_id).await?;
         let input = r
             .input
@@ -252,9 +265,9 @@ impl Cards {
         s: &MerchantSettings,
         now: DateTime<Utc>,
     ) -> Result<pb::AddIdentifierResponse, Error> {
-        let mut v = Vec::new();
-        check_id("customer_id", &r.customer_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
+        v.check()?;
         let input = r
             .input
             .as_ref()
@@ -267,11 +280,14 @@ impl Cards {
                 .iter()
                 .any(|i| i.kind == c.kind as i32 && i.value == c.value)
         {
-            return Err(Refusal::precondition(
-                "VALIDATION_FAILED",
-                format!("a customer has at most {MAX_IDENTIFIERS} identifiers"),
-            )
-            .into());
+            return Err(Error::collection_full(
+                "identifiers",
+                MAX_IDENTIFIERS,
+                format!(
+                    "the customer already has {MAX_IDENTIFIERS} identifiers (blocked ones \
+                     included), the most a customer may have"
+                ),
+            ));
         }
         let record = Self::attach(tx, merchant, &customer.customer_id, &c, now).await?;
         Ok(pb::AddIdentifierResponse {
@@ -349,13 +365,13 @@ impl Cards {
         s: &MerchantSettings,
         now: DateTime<Utc>,
     ) -> Result<pb::BlockIdentifierResponse, Error> {
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         if r.reason == 0 || pb::BlockReason::try_from(r.reason).is_err() {
-            v.push(("reason".to_owned(), "is required".to_owned()));
+            v.add("reason", "is required");
         }
-        check_len("comment", &r.comment, 500, &mut v);
-        check_len("customer_id", &r.customer_id, 128, &mut v);
-        done(v)?;
+        check_len("comment", &r.comment, MAX_COMMENT, &mut v);
+        v.id("customer_id", &r.customer_id, MAX_ID, false);
+        v.check()?;
         let parsed = read(r.input.as_ref(), &s.formats, "input")?;
         let hit = lookup(tx, merchant, &parsed).await?;
         if !r.customer_id.is_empty() && hit.identifier.customer_id != r.customer_id {
@@ -402,12 +418,10 @@ impl Cards {
         s: &MerchantSettings,
         now: DateTime<Utc>,
     ) -> Result<pb::ReplaceCardResponse, Error> {
-        let mut v = Vec::new();
-        check_len("comment", &r.comment, 500, &mut v);
-        if r.reason != 0 && pb::BlockReason::try_from(r.reason).is_err() {
-            v.push(("reason".to_owned(), "is not a known reason".to_owned()));
-        }
-        done(v)?;
+        let mut v = Violations::new();
+        check_len("comment", &r.comment, MAX_COMMENT, &mut v);
+        v.enumeration::<pb::BlockReason>("reason", r.reason);
+        v.check()?;
         let new_input = r
             .new_card
             .as_ref()

@@ -32,8 +32,8 @@ use kopilka_proto::ledger::ledger_service_client::LedgerServiceClient;
 use kopilka_runtime::db::Migrations;
 use kopilka_runtime::host::{Host, StartError};
 use kopilka_runtime::outbox::{NotifySink, RelayOptions};
+use kopilka_runtime::service_auth::{self, TokenError};
 use sqlx::migrate::Migrator;
-use tonic::transport::Endpoint;
 
 pub use config::Config;
 
@@ -57,6 +57,8 @@ pub enum BuildError {
     LedgerUrl(#[from] tonic::transport::Error),
     #[error("invalid notify URL")]
     NotifyUrl(#[source] tonic::transport::Error),
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// Opens the database and the cache, runs migrations and binds the port; `run_until` then serves.
@@ -69,18 +71,22 @@ pub async fn build(config: Config) -> Result<Host, BuildError> {
     )?;
     tracing::info!(?cache, "tier cache backend");
     let ledger = match &config.ledger_url {
-        Some(url) => Some(LedgerServiceClient::new(
-            Endpoint::from_shared(url.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(10))
-                .connect_lazy(),
-        )),
+        Some(url) => Some(LedgerServiceClient::new(service_auth::channel(
+            url,
+            config.service.outbound_token()?,
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        )?)),
         None => None,
     };
     let notify = match &config.notify_url {
         Some(url) => Some(
-            NotifySink::connect_lazy(url, Duration::from_secs(10))
-                .map_err(BuildError::NotifyUrl)?,
+            NotifySink::connect_lazy(
+                url,
+                config.service.outbound_token()?,
+                Duration::from_secs(10),
+            )
+            .map_err(BuildError::NotifyUrl)?,
         ),
         None => None,
     };

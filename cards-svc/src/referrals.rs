@@ -8,10 +8,11 @@ use chrono::{DateTime, Utc};
 use kopilka_proto::cards as pb;
 use kopilka_proto::types::IdentifierInput;
 use kopilka_runtime::status::Refusal;
+use kopilka_runtime::validate::Violations;
 use kopilka_runtime::Timestamp;
 
-use crate::cards::{check_id, next_token, page, timestamp, Cards, MerchantSettings};
-use crate::error::{done, Error};
+use crate::cards::{next_token, page, timestamp, Cards, MerchantSettings, MAX_ID};
+use crate::error::Error;
 use crate::on_conn;
 use crate::store::{CardsTx, CustomerRow};
 
@@ -100,9 +101,9 @@ impl Cards {
         s: &MerchantSettings,
         now: DateTime<Utc>,
     ) -> Result<pb::SetReferrerResponse, Error> {
-        let mut v = Vec::new();
-        check_id("customer_id", &r.customer_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
+        v.check()?;
         let input = r
             .referrer
             .as_ref()
@@ -162,13 +163,13 @@ impl Cards {
         &self,
         r: &pb::GetReferralChainRequest,
     ) -> Result<pb::GetReferralChainResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        check_id("customer_id", &r.customer_id, &mut v);
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
         if r.max_levels > 10 {
-            v.push(("max_levels".to_owned(), "must be 0 to 10".to_owned()));
+            v.add("max_levels", "must be 0 to 10");
         }
-        done(v)?;
+        v.check()?;
         let s = self.settings_for_read(&r.merchant_id).await?;
         let depth = if r.max_levels == 0 {
             s.settings.referral_max_depth
@@ -189,15 +190,15 @@ impl Cards {
         &self,
         r: &pb::ListReferralsRequest,
     ) -> Result<pb::ListReferralsResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        check_id("customer_id", &r.customer_id, &mut v);
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
         if r.level > 10 {
-            v.push(("level".to_owned(), "must be 0 to 10".to_owned()));
+            v.add("level", "must be 0 to 10");
         }
-        done(v)?;
+        let (limit, offset) = page(r.page_size, &r.page_token, 50, 100, &mut v);
+        v.check()?;
         let level = i64::from(r.level.max(1));
-        let (limit, offset) = page(r.page_size, &r.page_token, 50, 100, "page_size")?;
         on_conn!(&self.db, conn => {
             let conn: &mut dyn CardsTx = &mut conn;
             if conn.customer(&r.merchant_id, &r.customer_id).await?.is_none() {

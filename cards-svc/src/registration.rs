@@ -9,16 +9,17 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use kopilka_proto::cards as pb;
 use kopilka_runtime::status::Refusal;
+use kopilka_runtime::validate::Violations;
 use kopilka_runtime::Timestamp;
 use prost::Message;
 use sha2::Sha256;
 
 use crate::cards::{
-    check_id, check_len, instant, new_id, next_token, page, timestamp, Cards, Command,
-    MerchantSettings,
+    check_len, instant, new_id, next_token, page, timestamp, Cards, Command, MerchantSettings,
+    MAX_ID,
 };
 use crate::customers::{referrer_not_found, Registration};
-use crate::error::{done, Error};
+use crate::error::Error;
 use crate::store::{CardsTx, LinkRow};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -115,17 +116,22 @@ impl Cards {
         s: &MerchantSettings,
         now: DateTime<Utc>,
     ) -> Result<pb::CreateRegistrationLinkResponse, Error> {
-        let mut v = Vec::new();
-        check_len("store_id", &r.store_id, 128, &mut v);
+        let mut v = Violations::new();
+        check_len("store_id", &r.store_id, MAX_ID, &mut v);
         check_len("campaign", &r.campaign, 64, &mut v);
-        check_len("referrer_customer_id", &r.referrer_customer_id, 128, &mut v);
+        v.id(
+            "referrer_customer_id",
+            &r.referrer_customer_id,
+            MAX_ID,
+            false,
+        );
         let expires_at = match &r.expires_at {
             Some(t) => {
-                let at = instant(t, "expires_at")?;
-                if at <= now {
-                    v.push(("expires_at".to_owned(), "must be in the future".to_owned()));
+                let at = instant("expires_at", t, &mut v);
+                if at.is_some_and(|at| at <= now) {
+                    v.add("expires_at", "must be in the future");
                 }
-                Some(at)
+                at
             }
             None => s
                 .settings
@@ -135,9 +141,9 @@ impl Cards {
                 .map(|d| now + chrono::Duration::seconds(d.seconds)),
         };
         if r.max_uses > i32::MAX as u32 {
-            v.push(("max_uses".to_owned(), "is too large".to_owned()));
+            v.add("max_uses", "is too large");
         }
-        done(v)?;
+        v.check()?;
         if !r.referrer_customer_id.is_empty() {
             self.active_customer(tx, merchant, &r.referrer_customer_id)
                 .await
@@ -179,10 +185,10 @@ impl Cards {
         &self,
         r: &pb::ListRegistrationLinksRequest,
     ) -> Result<pb::ListRegistrationLinksResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        done(v)?;
-        let (limit, offset) = page(r.page_size, &r.page_token, 50, 100, "page_size")?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        let (limit, offset) = page(r.page_size, &r.page_token, 50, 100, &mut v);
+        v.check()?;
         let s = self.settings_for_read(&r.merchant_id).await?;
         let rows = crate::on_conn!(&self.db, conn => {
             let conn: &mut dyn CardsTx = &mut conn;
@@ -207,11 +213,12 @@ impl Cards {
         r: &pb::RevokeRegistrationLinkRequest,
         s: &MerchantSettings,
     ) -> Result<pb::RevokeRegistrationLinkResponse, Error> {
-        let mut v = Vec::new();
-        check_id("link_id", &r.link_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("link_id", &r.link_id, MAX_ID, true);
+        v.check()?;
         let mut row = tx.lock_link(merchant, &r.link_id).await?.ok_or_else(|| {
             Refusal::not_found("LINK_NOT_FOUND", format!("link `{}` not found", r.link_id))
+                .with("link_id", &r.link_id)
         })?;
         if !row.revoked {
             row.revoked = true;
@@ -267,12 +274,12 @@ impl Cards {
         &self,
         r: &pb::ResolveRegistrationTokenRequest,
     ) -> Result<pb::ResolveRegistrationTokenResponse, Error> {
-        let mut v = Vec::new();
-        check_len("merchant_id", &r.merchant_id, 128, &mut v);
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, false);
         if r.token.is_empty() {
-            v.push(("token".to_owned(), "is required".to_owned()));
+            v.add("token", "is required");
         }
-        done(v)?;
+        v.check()?;
         let (merchant, row) = crate::on_conn!(&self.db, conn => {
             let conn: &mut dyn CardsTx = &mut conn;
             self.verify_token(conn, &r.merchant_id, &r.token, Utc::now()).await?

@@ -5,8 +5,10 @@ use chrono::{DateTime, Utc};
 use kopilka_proto::cards as pb;
 use prost::Message;
 
-use crate::cards::{check_id, check_len, Cards};
-use crate::error::{done, Error};
+use kopilka_runtime::validate::Violations;
+
+use crate::cards::{check_len, Cards, MAX_ID};
+use crate::error::Error;
 use crate::identifiers::Formats;
 use crate::store::CardsTx;
 
@@ -15,9 +17,9 @@ impl Cards {
         &self,
         r: &pb::GetCardsSettingsRequest,
     ) -> Result<pb::GetCardsSettingsResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        v.check()?;
         let s = self.settings_for_read(&r.merchant_id).await?;
         Ok(pb::GetCardsSettingsResponse {
             settings: Some(s.settings.clone()),
@@ -37,9 +39,9 @@ impl Cards {
             .as_ref()
             .map(|m| m.paths.clone())
             .unwrap_or_default();
-        let mut v = Vec::new();
+        let mut v = Violations::new();
         if paths.is_empty() {
-            v.push(("update_mask".to_owned(), "is required".to_owned()));
+            v.add("update_mask", "is required");
         }
         let row = tx
             .settings(merchant)
@@ -56,10 +58,10 @@ impl Cards {
                 | "referral_max_depth"
                 | "registration_page_url"
                 | "registration_link_ttl" => {}
-                other => v.push((
-                    "update_mask".to_owned(),
+                other => v.add(
+                    "update_mask",
                     format!("`{other}` is not a CardsSettings field"),
-                )),
+                ),
             }
         }
         let wanted = |f: &str| all || paths.iter().any(|p| p == f);
@@ -82,10 +84,7 @@ impl Cards {
             s.registration_link_ttl = given.registration_link_ttl;
         }
         if !(1..=10).contains(&s.referral_max_depth) {
-            v.push((
-                "settings.referral_max_depth".to_owned(),
-                "must be 1 to 10".to_owned(),
-            ));
+            v.add("settings.referral_max_depth", "must be 1 to 10");
         }
         check_len(
             "settings.registration_page_url",
@@ -97,28 +96,18 @@ impl Cards {
             && !s.registration_page_url.starts_with("https://")
             && !s.registration_page_url.starts_with("http://")
         {
-            v.push((
-                "settings.registration_page_url".to_owned(),
-                "must be an http(s) URL".to_owned(),
-            ));
+            v.add("settings.registration_page_url", "must be an http(s) URL");
         }
         if s.registration_link_ttl
             .as_ref()
             .is_some_and(|d| d.seconds < 0)
         {
-            v.push((
-                "settings.registration_link_ttl".to_owned(),
-                "must not be negative".to_owned(),
-            ));
+            v.add("settings.registration_link_ttl", "must not be negative");
         }
-        if let Err(errors) = Formats::from_settings(&s) {
-            v.extend(
-                errors
-                    .into_iter()
-                    .map(|(f, d)| (format!("settings.{f}"), d)),
-            );
+        if let Err(errors) = Formats::from_settings(&s, "settings.") {
+            v.extend(errors);
         }
-        done(v)?;
+        v.check()?;
         tx.put_settings(merchant, &s.encode_to_vec(), now).await?;
         Ok(pb::UpdateCardsSettingsResponse { settings: Some(s) })
     }

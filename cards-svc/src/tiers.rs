@@ -7,19 +7,29 @@ use chrono::{DateTime, Utc};
 use kopilka_proto::cards as pb;
 use kopilka_proto::types::{self, event::Payload};
 use kopilka_runtime::status::Refusal;
+use kopilka_runtime::validate::Violations;
 use prost::Message;
 use rust_decimal::Decimal;
 
 use crate::cache::{assignment_key, tiers_key};
 use crate::cards::{
-    check_customer_ref, check_id, check_len, event, instant, next_token, page, timestamp, Cards,
+    check_customer_ref, check_len, event, next_token, not_future, page, timestamp, Cards, MAX_ID,
 };
-use crate::error::{done, Error};
+use crate::error::Error;
 use crate::on_conn;
 use crate::store::CardsTx;
 
 /// Tiers a merchant may define.
 const MAX_TIERS: usize = 50;
+/// Longest tier code, name, perk and description; the most perks of a tier.
+const MAX_CODE: usize = 32;
+const MAX_NAME: usize = 100;
+const MAX_PERKS: usize = 20;
+const MAX_PERK: usize = 200;
+const MAX_DESCRIPTION: usize = 1000;
+/// Longest reason and rule id of an assignment.
+const MAX_REASON: usize = 500;
+const MAX_RULE_ID: usize = 128;
 
 fn tier_not_found(code: &str) -> Error {
     Refusal::not_found("TIER_NOT_FOUND", format!("tier `{code}` not found"))
@@ -27,37 +37,36 @@ fn tier_not_found(code: &str) -> Error {
         .into()
 }
 
-fn check_percent(field: &str, value: &str, v: &mut Vec<(String, String)>) {
+fn check_percent(field: &str, value: &str, v: &mut Violations) {
     if value.is_empty() {
         return;
     }
     match Decimal::from_str(value) {
         Ok(d) if d >= Decimal::ZERO && d <= Decimal::ONE_HUNDRED => {}
-        _ => v.push((
-            field.to_owned(),
-            "must be a decimal from 0 to 100".to_owned(),
-        )),
+        _ => v.add(field, "must be a decimal from 0 to 100"),
+    }
+}
+
+/// A tier code: 1 to 32 characters of A-Z, a-z, 0-9, _ and - (LIMIT_EXCEEDED when longer).
+fn check_code(field: &str, code: &str, v: &mut Violations) {
+    let charset = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if code.chars().count() > MAX_CODE {
+        v.limit(field, MAX_CODE, "characters");
+    } else if code.is_empty() || !code.chars().all(charset) {
+        v.add(
+            field,
+            "must be 1 to 32 characters of A-Z, a-z, 0-9, _ and -",
+        );
     }
 }
 
 fn validate_tier(t: &pb::Tier) -> Result<(), Error> {
-    let mut v = Vec::new();
-    if t.code.is_empty()
-        || t.code.len() > 32
-        || !t
-            .code
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        v.push((
-            "tier.code".to_owned(),
-            "must be 1 to 32 characters of A-Z, a-z, 0-9, _ and -".to_owned(),
-        ));
-    }
+    let mut v = Violations::new();
+    check_code("tier.code", &t.code, &mut v);
     if t.name.is_empty() {
-        v.push(("tier.name".to_owned(), "is required".to_owned()));
+        v.add("tier.name", "is required");
     }
-    check_len("tier.name", &t.name, 100, &mut v);
+    check_len("tier.name", &t.name, MAX_NAME, &mut v);
     check_percent("tier.accrual_percent", &t.accrual_percent, &mut v);
     check_percent("tier.discount_percent", &t.discount_percent, &mut v);
     check_percent(
@@ -65,14 +74,25 @@ fn validate_tier(t: &pb::Tier) -> Result<(), Error> {
         &t.max_redeem_share_percent,
         &mut v,
     );
-    if t.perks.len() > 20 {
-        v.push(("tier.perks".to_owned(), "at most 20 perks".to_owned()));
-    }
+    v.count("tier.perks", t.perks.len(), MAX_PERKS);
     for (i, p) in t.perks.iter().enumerate() {
-        check_len(&format!("tier.perks[{i}]"), p, 200, &mut v);
+        check_len(&format!("tier.perks[{i}]"), p, MAX_PERK, &mut v);
     }
-    check_len("tier.description", &t.description, 1000, &mut v);
-    done(v)
+    check_len("tier.description", &t.description, MAX_DESCRIPTION, &mut v);
+    Ok(v.check()?)
+}
+
+/// TIER_RANK_TAKEN: ranks are unique per merchant and `holder` has `rank`.
+fn rank_taken(rank: i32, holder: &str) -> Error {
+    Refusal::precondition(
+        "TIER_RANK_TAKEN",
+        format!(
+            "rank {rank} is already the rank of tier `{holder}`; give that tier another rank first"
+        ),
+    )
+    .with("rank", rank)
+    .with("tier_code", holder)
+    .into()
 }
 
 impl Cards {
@@ -152,9 +172,9 @@ impl Cards {
         &self,
         r: &pb::ListTiersRequest,
     ) -> Result<pb::ListTiersResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        v.check()?;
         self.cached_tiers(&r.merchant_id).await
     }
 
@@ -162,10 +182,10 @@ impl Cards {
         &self,
         r: &pb::GetTierRequest,
     ) -> Result<pb::GetTierResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        check_id("code", &r.code, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        v.id("code", &r.code, MAX_ID, true);
+        v.check()?;
         let tier = self
             .cached_tiers(&r.merchant_id)
             .await?
@@ -202,20 +222,16 @@ impl Cards {
         validate_tier(&tier)?;
         if let Some(other) = tx.tier_with_rank(merchant, tier.rank).await? {
             if other != tier.code {
-                return Err(Refusal::precondition(
-                    "VALIDATION_FAILED",
-                    format!("rank {} is already the rank of tier `{other}`", tier.rank),
-                )
-                .into());
+                return Err(rank_taken(tier.rank, &other));
             }
         }
         let existing = self.tier_list(tx, merchant).await?.tiers;
         if existing.len() >= MAX_TIERS && !existing.iter().any(|t| t.code == tier.code) {
-            return Err(Refusal::precondition(
-                "VALIDATION_FAILED",
-                format!("a merchant has at most {MAX_TIERS} tiers"),
-            )
-            .into());
+            return Err(Error::collection_full(
+                "tiers",
+                MAX_TIERS,
+                format!("the merchant already has {MAX_TIERS} tiers, the most a merchant may have"),
+            ));
         }
         if tier.is_default {
             for mut other in existing
@@ -252,9 +268,9 @@ impl Cards {
         r: &pb::DeleteTierRequest,
         now: DateTime<Utc>,
     ) -> Result<pb::DeleteTierResponse, Error> {
-        let mut v = Vec::new();
-        check_id("code", &r.code, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("code", &r.code, MAX_ID, true);
+        v.check()?;
         if tx.tier(merchant, &r.code).await?.is_none() {
             return Err(tier_not_found(&r.code));
         }
@@ -358,32 +374,23 @@ impl Cards {
         r: &pb::AssignTierRequest,
         now: DateTime<Utc>,
     ) -> Result<pb::AssignTierResponse, Error> {
-        let mut v = Vec::new();
-        check_id("customer_id", &r.customer_id, &mut v);
-        check_id("tier_code", &r.tier_code, &mut v);
+        let mut v = Violations::new();
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
+        v.id("tier_code", &r.tier_code, MAX_ID, true);
         let source = pb::TierSource::try_from(r.source).unwrap_or(pb::TierSource::Unspecified);
         if source == pb::TierSource::Unspecified {
-            v.push(("source".to_owned(), "is required".to_owned()));
+            v.add("source", "is required");
         }
         if source == pb::TierSource::Manual && r.reason.trim().is_empty() {
-            v.push((
-                "reason".to_owned(),
-                "is required for a manual assignment".to_owned(),
-            ));
+            v.add("reason", "is required for a manual assignment");
         }
-        check_len("reason", &r.reason, 500, &mut v);
-        check_len("rule_id", &r.rule_id, 128, &mut v);
-        done(v)?;
+        check_len("reason", &r.reason, MAX_REASON, &mut v);
+        check_len("rule_id", &r.rule_id, MAX_RULE_ID, &mut v);
         let at = match &r.effective_at {
-            Some(t) => {
-                let at = instant(t, "effective_at")?;
-                if at > now + chrono::Duration::minutes(5) {
-                    return Err(Error::invalid("effective_at", "must not be in the future"));
-                }
-                at
-            }
+            Some(t) => not_future("effective_at", t, now, &mut v).unwrap_or(now),
             None => now,
         };
+        v.check()?;
         let mut customer = self.active_customer(tx, merchant, &r.customer_id).await?;
         let tier = tx
             .tier(merchant, &r.tier_code)
@@ -470,7 +477,9 @@ impl Cards {
         r: &pb::GetTierHistoryRequest,
     ) -> Result<pb::GetTierHistoryResponse, Error> {
         check_customer_ref(&r.merchant_id, &r.customer_id)?;
-        let (limit, offset) = page(r.page_size, &r.page_token, 50, 100, "page_size")?;
+        let mut v = Violations::new();
+        let (limit, offset) = page(r.page_size, &r.page_token, 50, 100, &mut v);
+        v.check()?;
         on_conn!(&self.db, conn => {
             let conn: &mut dyn CardsTx = &mut conn;
             if conn.customer(&r.merchant_id, &r.customer_id).await?.is_none() {

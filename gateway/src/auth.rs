@@ -2,7 +2,12 @@
 //! and (for a terminal key) the terminal. Verified keys are cached briefly; every call is also
 //! counted against its terminal's (or admin key's) rate limit, and its use recorded (the key's
 //! `last_used_at`, the terminal's `last_seen_at`) at most once a minute per key.
+//!
+//! Unknown key ids are remembered apart from real keys, so a flood of made-up ids cannot evict
+//! real keys from the cache, and a key id in neither cache costs a database read only within a
+//! per-peer budget ([`LOOKUPS_PER_SECOND`]); beyond it the call is RATE_LIMITED unread.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +61,12 @@ struct VerifiedKey {
 #[derive(Clone)]
 pub struct Auth {
     tenancy: Tenancy,
-    keys: Cache<String, Option<Arc<VerifiedKey>>>,
+    /// Keys found in the database.
+    keys: Cache<String, Arc<VerifiedKey>>,
+    /// Key ids the database does not know (or whose merchant or terminal is gone).
+    unknown: Cache<String, ()>,
+    /// Database reads for key ids in neither cache, per peer address.
+    lookups: Arc<DefaultKeyedRateLimiter<Option<IpAddr>>>,
     /// Keys whose use was recorded in the last [`USE_RESOLUTION`].
     used: Cache<String, ()>,
     terminal_limits: Arc<DefaultKeyedRateLimiter<String>>,
@@ -65,6 +75,9 @@ pub struct Auth {
     terminal_rps: u32,
     admin_rps: u32,
 }
+
+/// Database reads of not-yet-cached key ids one peer may cause per second (and in a burst).
+pub const LOOKUPS_PER_SECOND: u32 = 20;
 
 /// How stale a key's `last_used_at` may be: one write per key per minute, not one per call.
 const USE_RESOLUTION: Duration = Duration::from_secs(60);
@@ -81,6 +94,11 @@ impl Auth {
                 .max_capacity(100_000)
                 .time_to_live(key_ttl)
                 .build(),
+            unknown: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(key_ttl)
+                .build(),
+            lookups: Arc::new(RateLimiter::keyed(quota(LOOKUPS_PER_SECOND))),
             used: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(USE_RESOLUTION)
@@ -100,6 +118,7 @@ impl Auth {
     /// Forgets every cached key (after disabling a terminal: its keys are found by terminal).
     pub fn forget_all(&self) {
         self.keys.invalidate_all();
+        self.unknown.invalidate_all();
     }
 
     /// The caller, if the key is valid; rate limits applied.
@@ -107,7 +126,8 @@ impl Auth {
         let presented = bearer(request)
             .and_then(PresentedKey::parse)
             .ok_or(Error::Unauthenticated)?;
-        let verified = self.verified(&presented.key_id).await?;
+        let peer = request.remote_addr().map(|a| a.ip());
+        let verified = self.verified(&presented.key_id, peer).await?;
         let verified = verified.ok_or(Error::Unauthenticated)?;
         let expired = verified
             .expires_at
@@ -216,23 +236,61 @@ impl Auth {
         }
     }
 
-    async fn verified(&self, key_id: &str) -> Result<Option<Arc<VerifiedKey>>> {
+    /// The key `key_id`, from the caches or (within `peer`'s lookup budget) the database.
+    async fn verified(
+        &self,
+        key_id: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<Arc<VerifiedKey>>> {
+        if let Some(found) = self.keys.get(key_id).await {
+            return Ok(Some(found));
+        }
+        if self.unknown.contains_key(key_id) {
+            return Ok(None);
+        }
         let tenancy = self.tenancy.clone();
+        let lookups = self.lookups.clone();
         let id = key_id.to_owned();
+        // Concurrent first uses of one key share one load, and spend one lookup.
         let loaded = self
             .keys
             .try_get_with(key_id.to_owned(), async move {
-                load(&tenancy, &id).await.map(|found| found.map(Arc::new))
+                if let Err(not_until) = lookups.check_key(&peer) {
+                    return Err(Lookup::Limited(
+                        not_until.wait_time_from(DefaultClock::default().now()),
+                    ));
+                }
+                match load(&tenancy, &id).await {
+                    Ok(Some(found)) => Ok(Arc::new(found)),
+                    Ok(None) => Err(Lookup::Unknown),
+                    Err(error) => Err(Lookup::Db(error)),
+                }
             })
             .await;
         match loaded {
-            Ok(found) => Ok(found),
-            Err(error) => match Arc::try_unwrap(error) {
-                Ok(error) => Err(error.into()),
-                Err(shared) => Err(Error::Db(sqlx::Error::Protocol(shared.to_string()))),
+            Ok(found) => Ok(Some(found)),
+            Err(error) => match error.as_ref() {
+                Lookup::Unknown => {
+                    self.unknown.insert(key_id.to_owned(), ()).await;
+                    Ok(None)
+                }
+                Lookup::Limited(retry_after) => Err(Error::RateLimited {
+                    retry_after: *retry_after,
+                    limit: LOOKUPS_PER_SECOND,
+                }),
+                Lookup::Db(error) => Err(Error::Db(sqlx::Error::Protocol(error.to_string()))),
             },
         }
     }
+}
+
+/// Why a key id was not loaded.
+#[derive(Debug)]
+enum Lookup {
+    Unknown,
+    /// The peer's lookup budget is spent: retry after this.
+    Limited(Duration),
+    Db(sqlx::Error),
 }
 
 /// PERMISSION_DENIED_KEY_SCOPE: `scope` may not call what needs `required` (or a wider scope).
@@ -268,8 +326,7 @@ fn bearer<T>(request: &Request<T>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Reads a key with its merchant and terminal; `None` when unknown (cached too, briefly, so a
-/// flood of bad keys does not reach the database).
+/// Reads a key with its merchant and terminal; `None` when unknown.
 async fn load(tenancy: &Tenancy, key_id: &str) -> Result<Option<VerifiedKey>, sqlx::Error> {
     let Some(record) = tenancy.key(key_id).await? else {
         return Ok(None);

@@ -15,8 +15,10 @@ use kopilka_proto::ledger::ledger_service_client::LedgerServiceClient;
 use kopilka_proto::rules::catalog_service_client::CatalogServiceClient;
 use kopilka_proto::rules::evaluation_service_client::EvaluationServiceClient;
 use kopilka_proto::rules::program_service_client::ProgramServiceClient;
+use kopilka_runtime::service_auth::{ServiceChannel, ServiceToken};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
 use tonic::{Code, Request, Response, Status};
 use tower::limit::ConcurrencyLimit;
 use tower::load_shed::LoadShed;
@@ -26,8 +28,8 @@ use tower::ServiceBuilder;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
-/// One dependency's channel with its layers.
-pub type Svc = LoadShed<ConcurrencyLimit<Timeout<Channel>>>;
+/// One dependency's channel with its layers; every call carries the service token.
+pub type Svc = LoadShed<ConcurrencyLimit<Timeout<ServiceChannel>>>;
 
 /// The dependencies, by the names used in DEPENDENCY_UNAVAILABLE's `dependency` metadata.
 pub const CARDS: &str = "cards";
@@ -109,7 +111,7 @@ pub struct Deps {
 
 impl Deps {
     /// Lazily connecting clients for the URLs in `config`.
-    pub fn new(config: &Config) -> Result<Self, tonic::transport::Error> {
+    pub fn new(config: &Config, token: ServiceToken) -> Result<Self, tonic::transport::Error> {
         let hop = Duration::from_millis(config.dependency_timeout_ms.max(1));
         let layered = |url: &str| -> Result<Svc, tonic::transport::Error> {
             let channel = Endpoint::from_shared(url.to_owned())?
@@ -117,6 +119,7 @@ impl Deps {
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .connect_lazy();
+            let channel = InterceptedService::new(channel, token.clone());
             Ok(ServiceBuilder::new()
                 .load_shed()
                 .concurrency_limit(config.dependency_concurrency.max(1))

@@ -40,8 +40,8 @@ use kopilka_proto::gateway::checkout_service_server::CheckoutServiceServer;
 use kopilka_proto::gateway::customer_service_server::CustomerServiceServer;
 use kopilka_runtime::db::Migrations;
 use kopilka_runtime::host::{Host, StartError};
+use kopilka_runtime::server::Router;
 use sqlx::migrate::Migrator;
-use tonic::transport::server::Router;
 
 pub use config::Config;
 
@@ -67,6 +67,8 @@ pub enum BuildError {
     Start(#[from] StartError),
     #[error("invalid dependency URL")]
     DependencyUrl(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Token(#[from] kopilka_runtime::service_auth::TokenError),
 }
 
 /// What every handler shares: storage, authentication and the dependencies' clients.
@@ -90,7 +92,7 @@ impl Gateway {
             config.admin_rate_limit,
         );
         Ok(Self {
-            deps: Deps::new(&config)?,
+            deps: Deps::new(&config, config.service.outbound_token()?)?,
             requests: Requests::new(db.clone()),
             tier_retries: TierRetries::new(db),
             tenancy,
@@ -100,12 +102,21 @@ impl Gateway {
     }
 }
 
+/// What the gateway's reflection lists: the services registers and admins call (the internal
+/// packages stay out of sight).
+const LISTED: &[&str] = &[
+    "kopilka.gateway.v1.CheckoutService",
+    "kopilka.gateway.v1.CustomerService",
+    "kopilka.gateway.v1.AdminService",
+    "grpc.health.v1.Health",
+];
+
 /// The largest request accepted (larger: OUT_OF_RANGE before decoding), as common.proto says.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Opens the database, runs migrations and binds the port; `run_until` then serves.
 pub async fn build(config: Config) -> Result<Host, BuildError> {
-    let host = Host::start("gateway", config.service.clone(), MIGRATIONS).await?;
+    let host = Host::start_public("gateway", config.service.clone(), MIGRATIONS, LISTED).await?;
     let gateway = Gateway::new(config, host.db().clone())?;
     let host = spawn_tier_job(host, &gateway);
     let host = spawn_pruning(host, &gateway);

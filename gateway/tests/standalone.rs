@@ -19,6 +19,7 @@ async fn gateway_binary_runs_alone_on_postgres_from_the_environment() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .env("KOPILKA_LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("KOPILKA_DATABASE_URL", &url)
+        .env("KOPILKA_SERVICE_TOKEN", "standalone-test-service-token")
         .env("KOPILKA_LOG_FORMAT", "json")
         .env("KOPILKA_SHUTDOWN_GRACE", "0.2")
         .stdout(Stdio::piped())

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use kopilka_runtime::host::{Host, ServiceSettings};
+use kopilka_runtime::service_auth::ServiceToken;
 use tokio_util::sync::CancellationToken;
 
 /// The ports of the five services.
@@ -56,32 +57,57 @@ pub struct SuiteConfig {
 impl SuiteConfig {
     /// The embedded default: one SQLite file per service under `data_dir`, in-process cache.
     pub fn embedded(data_dir: &Path, bind: IpAddr, ports: Ports) -> Self {
-        let settings = |port: u16, name: &str| {
+        // One process: the five share a token made for this start.
+        let token = ServiceToken::generate();
+        let settings = |port: u16, name: &str, public: bool| {
             let mut s = ServiceSettings::embedded(port, &data_dir.join(name).to_string_lossy());
-            s.listen_addr = SocketAddr::new(bind, port);
+            // Only the gateway listens where registers reach it; the internal services
+            // listen on loopback whatever `bind` says.
+            let ip = if public {
+                bind
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            };
+            s.listen_addr = SocketAddr::new(ip, port);
+            s.service_token = Some(token.clone());
             s
         };
         SuiteConfig {
             gateway: gateway::Config {
-                service: settings(ports.gateway, "gateway.db"),
+                service: settings(ports.gateway, "gateway.db", true),
                 ..Default::default()
             },
             cards: cards_svc::Config {
-                service: settings(ports.cards, "cards.db"),
+                service: settings(ports.cards, "cards.db", false),
                 ..Default::default()
             },
             rules: rules_svc::Config {
-                service: settings(ports.rules, "rules.db"),
+                service: settings(ports.rules, "rules.db", false),
                 ..Default::default()
             },
             ledger: ledger_svc::Config {
-                service: settings(ports.ledger, "ledger.db"),
+                service: settings(ports.ledger, "ledger.db", false),
                 ..Default::default()
             },
             notify: notify_svc::Config {
-                service: settings(ports.notify, "notify.db"),
+                service: settings(ports.notify, "notify.db", false),
                 ..Default::default()
             },
+        }
+    }
+}
+
+impl SuiteConfig {
+    /// Puts `token` on all five services (they share one).
+    pub fn set_service_token(&mut self, token: &secrecy::SecretString) {
+        for service in [
+            &mut self.gateway.service,
+            &mut self.cards.service,
+            &mut self.rules.service,
+            &mut self.ledger.service,
+            &mut self.notify.service,
+        ] {
+            service.service_token = Some(token.clone());
         }
     }
 }

@@ -43,7 +43,7 @@ struct DevArgs {
     /// Where the SQLite files and the demo keys live.
     #[arg(long, env = "KOPILKA_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
-    /// The address every service binds to.
+    /// The address the gateway binds to (the internal services always listen on loopback).
     #[arg(long, env = "KOPILKA_BIND", default_value = "127.0.0.1")]
     bind: IpAddr,
     #[arg(long, env = "KOPILKA_GATEWAY_PORT", default_value_t = Ports::DEFAULT.gateway)]

@@ -6,14 +6,21 @@ use std::collections::HashSet;
 use chrono::{DateTime, Duration, Utc};
 use kopilka_proto::ledger as pb;
 use kopilka_proto::types::AmountRange;
+use kopilka_runtime::validate::Violations;
 use rust_decimal::Decimal;
 
 use crate::convert::{self, opt_instant};
 use crate::domain::amounts::{self, Sign};
 use crate::error::Error;
 use crate::in_read_tx;
-use crate::ledger::{check_id, day_of, done, Ledger};
+use crate::ledger::{day_of, Ledger, MAX_ID};
 use crate::store::{ActivityRow, LedgerTx};
+
+/// Page size when the request gives none, and the largest.
+const DEFAULT_PAGE: u32 = 500;
+const MAX_PAGE: u32 = 1000;
+/// Most store and customer ids in a filter.
+const MAX_FILTER_IDS: usize = 1000;
 
 /// Scores 1..=5 by quintile of `value` among `sorted` (ascending); ties share a score.
 fn quintile<T: PartialOrd>(sorted: &[T], value: &T) -> u32 {
@@ -75,29 +82,22 @@ impl Ledger {
         &self,
         r: &pb::ListCustomerActivityRequest,
     ) -> Result<pb::ListCustomerActivityResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
         let f = r.filter.clone().unwrap_or_default();
-        if f.store_ids.len() > 1000 {
-            return Err(Error::invalid("filter.store_ids", "at most 1000"));
-        }
-        if f.customer_ids.len() > 1000 {
-            return Err(Error::invalid("filter.customer_ids", "at most 1000"));
-        }
-        let as_of = opt_instant(&r.as_of, "as_of")?.unwrap_or_else(|| self.now());
-        let limit = if r.page_size <= 0 {
-            500
-        } else {
-            r.page_size.min(1000)
-        } as usize;
+        v.count("filter.store_ids", f.store_ids.len(), MAX_FILTER_IDS);
+        v.count("filter.customer_ids", f.customer_ids.len(), MAX_FILTER_IDS);
+        let limit = v.page_size("page_size", r.page_size, DEFAULT_PAGE, MAX_PAGE) as usize;
         let offset: usize = if r.page_token.is_empty() {
             0
         } else {
-            r.page_token.parse().map_err(|_| {
-                Error::invalid("page_token", "is not a token from a previous response")
-            })?
+            r.page_token.parse().unwrap_or_else(|_| {
+                v.page_token_invalid("page_token");
+                0
+            })
         };
+        v.check()?;
+        let as_of = opt_instant(&r.as_of, "as_of")?.unwrap_or_else(|| self.now());
         let (last_from, last_to) =
             convert::period_bounds(&f.last_purchase, "filter.last_purchase")?;
         let (bought_from, bought_to) = convert::period_bounds(&f.bought_in, "filter.bought_in")?;

@@ -2,6 +2,7 @@
 //! place where that becomes a gRPC status.
 
 use kopilka_runtime::status::{self, Refusal};
+use kopilka_runtime::validate::Violations;
 use rust_decimal::Decimal;
 use tonic::{Code, Status};
 
@@ -10,9 +11,10 @@ use crate::settings::Settings;
 /// A ledger operation's error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad input: `(field path, description)` pairs. Nothing changed.
-    #[error("invalid argument")]
-    Invalid(Vec<(String, String)>),
+    /// Bad input: field violations under VALIDATION_FAILED or a more specific reason
+    /// (LIMIT_EXCEEDED, TIMESTAMP_IN_FUTURE, PAGE_TOKEN_INVALID). Nothing changed.
+    #[error("invalid argument: {0}")]
+    Invalid(Violations),
     /// Refused with a stable reason and the metadata errors.proto documents for it: NOT_FOUND
     /// (HOLD_NOT_FOUND …) or FAILED_PRECONDITION (INSUFFICIENT_POINTS, HOLD_EXPIRED …).
     #[error("{0}")]
@@ -31,10 +33,16 @@ impl From<Refusal> for Error {
     }
 }
 
+impl From<Violations> for Error {
+    fn from(v: Violations) -> Self {
+        Error::Invalid(v)
+    }
+}
+
 impl Error {
-    /// One field violation.
+    /// One field violation (VALIDATION_FAILED).
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Error::Invalid(vec![(field.into(), description.into())])
+        Error::Invalid(Violations::one(field, description))
     }
 
     /// INSUFFICIENT_POINTS, the amounts formatted like the balance's.
@@ -65,7 +73,7 @@ impl Error {
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
-            Error::Invalid(violations) => status::invalid_argument(violations),
+            Error::Invalid(violations) => Status::from(violations),
             Error::Refused(refusal) => refusal.into(),
             Error::Db(sqlx::Error::PoolTimedOut) => Refusal::new(
                 Code::Unavailable,

@@ -7,12 +7,13 @@ use chrono::{DateTime, Duration, Utc};
 use kopilka_proto::ledger as pb;
 use kopilka_proto::types::{LotKind, PointsGrant};
 use kopilka_runtime::status::Refusal;
+use kopilka_runtime::validate::Violations;
 use prost::Message;
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
 use crate::convert::{self, opt_instant};
-use crate::domain::amounts::{self, Sign};
+use crate::domain::amounts::Sign;
 use crate::domain::book::{Account, Book, BookError, NewLot};
 use crate::domain::clock::Clock;
 use crate::error::Error;
@@ -43,10 +44,14 @@ pub mod tx_kind {
     pub const EXPIRY: i32 = 10;
 }
 
-const MAX_ID: usize = 128;
-const MAX_TEXT: usize = 500;
-pub(crate) const MAX_LINES: usize = 1000;
-pub(crate) const FUTURE_SKEW_SECS: i64 = 5 * 60;
+/// Longest id (request, customer, receipt, hold, line …), in characters.
+pub(crate) const MAX_ID: usize = 128;
+/// Longest free text (descriptions, reasons, grant keys), in characters.
+pub(crate) const MAX_TEXT: usize = 500;
+/// Most lines per receipt.
+pub(crate) const MAX_LINES: usize = 500;
+/// How far in the future a sale time may be (register clocks drift).
+pub(crate) const FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 /// How long a replica trusts its cached copy of a merchant's settings. Scales never change
 /// once a merchant has entries; a policy change reaches other replicas within this time.
@@ -77,48 +82,17 @@ pub(crate) fn digest(message: &impl Message) -> Vec<u8> {
     Sha256::digest(message.encode_to_vec()).to_vec()
 }
 
-pub(crate) fn check_id(field: &str, value: &str, violations: &mut Vec<(String, String)>) {
-    if value.is_empty() {
-        violations.push((field.to_owned(), "is required".to_owned()));
-    } else if value.chars().count() > MAX_ID {
-        violations.push((
-            field.to_owned(),
-            format!("must be at most {MAX_ID} characters"),
-        ));
-    }
-}
-
-pub(crate) fn check_text(field: &str, value: &str, violations: &mut Vec<(String, String)>) {
-    if value.chars().count() > MAX_TEXT {
-        violations.push((
-            field.to_owned(),
-            format!("must be at most {MAX_TEXT} characters"),
-        ));
-    }
-}
-
+/// A required amount of at most `scale` decimals with `sign`; zero (and a violation) when it
+/// is missing or malformed.
 pub(crate) fn parse_into(
     field: &str,
     value: &str,
     scale: u32,
     sign: Sign,
-    violations: &mut Vec<(String, String)>,
+    v: &mut Violations,
 ) -> Decimal {
-    match amounts::parse(value, scale, sign) {
-        Ok(v) => v,
-        Err(e) => {
-            violations.push((field.to_owned(), e));
-            Decimal::ZERO
-        }
-    }
-}
-
-pub(crate) fn done(violations: Vec<(String, String)>) -> Result<(), Error> {
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Invalid(violations))
-    }
+    v.decimal(field, value, scale, sign, true)
+        .unwrap_or(Decimal::ZERO)
 }
 
 pub(crate) fn book_error(e: BookError, s: &Settings) -> Error {
@@ -332,10 +306,10 @@ impl Ledger {
         request_hash: Vec<u8>,
         command: Command<'_>,
     ) -> Result<R, Error> {
-        let mut violations = Vec::new();
-        check_id("merchant_id", merchant, &mut violations);
-        check_id("request_id", request_id, &mut violations);
-        done(violations)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", merchant, MAX_ID, true);
+        v.id("request_id", request_id, MAX_ID, true);
+        v.check()?;
         let mut attempt = 0;
         loop {
             let now = self.clock.now();
@@ -435,7 +409,7 @@ impl Ledger {
         grant: &PointsGrant,
         field: &str,
         s: &Settings,
-        violations: &mut Vec<(String, String)>,
+        violations: &mut Violations,
     ) -> NewLot {
         let amount = parse_into(
             &format!("{field}.amount"),
@@ -460,18 +434,20 @@ impl Ledger {
             });
         if let (Some(a), Some(e)) = (activates_at, expires_at) {
             if e <= a {
-                violations.push((
-                    format!("{field}.expires_at"),
-                    "must be after activates_at".to_owned(),
-                ));
+                violations.add(format!("{field}.expires_at"), "must be after activates_at");
             }
         }
-        check_text(&format!("{field}.grant_key"), &grant.grant_key, violations);
+        violations.text(
+            &format!("{field}.grant_key"),
+            &grant.grant_key,
+            MAX_TEXT,
+            false,
+        );
         let kind = match LotKind::try_from(grant.kind) {
             Ok(LotKind::Unspecified) => LotKind::Purchase as i32,
             Ok(k) => k as i32,
             Err(_) => {
-                violations.push((format!("{field}.kind"), "unknown lot kind".to_owned()));
+                violations.add(format!("{field}.kind"), "unknown lot kind");
                 0
             }
         };
@@ -497,13 +473,13 @@ impl Ledger {
         s: &Settings,
         now: DateTime<Utc>,
     ) -> Result<pb::AccrueResponse, Error> {
-        let mut v = Vec::new();
-        check_id("customer_id", &r.customer_id, &mut v);
-        check_text("description", &r.description, &mut v);
+        let mut v = Violations::new();
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
+        v.text("description", &r.description, MAX_TEXT, false);
         let grant = r.grant.clone().unwrap_or_default();
         let lot = Self::new_lot(&grant, "grant", s, &mut v);
         let occurred_at = opt_instant(&r.occurred_at, "occurred_at")?.unwrap_or(now);
-        done(v)?;
+        v.check()?;
         let mut loaded = Self::load(tx, merchant, &r.customer_id, now).await?;
         if let Some(key) = &lot.grant_key {
             if let Some(existing) = tx.lot_by_grant_key(merchant, &r.customer_id, key).await? {
@@ -549,9 +525,9 @@ impl Ledger {
         s: &Settings,
         now: DateTime<Utc>,
     ) -> Result<pb::GrantGiftResponse, Error> {
-        let mut v = Vec::new();
-        check_id("customer_id", &r.customer_id, &mut v);
-        check_text("description", &r.description, &mut v);
+        let mut v = Violations::new();
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
+        v.text("description", &r.description, MAX_TEXT, false);
         let grant = r.grant.clone().unwrap_or_default();
         let mut lot = Self::new_lot(&grant, "grant", s, &mut v);
         if grant.kind == 0 {
@@ -560,10 +536,11 @@ impl Ledger {
         lot.action = r.action;
         let mut beneficiaries = Vec::new();
         for (i, b) in r.beneficiary_grants.iter().enumerate() {
-            check_id(
+            v.id(
                 &format!("beneficiary_grants[{i}].customer_id"),
                 &b.customer_id,
-                &mut v,
+                MAX_ID,
+                true,
             );
             let mut l = Self::new_lot(
                 &b.grant.clone().unwrap_or_default(),
@@ -578,7 +555,7 @@ impl Ledger {
             beneficiaries.push((b.customer_id.clone(), l));
         }
         let occurred_at = opt_instant(&r.occurred_at, "occurred_at")?.unwrap_or(now);
-        done(v)?;
+        v.check()?;
         // Lock every account involved in one fixed order: no deadlocks between writers.
         let mut customers: Vec<&str> = beneficiaries.iter().map(|(c, _)| c.as_str()).collect();
         customers.push(&r.customer_id);
@@ -675,11 +652,12 @@ impl Ledger {
         s: &Settings,
         now: DateTime<Utc>,
     ) -> Result<pb::RedeemResponse, Error> {
-        let mut v = Vec::new();
-        check_id("customer_id", &r.customer_id, &mut v);
-        check_text("description", &r.description, &mut v);
+        let mut v = Violations::new();
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
+        v.text("reference", &r.reference, MAX_ID, false);
+        v.text("description", &r.description, MAX_TEXT, false);
         let amount = parse_into("amount", &r.amount, s.points_scale, Sign::Positive, &mut v);
-        done(v)?;
+        v.check()?;
         let mut loaded = Self::load(tx, merchant, &r.customer_id, now).await?;
         let consumed = loaded
             .book
@@ -719,13 +697,13 @@ impl Ledger {
         s: &Settings,
         now: DateTime<Utc>,
     ) -> Result<pb::AdjustResponse, Error> {
-        let mut v = Vec::new();
-        check_id("customer_id", &r.customer_id, &mut v);
-        check_id("reason", &r.reason, &mut v);
-        check_text("reason", &r.reason, &mut v);
+        let mut v = Violations::new();
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
+        v.text("reason", &r.reason, MAX_TEXT, true);
+        v.text("operator", &r.operator, MAX_ID, false);
         let amount = parse_into("amount", &r.amount, s.points_scale, Sign::NonZero, &mut v);
         let expires_at = opt_instant(&r.expires_at, "expires_at")?;
-        done(v)?;
+        v.check()?;
         let mut loaded = Self::load(tx, merchant, &r.customer_id, now).await?;
         let mut response = pb::AdjustResponse::default();
         if amount > Decimal::ZERO {
@@ -814,30 +792,25 @@ impl Ledger {
         s: &Settings,
         now: DateTime<Utc>,
     ) -> Result<pb::ReserveResponse, Error> {
-        let mut v = Vec::new();
-        check_id("customer_id", &r.customer_id, &mut v);
-        if r.reference.chars().count() > MAX_ID {
-            v.push((
-                "reference".to_owned(),
-                format!("must be at most {MAX_ID} characters"),
-            ));
-        }
+        let mut v = Violations::new();
+        v.id("customer_id", &r.customer_id, MAX_ID, true);
+        v.text("reference", &r.reference, MAX_ID, false);
         let amount = parse_into("amount", &r.amount, s.points_scale, Sign::Positive, &mut v);
         let ttl = match &r.ttl {
             None => s.hold_default_ttl,
             Some(d) if d.seconds < 0 || (d.seconds == 0 && d.nanos <= 0) => {
-                v.push(("ttl".to_owned(), "must be positive".to_owned()));
+                v.add("ttl", "must be positive");
                 s.hold_default_ttl
             }
             Some(d) => std::time::Duration::new(d.seconds as u64, d.nanos.max(0) as u32),
         };
         if ttl > s.hold_max_ttl {
-            v.push((
-                "ttl".to_owned(),
+            v.add(
+                "ttl",
                 format!("must be at most {} s", s.hold_max_ttl.as_secs()),
-            ));
+            );
         }
-        done(v)?;
+        v.check()?;
         let mut loaded = Self::load(tx, merchant, &r.customer_id, now).await?;
         let allocations = loaded.book.hold(amount).map_err(|e| book_error(e, s))?;
         let hold = HoldRow {
@@ -921,9 +894,9 @@ impl Ledger {
         s: &Settings,
         now: DateTime<Utc>,
     ) -> Result<pb::CommitHoldResponse, Error> {
-        let mut v = Vec::new();
-        check_id("hold_id", &r.hold_id, &mut v);
-        check_text("description", &r.description, &mut v);
+        let mut v = Violations::new();
+        v.id("hold_id", &r.hold_id, MAX_ID, true);
+        v.text("description", &r.description, MAX_TEXT, false);
         let requested = if r.amount.is_empty() {
             None
         } else {
@@ -935,7 +908,7 @@ impl Ledger {
                 &mut v,
             ))
         };
-        done(v)?;
+        v.check()?;
         let (mut hold, mut loaded) = self.open_hold(tx, merchant, &r.hold_id, now).await?;
         match hold.state {
             // An error rolls this transaction back; the caller releases the hold separately.
@@ -1003,9 +976,9 @@ impl Ledger {
         s: &Settings,
         now: DateTime<Utc>,
     ) -> Result<pb::VoidHoldResponse, Error> {
-        let mut v = Vec::new();
-        check_id("hold_id", &r.hold_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("hold_id", &r.hold_id, MAX_ID, true);
+        v.check()?;
         let (mut hold, mut loaded) = self.open_hold(tx, merchant, &r.hold_id, now).await?;
         match hold.state {
             hold_state::ACTIVE => {
@@ -1105,7 +1078,7 @@ impl Ledger {
             && tx.has_transactions(merchant).await?
         {
             return Err(Refusal::precondition(
-                "VALIDATION_FAILED",
+                "SCALE_LOCKED",
                 "scales cannot change once the merchant has entries",
             )
             .into());
@@ -1354,12 +1327,73 @@ mod tests {
             (
                 "scale change after entries",
                 refusal(set(&l, M, scale, &["points_scale"]).await),
-                answer(fp, "VALIDATION_FAILED", &[]),
+                answer(fp, "SCALE_LOCKED", &[]),
             ),
             (
                 "bad input",
                 refusal(l.redeem_points(&redeem("", &rid(), "1")).await),
                 answer(Code::InvalidArgument, "VALIDATION_FAILED", &[]),
+            ),
+        ]);
+        let long = |n: usize| "x".repeat(n);
+        let described = pb::RedeemRequest {
+            description: long(501),
+            ..redeem(c, &rid(), "1")
+        };
+        let referenced = pb::ReserveRequest {
+            merchant_id: M.into(),
+            request_id: rid(),
+            customer_id: c.into(),
+            amount: "1".into(),
+            reference: long(129),
+            ..Default::default()
+        };
+        let no_reason = pb::AdjustRequest {
+            request_id: rid(),
+            amount: "1".into(),
+            reason: String::new(),
+            ..adjust.clone()
+        };
+        let two_limits = pb::RedeemRequest {
+            description: long(501),
+            ..redeem(&long(129), &rid(), "x")
+        };
+        check_invalid(vec![
+            (
+                "a customer id of 129 characters",
+                invalid(l.redeem_points(&redeem(&long(129), &rid(), "1")).await),
+                limit_exceeded("customer_id", "128"),
+                &["customer_id"],
+            ),
+            (
+                "a request id of 129 characters",
+                invalid(l.redeem_points(&redeem(c, &long(129), "1")).await),
+                limit_exceeded("request_id", "128"),
+                &["request_id"],
+            ),
+            (
+                "a description of 501 characters",
+                invalid(l.redeem_points(&described).await),
+                limit_exceeded("description", "500"),
+                &["description"],
+            ),
+            (
+                "a hold reference of 129 characters",
+                invalid(l.reserve_points(&referenced).await),
+                limit_exceeded("reference", "128"),
+                &["reference"],
+            ),
+            (
+                "every violation, the first limit's metadata",
+                invalid(l.redeem_points(&two_limits).await),
+                limit_exceeded("customer_id", "128"),
+                &["customer_id", "description", "amount"],
+            ),
+            (
+                "an adjustment without a reason",
+                invalid(l.adjust_points(&no_reason).await),
+                answer(Code::InvalidArgument, "VALIDATION_FAILED", &[]),
+                &["reason"],
             ),
         ]);
     }

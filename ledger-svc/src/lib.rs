@@ -60,6 +60,8 @@ pub enum BuildError {
     Start(#[from] StartError),
     #[error("invalid notify URL")]
     NotifyUrl(#[source] tonic::transport::Error),
+    #[error(transparent)]
+    Token(#[from] kopilka_runtime::service_auth::TokenError),
 }
 
 /// Opens the database, runs migrations and binds the port; `run_until` then serves. With a
@@ -74,8 +76,12 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<H
     let options = RelayOptions::default();
     let notify = match &config.notify_url {
         Some(url) => Some(
-            NotifySink::connect_lazy(url, Duration::from_secs(10))
-                .map_err(BuildError::NotifyUrl)?,
+            NotifySink::connect_lazy(
+                url,
+                config.service.outbound_token()?,
+                Duration::from_secs(10),
+            )
+            .map_err(BuildError::NotifyUrl)?,
         ),
         None => None,
     };

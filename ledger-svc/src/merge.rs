@@ -5,11 +5,12 @@ use chrono::{DateTime, Utc};
 use kopilka_proto::ledger as pb;
 use kopilka_proto::types::{self, event::Payload};
 use kopilka_runtime::status::Refusal;
+use kopilka_runtime::validate::Violations;
 use rust_decimal::Decimal;
 
 use crate::domain::book::{Account, AccountState, Book, Entry};
 use crate::error::Error;
-use crate::ledger::{check_id, done, Ledger};
+use crate::ledger::{Ledger, MAX_ID};
 use crate::settings::Settings;
 use crate::store::LedgerTx;
 
@@ -26,16 +27,13 @@ impl Ledger {
         s: &Settings,
         now: DateTime<Utc>,
     ) -> Result<pb::MergeAccountsResponse, Error> {
-        let mut v = Vec::new();
-        check_id("source_customer_id", &r.source_customer_id, &mut v);
-        check_id("target_customer_id", &r.target_customer_id, &mut v);
+        let mut v = Violations::new();
+        v.id("source_customer_id", &r.source_customer_id, MAX_ID, true);
+        v.id("target_customer_id", &r.target_customer_id, MAX_ID, true);
         if r.source_customer_id == r.target_customer_id {
-            v.push((
-                "target_customer_id".to_owned(),
-                "must differ from source_customer_id".to_owned(),
-            ));
+            v.add("target_customer_id", "must differ from source_customer_id");
         }
-        done(v)?;
+        v.check()?;
         let (source, target) = (r.source_customer_id.as_str(), r.target_customer_id.as_str());
         let (first, second) = if source < target {
             (source, target)

@@ -4,13 +4,14 @@
 use chrono::{DateTime, Duration, Months, Utc};
 use kopilka_proto::ledger as pb;
 use kopilka_proto::types::{self, lookback::Span, Lookback, LotKind};
+use kopilka_runtime::validate::Violations;
 use rust_decimal::Decimal;
 
 use crate::convert::{self, opt_instant, timestamp};
 use crate::domain::book::{lot_state, Account, AccountState, Book};
 use crate::domain::periods::{buckets, Granularity};
 use crate::error::Error;
-use crate::ledger::{check_id, day_of, done, hold_not_found, hold_state, tx_kind, Ledger};
+use crate::ledger::{day_of, hold_not_found, hold_state, tx_kind, Ledger, MAX_ID};
 use crate::receipts::receipt_not_found;
 use crate::settings::Settings;
 use crate::store::LedgerTx;
@@ -18,6 +19,16 @@ use crate::{in_read_tx, in_write_tx};
 use chrono_tz::Tz;
 
 const DEFAULT_EXPIRING: i64 = 30;
+/// The largest page of a list.
+const MAX_PAGE: u32 = 1000;
+/// Most lookback windows of one request.
+const MAX_LOOKBACKS: usize = 10;
+/// Most differences Verify reports, and how many when the request gives 0.
+const MAX_DIFFERENCES: u32 = 10_000;
+const DEFAULT_DIFFERENCES: u32 = 100;
+/// Most items one ProcessDueLots call processes, and how many when it gives 0.
+const MAX_DUE_ITEMS: u32 = 100_000;
+const DEFAULT_DUE_ITEMS: u32 = 10_000;
 
 fn expiring_within(d: &Option<pbjson_types::Duration>) -> Duration {
     d.as_ref()
@@ -27,21 +38,43 @@ fn expiring_within(d: &Option<pbjson_types::Duration>) -> Duration {
         })
 }
 
-fn page(size: i32, default: i64) -> i64 {
-    if size <= 0 {
-        default
-    } else {
-        i64::from(size).min(1000)
+/// The page size of a list: 0 is `default`, 1 to [`MAX_PAGE`] as asked.
+fn page(v: &mut Violations, size: i32, default: u32) -> i64 {
+    i64::from(v.page_size("page_size", size, default, MAX_PAGE))
+}
+
+/// The offset a `page_token` of an offset-paged list stands for (empty: the first page).
+fn offset_token(v: &mut Violations, token: &str) -> i64 {
+    if token.is_empty() {
+        return 0;
+    }
+    match token.parse::<i64>() {
+        Ok(offset) if offset >= 0 => offset,
+        _ => {
+            v.page_token_invalid("page_token");
+            0
+        }
     }
 }
 
-fn offset_token(token: &str) -> Result<i64, Error> {
-    if token.is_empty() {
-        return Ok(0);
+/// A ListHistory `page_token`: the id of the last transaction of the previous page.
+fn history_token(v: &mut Violations, token: &str) {
+    let is_id = uuid::Uuid::try_parse(token).is_ok_and(|id| id.to_string() == token);
+    if !token.is_empty() && !is_id {
+        v.page_token_invalid("page_token");
     }
-    token
-        .parse()
-        .map_err(|_| Error::invalid("page_token", "is not a token from a previous response"))
+}
+
+/// At most `max` (LIMIT_EXCEEDED above); 0 is `default`.
+fn at_most(v: &mut Violations, field: &str, value: u32, default: u32, max: u32, what: &str) -> u32 {
+    match value {
+        0 => default,
+        n if n > max => {
+            v.limit(field, max, what);
+            max
+        }
+        n => n,
+    }
 }
 
 /// The start of a trailing window ending at `as_of`.
@@ -96,18 +129,19 @@ impl Ledger {
         Ok(book)
     }
 
-    fn ids(merchant: &str, customer: &str) -> Result<(), Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", merchant, &mut v);
-        check_id("customer_id", customer, &mut v);
-        done(v)
+    /// The violations of a read's merchant and customer ids.
+    fn ids(merchant: &str, customer: &str) -> Violations {
+        let mut v = Violations::new();
+        v.id("merchant_id", merchant, MAX_ID, true);
+        v.id("customer_id", customer, MAX_ID, true);
+        v
     }
 
     pub async fn get_balance(
         &self,
         r: &pb::GetBalanceRequest,
     ) -> Result<pb::GetBalanceResponse, Error> {
-        Self::ids(&r.merchant_id, &r.customer_id)?;
+        Self::ids(&r.merchant_id, &r.customer_id).check()?;
         let now = self.now();
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
@@ -165,9 +199,6 @@ impl Ledger {
         as_of: DateTime<Utc>,
         s: &Settings,
     ) -> Result<types::PurchaseAggregates, Error> {
-        if lookbacks.len() > 10 {
-            return Err(Error::invalid("lookbacks", "at most 10"));
-        }
         let mut windows = Vec::new();
         for lookback in lookbacks {
             let from = window_start(lookback, as_of)?;
@@ -195,7 +226,9 @@ impl Ledger {
         &self,
         r: &pb::GetPurchaseAggregatesRequest,
     ) -> Result<pb::GetPurchaseAggregatesResponse, Error> {
-        Self::ids(&r.merchant_id, &r.customer_id)?;
+        let mut v = Self::ids(&r.merchant_id, &r.customer_id);
+        v.count("lookbacks", r.lookbacks.len(), MAX_LOOKBACKS);
+        v.check()?;
         let as_of = opt_instant(&r.as_of, "as_of")?.unwrap_or_else(|| self.now());
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
@@ -214,7 +247,9 @@ impl Ledger {
         &self,
         r: &pb::GetAccountSnapshotRequest,
     ) -> Result<pb::GetAccountSnapshotResponse, Error> {
-        Self::ids(&r.merchant_id, &r.customer_id)?;
+        let mut v = Self::ids(&r.merchant_id, &r.customer_id);
+        v.count("lookbacks", r.lookbacks.len(), MAX_LOOKBACKS);
+        v.check()?;
         let now = self.now();
         let as_of = opt_instant(&r.as_of, "as_of")?.unwrap_or(now);
         in_read_tx!(&self.db(), tx => {
@@ -229,9 +264,10 @@ impl Ledger {
     }
 
     pub async fn list_lots(&self, r: &pb::ListLotsRequest) -> Result<pb::ListLotsResponse, Error> {
-        Self::ids(&r.merchant_id, &r.customer_id)?;
-        let limit = page(r.page_size, 100);
-        let offset = offset_token(&r.page_token)?;
+        let mut v = Self::ids(&r.merchant_id, &r.customer_id);
+        let limit = page(&mut v, r.page_size, 100);
+        let offset = offset_token(&mut v, &r.page_token);
+        v.check()?;
         let states: Vec<i32> = if r.states.is_empty() {
             vec![lot_state::PENDING, lot_state::ACTIVE]
         } else {
@@ -253,8 +289,10 @@ impl Ledger {
         &self,
         r: &pb::ListHistoryRequest,
     ) -> Result<pb::ListHistoryResponse, Error> {
-        Self::ids(&r.merchant_id, &r.customer_id)?;
-        let limit = page(r.page_size, 50);
+        let mut v = Self::ids(&r.merchant_id, &r.customer_id);
+        let limit = page(&mut v, r.page_size, 50);
+        history_token(&mut v, &r.page_token);
+        v.check()?;
         let (period_start, period_end) = convert::period_bounds(&r.period, "period")?;
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
@@ -306,10 +344,10 @@ impl Ledger {
     }
 
     pub async fn get_hold(&self, r: &pb::GetHoldRequest) -> Result<pb::GetHoldResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        check_id("hold_id", &r.hold_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        v.id("hold_id", &r.hold_id, MAX_ID, true);
+        v.check()?;
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
             let s = Self::settings(tx, &r.merchant_id).await?;
@@ -322,10 +360,10 @@ impl Ledger {
         &self,
         r: &pb::GetReceiptRequest,
     ) -> Result<pb::GetReceiptResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        check_id("receipt_id", &r.receipt_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        v.id("receipt_id", &r.receipt_id, MAX_ID, true);
+        v.check()?;
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
             let row = tx.receipt(&r.merchant_id, &r.receipt_id).await?.ok_or_else(|| receipt_not_found(&r.receipt_id))?;
@@ -337,11 +375,11 @@ impl Ledger {
         &self,
         r: &pb::ListReceiptsRequest,
     ) -> Result<pb::ListReceiptsResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        done(v)?;
-        let limit = page(r.page_size, 100);
-        let offset = offset_token(&r.page_token)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        let limit = page(&mut v, r.page_size, 100);
+        let offset = offset_token(&mut v, &r.page_token);
+        v.check()?;
         let (from, to) = convert::period_bounds(&r.period, "period")?;
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
@@ -363,9 +401,9 @@ impl Ledger {
         &self,
         r: &pb::GetMerchantTotalsRequest,
     ) -> Result<pb::GetMerchantTotalsResponse, Error> {
-        let mut v = Vec::new();
-        check_id("merchant_id", &r.merchant_id, &mut v);
-        done(v)?;
+        let mut v = Violations::new();
+        v.id("merchant_id", &r.merchant_id, MAX_ID, true);
+        v.check()?;
         let period = r.period.unwrap_or_default();
         let (Some(from), Some(to)) = (
             opt_instant(&period.start, "period.start")?,
@@ -456,11 +494,16 @@ impl Ledger {
     /// Recomputes every balance from the journal and from the lots and reports differences.
     pub async fn verify(&self, r: &pb::VerifyRequest) -> Result<pb::VerifyResponse, Error> {
         let started = std::time::Instant::now();
-        let max = if r.max_differences == 0 {
-            100
-        } else {
-            r.max_differences.min(10_000)
-        } as usize;
+        let mut v = Violations::new();
+        let max = at_most(
+            &mut v,
+            "max_differences",
+            r.max_differences,
+            DEFAULT_DIFFERENCES,
+            MAX_DIFFERENCES,
+            "differences",
+        ) as usize;
+        v.check()?;
         let now = self.now();
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
@@ -519,11 +562,16 @@ impl Ledger {
         max_items: u32,
     ) -> Result<pb::ProcessDueLotsResponse, Error> {
         let now = as_of.unwrap_or_else(|| self.now()).min(self.now());
-        let limit = if max_items == 0 {
-            10_000
-        } else {
-            max_items.min(100_000)
-        } as i64;
+        let mut v = Violations::new();
+        let limit = at_most(
+            &mut v,
+            "max_items",
+            max_items,
+            DEFAULT_DUE_ITEMS,
+            MAX_DUE_ITEMS,
+            "items",
+        ) as i64;
+        v.check()?;
         let merchants: Vec<String> = match merchant {
             Some(m) => vec![m.to_owned()],
             None => {
@@ -693,5 +741,139 @@ mod tests {
                 ),
             ),
         ]);
+    }
+
+    /// Page tokens not returned by the call are PAGE_TOKEN_INVALID; page and batch sizes
+    /// above their documented limits are LIMIT_EXCEEDED naming the field and the limit.
+    #[tokio::test]
+    async fn lists_refuse_foreign_tokens_and_oversized_pages() {
+        let (l, _) = ledger().await;
+        let c = "c-1";
+        accrue(&l, M, c, "1").await;
+        accrue(&l, M, c, "2").await;
+        let receipts = |page_size: i32, page_token: &str| pb::ListReceiptsRequest {
+            merchant_id: M.into(),
+            page_size,
+            page_token: page_token.into(),
+            ..Default::default()
+        };
+        let lots = |page_token: &str| pb::ListLotsRequest {
+            merchant_id: M.into(),
+            customer_id: c.into(),
+            page_token: page_token.into(),
+            ..Default::default()
+        };
+        let history = |page_size: i32, page_token: &str| pb::ListHistoryRequest {
+            merchant_id: M.into(),
+            customer_id: c.into(),
+            page_size,
+            page_token: page_token.into(),
+            ..Default::default()
+        };
+        let activity =
+            |filter: pb::ActivityFilter, page_token: &str| pb::ListCustomerActivityRequest {
+                merchant_id: M.into(),
+                filter: Some(filter),
+                page_token: page_token.into(),
+                ..Default::default()
+            };
+        let many_stores = pb::ActivityFilter {
+            store_ids: (0..1001).map(|i| format!("s-{i}")).collect(),
+            ..Default::default()
+        };
+        let aggregates = pb::GetPurchaseAggregatesRequest {
+            merchant_id: M.into(),
+            customer_id: c.into(),
+            lookbacks: (1..=11)
+                .map(|d| Lookback {
+                    span: Some(Span::Days(d)),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let verify = pb::VerifyRequest {
+            merchant_id: M.into(),
+            max_differences: 10_001,
+            ..Default::default()
+        };
+        let token_invalid = answer(Code::InvalidArgument, "PAGE_TOKEN_INVALID", &[]);
+        let none = pb::ActivityFilter::default;
+        check_invalid(vec![
+            (
+                "receipts: a token that is not an offset",
+                invalid(l.list_receipts(&receipts(0, "zz")).await),
+                token_invalid.clone(),
+                &["page_token"],
+            ),
+            (
+                "lots: a negative offset",
+                invalid(l.list_lots(&lots("-1")).await),
+                token_invalid.clone(),
+                &["page_token"],
+            ),
+            (
+                "history: a token that is not a transaction id",
+                invalid(l.list_history(&history(0, "zz")).await),
+                token_invalid.clone(),
+                &["page_token"],
+            ),
+            (
+                "activity: a token that is not an offset",
+                invalid(l.list_activity(&activity(none(), "x")).await),
+                token_invalid.clone(),
+                &["page_token"],
+            ),
+            (
+                "receipts: a page of 1001",
+                invalid(l.list_receipts(&receipts(1001, "")).await),
+                limit_exceeded("page_size", "1000"),
+                &["page_size"],
+            ),
+            (
+                "history: a negative page size",
+                invalid(l.list_history(&history(-1, "")).await),
+                answer(Code::InvalidArgument, "VALIDATION_FAILED", &[]),
+                &["page_size"],
+            ),
+            (
+                "activity: 1001 stores",
+                invalid(l.list_activity(&activity(many_stores, "")).await),
+                limit_exceeded("filter.store_ids", "1000"),
+                &["filter.store_ids"],
+            ),
+            (
+                "aggregates: 11 lookbacks",
+                invalid(l.get_aggregates(&aggregates).await),
+                limit_exceeded("lookbacks", "10"),
+                &["lookbacks"],
+            ),
+            (
+                "verify: 10 001 differences",
+                invalid(l.verify(&verify).await),
+                limit_exceeded("max_differences", "10000"),
+                &["max_differences"],
+            ),
+            (
+                "due work: 100 001 items",
+                invalid(l.process_due(Some(M), None, 100_001).await),
+                limit_exceeded("max_items", "100000"),
+                &["max_items"],
+            ),
+        ]);
+        // The tokens the lists return are accepted.
+        let first = l.list_history(&history(1, "")).await.unwrap();
+        assert_eq!(first.transactions.len(), 1);
+        let second = l
+            .list_history(&history(1, &first.next_page_token))
+            .await
+            .unwrap();
+        assert_eq!(second.transactions.len(), 1);
+        assert_ne!(
+            first.transactions[0].transaction_id,
+            second.transactions[0].transaction_id
+        );
+        let page = l.list_lots(&lots("")).await.unwrap();
+        assert!(page.next_page_token.is_empty());
+        l.list_lots(&lots("1")).await.unwrap();
     }
 }

@@ -4,6 +4,7 @@ use chrono::{DateTime, Duration, Utc};
 use kopilka_proto::ledger as pb;
 use kopilka_proto::types::{self, event::Payload, LotKind};
 use kopilka_runtime::status::Refusal;
+use kopilka_runtime::validate::Violations;
 use prost::Message;
 use rust_decimal::{Decimal, RoundingStrategy};
 
@@ -13,8 +14,8 @@ use crate::domain::book::{Account, NewLot};
 use crate::domain::split::proportional;
 use crate::error::Error;
 use crate::ledger::{
-    book_error, check_id, check_text, day_of, digest, done, hold_exceeded, hold_finalized,
-    hold_not_found, hold_state, new_id, parse_into, tx_kind, Ledger, FUTURE_SKEW_SECS, MAX_LINES,
+    book_error, day_of, digest, hold_exceeded, hold_finalized, hold_not_found, hold_state, new_id,
+    parse_into, tx_kind, Ledger, FUTURE_SKEW, MAX_ID, MAX_LINES, MAX_TEXT,
 };
 use crate::settings::Settings;
 use crate::store::{LedgerTx, LineRefunded, ReceiptRow, SoldLine};
@@ -27,6 +28,8 @@ pub mod refund_state {
 }
 
 const QUANTITY_SCALE: u32 = 3;
+/// Longest `ReceiptInput.caller_digest`, in bytes.
+const MAX_CALLER_DIGEST: usize = 64;
 
 /// One validated receipt line.
 struct Line {
@@ -68,11 +71,25 @@ pub(crate) fn iso_duration(d: std::time::Duration) -> String {
     out
 }
 
-fn opt_amount(field: &str, value: &str, scale: u32, v: &mut Vec<(String, String)>) -> Decimal {
-    if value.is_empty() {
-        Decimal::ZERO
-    } else {
-        parse_into(field, value, scale, Sign::NonNegative, v)
+/// An optional amount >= 0; empty is zero.
+fn opt_amount(field: &str, value: &str, scale: u32, v: &mut Violations) -> Decimal {
+    v.decimal(field, value, scale, Sign::NonNegative, false)
+        .unwrap_or(Decimal::ZERO)
+}
+
+/// TIMESTAMP_IN_FUTURE when `at` is more than [`FUTURE_SKEW`] ahead of `now` (the ledger's
+/// clock).
+fn not_future(v: &mut Violations, field: &str, at: DateTime<Utc>, now: DateTime<Utc>) {
+    if at > now + Duration::from_std(FUTURE_SKEW).unwrap_or(Duration::minutes(5)) {
+        v.add_with_reason(
+            field,
+            format!(
+                "more than {} minutes in the future (check the clock)",
+                FUTURE_SKEW.as_secs() / 60
+            ),
+            "TIMESTAMP_IN_FUTURE",
+            vec![("field", field.to_owned())],
+        );
     }
 }
 
@@ -125,50 +142,47 @@ impl Ledger {
         let Some(input) = &r.receipt else {
             return Err(Error::invalid("receipt", "is required"));
         };
-        let mut v = Vec::new();
-        check_id("receipt.receipt_id", &input.receipt_id, &mut v);
+        let mut v = Violations::new();
+        v.id("receipt.receipt_id", &input.receipt_id, MAX_ID, true);
         for (field, value) in [
             ("receipt.customer_id", &input.customer_id),
             ("receipt.store_id", &input.store_id),
             ("receipt.terminal_id", &input.terminal_id),
             ("receipt.hold_id", &input.hold_id),
         ] {
-            if value.chars().count() > 128 {
-                v.push((
-                    field.to_owned(),
-                    "must be at most 128 characters".to_owned(),
-                ));
-            }
+            v.id(field, value, MAX_ID, false);
         }
-        let occurred_at = opt_instant(&input.occurred_at, "receipt.occurred_at")?.unwrap_or(now);
+        let occurred_at = match opt_instant(&input.occurred_at, "receipt.occurred_at") {
+            Ok(at) => at.unwrap_or(now),
+            Err(Error::Invalid(bad)) => {
+                v.extend(bad);
+                now
+            }
+            Err(e) => return Err(e),
+        };
+        not_future(&mut v, "receipt.occurred_at", occurred_at, now);
         if !s.currency.is_empty() && !input.currency.is_empty() && input.currency != s.currency {
-            v.push((
-                "receipt.currency".to_owned(),
+            v.add(
+                "receipt.currency",
                 format!("must be the merchant's currency {}", s.currency),
-            ));
+            );
         }
         if input.lines.is_empty() {
-            v.push((
-                "receipt.lines".to_owned(),
-                "a receipt has at least one line".to_owned(),
-            ));
+            v.add("receipt.lines", "a receipt has at least one line");
         }
         if input.lines.len() > MAX_LINES {
-            v.push((
-                "receipt.lines".to_owned(),
-                format!("at most {MAX_LINES} lines"),
-            ));
+            v.limit("receipt.lines", MAX_LINES, "lines");
         }
         let mut seen = std::collections::HashSet::new();
         let mut lines = Vec::with_capacity(input.lines.len());
         for (i, l) in input.lines.iter().enumerate() {
             let f = |name: &str| format!("receipt.lines[{i}].{name}");
             let basket = l.line.clone().unwrap_or_default();
-            check_id(&f("line.line_id"), &basket.line_id, &mut v);
+            v.id(&f("line.line_id"), &basket.line_id, MAX_ID, true);
             if !seen.insert(basket.line_id.clone()) {
-                v.push((f("line.line_id"), "is repeated in this receipt".to_owned()));
+                v.add(f("line.line_id"), "is repeated in this receipt");
             }
-            check_id(&f("line.product_id"), &basket.product_id, &mut v);
+            v.id(&f("line.product_id"), &basket.product_id, MAX_ID, true);
             let price = parse_into(
                 &f("line.unit_price"),
                 &basket.unit_price,
@@ -196,19 +210,13 @@ impl Ledger {
                     &mut v,
                 );
                 if a > price * quantity {
-                    v.push((
-                        f("line.amount"),
-                        "must not exceed unit_price × quantity".to_owned(),
-                    ));
+                    v.add(f("line.amount"), "must not exceed unit_price × quantity");
                 }
                 a
             };
             let discount = opt_amount(&f("discount"), &l.discount, s.money_scale, &mut v);
             if discount > gross {
-                v.push((
-                    f("discount"),
-                    "must not exceed the line's amount".to_owned(),
-                ));
+                v.add(f("discount"), "must not exceed the line's amount");
             }
             let redeem = opt_amount(
                 &f("redeem_points"),
@@ -222,10 +230,10 @@ impl Ledger {
                 opt_amount(&f("redeem_money"), &l.redeem_money, s.money_scale, &mut v)
             };
             if redeem_money > gross - discount {
-                v.push((
+                v.add(
                     f("redeem_money"),
-                    "must not exceed the line's amount after discount".to_owned(),
-                ));
+                    "must not exceed the line's amount after discount",
+                );
             }
             let accrual = opt_amount(
                 &f("accrual_points"),
@@ -262,10 +270,10 @@ impl Ledger {
             )
         };
         if redeem != lines_redeem {
-            v.push((
-                "receipt.redeem_points".to_owned(),
-                "must equal the sum of the lines' redeem_points".to_owned(),
-            ));
+            v.add(
+                "receipt.redeem_points",
+                "must equal the sum of the lines' redeem_points",
+            );
         }
         let mut lots: Vec<NewLot> = input
             .accruals
@@ -288,17 +296,18 @@ impl Ledger {
         }
         let lots_total: Decimal = lots.iter().map(|l| l.amount).sum();
         if lots_total != lines_accrual {
-            v.push((
-                "receipt.accruals".to_owned(),
-                "their amounts must sum to the lines' accrual_points".to_owned(),
-            ));
+            v.add(
+                "receipt.accruals",
+                "their amounts must sum to the lines' accrual_points",
+            );
         }
         let mut beneficiaries = Vec::new();
         for (i, b) in input.beneficiary_grants.iter().enumerate() {
-            check_id(
+            v.id(
                 &format!("receipt.beneficiary_grants[{i}].customer_id"),
                 &b.customer_id,
-                &mut v,
+                MAX_ID,
+                true,
             );
             let mut l = Self::new_lot(
                 &b.grant.clone().unwrap_or_default(),
@@ -318,45 +327,35 @@ impl Ledger {
                 || !input.hold_id.is_empty()
                 || !beneficiaries.is_empty())
         {
-            v.push((
-                "receipt.customer_id".to_owned(),
-                "an anonymous receipt can neither redeem nor accrue points".to_owned(),
-            ));
+            v.add(
+                "receipt.customer_id",
+                "an anonymous receipt can neither redeem nor accrue points",
+            );
         }
         for (i, c) in input.stamp_changes.iter().enumerate() {
-            check_id(
+            v.id(
                 &format!("receipt.stamp_changes[{i}].stamp_card_id"),
                 &c.stamp_card_id,
-                &mut v,
+                MAX_ID,
+                true,
             );
         }
         if anonymous && !input.stamp_changes.is_empty() {
-            v.push((
-                "receipt.stamp_changes".to_owned(),
-                "an anonymous receipt collects no stamps".to_owned(),
-            ));
+            v.add(
+                "receipt.stamp_changes",
+                "an anonymous receipt collects no stamps",
+            );
         }
-        if input.caller_digest.len() > 64 {
-            v.push((
-                "receipt.caller_digest".to_owned(),
-                "at most 64 bytes".to_owned(),
-            ));
+        if input.caller_digest.len() > MAX_CALLER_DIGEST {
+            v.limit("receipt.caller_digest", MAX_CALLER_DIGEST, "bytes");
         }
         if input.offline && redeem > Decimal::ZERO {
-            v.push((
-                "receipt.redeem_points".to_owned(),
-                "an offline receipt cannot redeem points".to_owned(),
-            ));
+            v.add(
+                "receipt.redeem_points",
+                "an offline receipt cannot redeem points",
+            );
         }
-        done(v)?;
-        if occurred_at > now + Duration::seconds(FUTURE_SKEW_SECS) {
-            return Err(Refusal::precondition(
-                "TIMESTAMP_IN_FUTURE",
-                "the sale time is in the future",
-            )
-            .with("field", "receipt.occurred_at")
-            .into());
-        }
+        v.check()?;
         if now - occurred_at > Duration::from_std(s.max_receipt_age).unwrap_or(Duration::days(30)) {
             return Err(Refusal::precondition(
                 "RECEIPT_TOO_OLD",
@@ -462,12 +461,13 @@ impl Ledger {
                     .await?;
                 if count < 0 {
                     return Err(Refusal::precondition(
-                        "VALIDATION_FAILED",
+                        "INSUFFICIENT_STAMPS",
                         format!(
                             "stamp card `{}` has fewer stamps than consumed",
                             c.stamp_card_id
                         ),
                     )
+                    .with("stamp_card_id", &c.stamp_card_id)
                     .into());
                 }
                 c.balance_after = count as u32;
@@ -728,13 +728,16 @@ impl Ledger {
         s: &Settings,
         now: DateTime<Utc>,
     ) -> Result<pb::RefundReceiptResponse, Error> {
-        let mut v = Vec::new();
-        check_id("receipt_id", &r.receipt_id, &mut v);
-        check_id("refund_id", &r.refund_id, &mut v);
-        check_text("reason", &r.reason, &mut v);
+        let mut v = Violations::new();
+        v.id("receipt_id", &r.receipt_id, MAX_ID, true);
+        v.id("refund_id", &r.refund_id, MAX_ID, true);
+        v.text("reason", &r.reason, MAX_TEXT, false);
+        // At most one entry per line of a receipt of at most MAX_LINES lines.
+        v.count("lines", r.lines.len(), MAX_LINES);
         let mut requested = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (i, l) in r.lines.iter().enumerate() {
-            check_id(&format!("lines[{i}].line_id"), &l.line_id, &mut v);
+            v.id(&format!("lines[{i}].line_id"), &l.line_id, MAX_ID, true);
             // Empty = all that remains of the line (resolved once the receipt is read).
             let q = if l.quantity.is_empty() {
                 None
@@ -747,18 +750,15 @@ impl Ledger {
                     &mut v,
                 ))
             };
-            if requested
-                .iter()
-                .any(|(id, _): &(String, Option<Decimal>)| id == &l.line_id)
-            {
-                v.push((format!("lines[{i}].line_id"), "is repeated".to_owned()));
+            if !seen.insert(l.line_id.as_str()) {
+                v.add(format!("lines[{i}].line_id"), "is repeated");
             }
             requested.push((l.line_id.clone(), q));
         }
         let policy = pb::ShortfallPolicy::try_from(r.policy)
             .map_err(|_| Error::invalid("policy", "unknown policy"))?;
         let occurred_at = opt_instant(&r.occurred_at, "occurred_at")?.unwrap_or(now);
-        done(v)?;
+        v.check()?;
         let row = tx
             .lock_receipt(merchant, &r.receipt_id)
             .await?
@@ -1167,7 +1167,7 @@ mod tests {
     /// for its reason.
     #[tokio::test]
     async fn refusals_carry_the_documented_metadata() {
-        let (l, _) = ledger().await;
+        let (l, clock) = ledger().await;
         let policy = pb::LedgerSettings {
             max_negative_balance: "5".into(),
             max_receipt_age: Some(pbjson_types::Duration {
@@ -1259,15 +1259,6 @@ mod tests {
                 ),
             ),
             (
-                "sale in the future",
-                refusal(record(&l, at("r-5", now + Duration::minutes(6))).await),
-                answer(
-                    fp,
-                    "TIMESTAMP_IN_FUTURE",
-                    &[("field", "receipt.occurred_at")],
-                ),
-            ),
-            (
                 "sale too old",
                 refusal(record(&l, at("r-6", now - Duration::hours(73))).await),
                 answer(fp, "RECEIPT_TOO_OLD", &[("max_age", "PT72H")]),
@@ -1275,7 +1266,7 @@ mod tests {
             (
                 "more stamps consumed than collected",
                 refusal(record(&l, unstamped).await),
-                answer(fp, "VALIDATION_FAILED", &[]),
+                answer(fp, "INSUFFICIENT_STAMPS", &[("stamp_card_id", "coffee")]),
             ),
             (
                 "redeem more than held",
@@ -1335,5 +1326,106 @@ mod tests {
                 answer(fp, "NEGATIVE_BALANCE_NOT_ALLOWED", &[]),
             ),
         ]);
+        // Bad input: INVALID_ARGUMENT with the field violations, under the reason of the
+        // first violation that has one of its own.
+        let lines = |n: usize| -> Vec<pb::ReceiptLine> {
+            (0..n)
+                .map(|i| line(&i.to_string(), "1.00", "1", "0", "0"))
+                .collect()
+        };
+        let long_id = "r".repeat(129);
+        let long_line = vec![line(&"l".repeat(129), "1.00", "1", "0", "0")];
+        let digest = pb::ReceiptInput {
+            caller_digest: vec![7; 65],
+            ..receipt("r-digest", "c-4", lines(1))
+        };
+        let refund_with_reason = pb::RefundReceiptRequest {
+            merchant_id: M.into(),
+            request_id: rid(),
+            receipt_id: "r-1".into(),
+            refund_id: "refund-long".into(),
+            reason: "x".repeat(501),
+            ..Default::default()
+        };
+        let future_and_long = pb::ReceiptInput {
+            lines: lines(501),
+            ..at("r-both", now + Duration::minutes(6))
+        };
+        let invalid_argument = |reason: &str| answer(Code::InvalidArgument, reason, &[]);
+        check_invalid(vec![
+            (
+                "sale in the future",
+                invalid(record(&l, at("r-5", now + Duration::minutes(6))).await),
+                answer(
+                    Code::InvalidArgument,
+                    "TIMESTAMP_IN_FUTURE",
+                    &[("field", "receipt.occurred_at")],
+                ),
+                &["receipt.occurred_at"],
+            ),
+            (
+                "501 lines",
+                invalid(record(&l, receipt("r-big", "c-4", lines(501))).await),
+                limit_exceeded("receipt.lines", "500"),
+                &["receipt.lines"],
+            ),
+            (
+                "a receipt id of 129 characters",
+                invalid(record(&l, receipt(&long_id, "c-4", lines(1))).await),
+                limit_exceeded("receipt.receipt_id", "128"),
+                &["receipt.receipt_id"],
+            ),
+            (
+                "a line id of 129 characters",
+                invalid(record(&l, receipt("r-long-line", "c-4", long_line)).await),
+                limit_exceeded("receipt.lines[0].line.line_id", "128"),
+                // The test line's product id is "p-" and the line id.
+                &[
+                    "receipt.lines[0].line.line_id",
+                    "receipt.lines[0].line.product_id",
+                ],
+            ),
+            (
+                "a caller digest of 65 bytes",
+                invalid(record(&l, digest).await),
+                limit_exceeded("receipt.caller_digest", "64"),
+                &["receipt.caller_digest"],
+            ),
+            (
+                "a refund reason of 501 characters",
+                invalid(l.refund(&refund_with_reason).await),
+                limit_exceeded("reason", "500"),
+                &["reason"],
+            ),
+            (
+                "in the future and too long: every field, the first reason",
+                invalid(record(&l, future_and_long).await),
+                answer(
+                    Code::InvalidArgument,
+                    "TIMESTAMP_IN_FUTURE",
+                    &[("field", "receipt.occurred_at")],
+                ),
+                &["receipt.occurred_at", "receipt.lines"],
+            ),
+            (
+                "no lines",
+                invalid(record(&l, receipt("r-empty", "c-4", vec![])).await),
+                invalid_argument("VALIDATION_FAILED"),
+                &["receipt.lines"],
+            ),
+        ]);
+        // Within the allowed clock skew (of the ledger's clock) a sale time is fine, and 500
+        // lines are.
+        record(&l, at("r-skew", now + Duration::minutes(4)))
+            .await
+            .expect("a little clock skew is fine");
+        record(&l, receipt("r-500", "c-4", lines(500)))
+            .await
+            .expect("500 lines are allowed");
+        // The ledger's clock decides what is in the future.
+        clock.advance(Duration::hours(1));
+        record(&l, at("r-5", now + Duration::minutes(6)))
+            .await
+            .expect("six minutes after the old now is in the past now");
     }
 }

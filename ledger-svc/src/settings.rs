@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use kopilka_proto::ledger::{LedgerSettings, ShortfallPolicy};
+use kopilka_runtime::validate::Violations;
 use rust_decimal::Decimal;
 
 use crate::domain::amounts::{self, Sign};
@@ -41,6 +42,16 @@ impl Default for Settings {
     }
 }
 
+/// Most decimals of money and points.
+const MAX_SCALE: u32 = 4;
+
+/// A money or points scale: 0 to [`MAX_SCALE`] decimals.
+fn scale(v: &mut Violations, field: &str, value: u32) {
+    if value > MAX_SCALE {
+        v.add(field, format!("must be 0 to {MAX_SCALE}"));
+    }
+}
+
 fn duration(d: &Option<pbjson_types::Duration>) -> Option<Duration> {
     d.as_ref()
         .filter(|d| d.seconds > 0 || d.nanos > 0)
@@ -58,40 +69,21 @@ impl Settings {
     /// Applies defaults to stored (or requested) settings; refuses out-of-range values.
     pub fn from_proto(p: &LedgerSettings) -> Result<Self, Error> {
         let d = Settings::default();
-        let mut violations = Vec::new();
-        if p.money_scale > 4 {
-            violations.push((
-                "settings.money_scale".to_owned(),
-                "must be 0 to 4".to_owned(),
-            ));
-        }
-        if p.points_scale > 4 {
-            violations.push((
-                "settings.points_scale".to_owned(),
-                "must be 0 to 4".to_owned(),
-            ));
-        }
-        let max_negative_balance = if p.max_negative_balance.is_empty() {
-            None
-        } else {
-            match amounts::parse(&p.max_negative_balance, 4, Sign::NonNegative) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    violations.push(("settings.max_negative_balance".to_owned(), e));
-                    None
-                }
-            }
-        };
+        let mut v = Violations::new();
+        scale(&mut v, "settings.money_scale", p.money_scale);
+        scale(&mut v, "settings.points_scale", p.points_scale);
+        let max_negative_balance = v.decimal(
+            "settings.max_negative_balance",
+            &p.max_negative_balance,
+            MAX_SCALE,
+            Sign::NonNegative,
+            false,
+        );
         let retention = duration(&p.idempotency_retention).unwrap_or(d.idempotency_retention);
         if retention < Duration::from_secs(24 * 3600) {
-            violations.push((
-                "settings.idempotency_retention".to_owned(),
-                "must be at least 1 day".to_owned(),
-            ));
+            v.add("settings.idempotency_retention", "must be at least 1 day");
         }
-        if !violations.is_empty() {
-            return Err(Error::Invalid(violations));
-        }
+        v.check()?;
         Ok(Settings {
             currency: p.currency.clone(),
             money_scale: if p.money_scale == 0 && p.currency.is_empty() {

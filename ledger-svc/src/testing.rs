@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use kopilka_proto::ledger as pb;
 use kopilka_proto::types::{self, BasketLine, LotKind};
-use kopilka_runtime::status::ERROR_DOMAIN;
+use kopilka_runtime::status::{field_violations_of, ERROR_DOMAIN};
 use kopilka_runtime::Db;
 use sqlx::sqlite::SqlitePoolOptions;
 use tonic::{Code, Status};
@@ -53,7 +53,10 @@ pub type Answer = (Code, String, BTreeMap<String, String>);
 
 /// The answer of a failed call (its `ErrorInfo.domain` checked); panics on success.
 pub fn refusal<T: std::fmt::Debug>(result: Result<T, Error>) -> Answer {
-    let status = Status::from(result.expect_err("the call must fail"));
+    answer_of(&Status::from(result.expect_err("the call must fail")))
+}
+
+fn answer_of(status: &Status) -> Answer {
     let info = status
         .get_details_error_info()
         .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
@@ -62,6 +65,38 @@ pub fn refusal<T: std::fmt::Debug>(result: Result<T, Error>) -> Answer {
         status.code(),
         info.reason,
         info.metadata.into_iter().collect(),
+    )
+}
+
+/// The answer of a call refused as bad input, with the field paths of its `BadRequest` in
+/// order; panics on success or on a refusal without field violations.
+pub fn invalid<T: std::fmt::Debug>(result: Result<T, Error>) -> Invalid {
+    let status = Status::from(result.expect_err("the call must fail"));
+    let fields: Vec<String> = field_violations_of(&status)
+        .into_iter()
+        .map(|(field, _)| field)
+        .collect();
+    assert!(!fields.is_empty(), "no field violations in {status:?}");
+    (answer_of(&status), fields)
+}
+
+/// What [`invalid`] returns: the answer and the field paths.
+pub type Invalid = (Answer, Vec<String>);
+
+/// Asserts each `(case, got, want, field paths)` of calls refused as bad input.
+pub fn check_invalid(cases: Vec<(&str, Invalid, Answer, &[&str])>) {
+    for (case, (got, got_fields), want, want_fields) in cases {
+        assert_eq!(got, want, "{case}");
+        assert_eq!(got_fields, want_fields, "{case}: field paths");
+    }
+}
+
+/// INVALID_ARGUMENT LIMIT_EXCEEDED of `field` above `limit`.
+pub fn limit_exceeded(field: &str, limit: &str) -> Answer {
+    answer(
+        Code::InvalidArgument,
+        "LIMIT_EXCEEDED",
+        &[("field", field), ("limit", limit)],
     )
 }
 

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use kopilka_proto::ledger as pb;
 use kopilka_proto::ledger::ledger_service_client::LedgerServiceClient;
 use kopilka_proto::types::{self, BasketLine, LotKind};
-use kopilka_tests::{free_port, TempPostgres};
-use tonic::transport::Channel;
+use kopilka_tests::{free_port, Channel, TempPostgres, SERVICE_TOKEN as TOKEN};
 
 const M: &str = "m-crash";
 const CUSTOMERS: usize = 4;
@@ -40,6 +39,7 @@ impl Ledger {
         let child = Command::new(env!("CARGO_BIN_EXE_ledger-svc"))
             .env("KOPILKA_LISTEN_ADDR", addr.to_string())
             .env("KOPILKA_DATABASE_URL", database_url)
+            .env("KOPILKA_SERVICE_TOKEN", TOKEN)
             .env("KOPILKA_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -50,12 +50,7 @@ impl Ledger {
     }
 
     fn client(&self) -> LedgerServiceClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(20))
-            .connect_lazy();
-        LedgerServiceClient::new(channel)
+        LedgerServiceClient::new(kopilka_tests::channel(self.addr))
     }
 
     /// Waits until the service answers a read.

@@ -50,9 +50,9 @@ use kopilka_proto::rules::evaluation_service_server::EvaluationServiceServer;
 use kopilka_proto::rules::program_service_server::ProgramServiceServer;
 use kopilka_runtime::db::Migrations;
 use kopilka_runtime::host::{Host, StartError};
+use kopilka_runtime::server::Router;
+use kopilka_runtime::service_auth::{self, TokenError};
 use sqlx::migrate::Migrator;
-use tonic::transport::server::Router;
-use tonic::transport::Endpoint;
 
 use api::ProgramApi;
 use cache::{CacheSettings, ProgramCache};
@@ -78,6 +78,8 @@ pub enum BuildError {
     Start(#[from] StartError),
     #[error("invalid cards-svc URL")]
     CardsUrl(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// Opens the database, runs migrations and binds the port; `run_until` then serves.
@@ -88,12 +90,12 @@ pub async fn build(config: Config) -> Result<Host, BuildError> {
 /// Like [`build`], also returning the shared state (tests resolve programs through it).
 pub async fn build_with_state(config: Config) -> Result<(Host, Programs), BuildError> {
     let cards = match &config.cards_url {
-        Some(url) => Some(TierServiceClient::new(
-            Endpoint::from_shared(url.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5))
-                .connect_lazy(),
-        )),
+        Some(url) => Some(TierServiceClient::new(service_auth::channel(
+            url,
+            config.service.outbound_token()?,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        )?)),
         None => None,
     };
     let host = Host::start("rules-svc", config.service, MIGRATIONS).await?;

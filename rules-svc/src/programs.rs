@@ -16,12 +16,12 @@ use kopilka_proto::cards::tier_service_client::TierServiceClient;
 use kopilka_proto::cards::ListTiersRequest;
 use kopilka_proto::rules::{self as pb, Program, ProgramRef, VersionState, Violation};
 use kopilka_proto::wkt::Timestamp as PbTimestamp;
+use kopilka_runtime::service_auth::ServiceChannel;
 use kopilka_runtime::status::Refusal;
 use kopilka_runtime::validate::Violations;
 use kopilka_runtime::Timestamp;
 use prost::Message;
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 
 use crate::cache::{ProgramCache, Schedule};
 use crate::catalog::Catalog;
@@ -59,7 +59,7 @@ pub struct Resolved {
 pub struct Programs {
     store: Store,
     cache: ProgramCache,
-    cards: Option<TierServiceClient<Channel>>,
+    cards: Option<TierServiceClient<ServiceChannel>>,
 }
 
 /// The mutations [`Programs::mutate`] runs.
@@ -355,7 +355,7 @@ impl Programs {
     pub fn new(
         store: Store,
         cache: ProgramCache,
-        cards: Option<TierServiceClient<Channel>>,
+        cards: Option<TierServiceClient<ServiceChannel>>,
     ) -> Self {
         Programs {
             store,

@@ -10,11 +10,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 
 use crate::db::{Db, DbError, Migrations};
-use crate::server::{self, GrpcServer, ServeError};
+use crate::server::{self, GrpcServer, Router, ServeError};
+use crate::service_auth::{RequireToken, ServiceToken, TokenError};
 
 /// Settings every service binary reads (`KOPILKA_LISTEN_ADDR`, `KOPILKA_DATABASE_URL`, …).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +39,17 @@ pub struct ServiceSettings {
     /// `grpc-timeout` wins. A call past it ends with CANCELLED.
     #[serde(with = "seconds")]
     pub request_timeout: Duration,
+    /// The secret shared by all services (`KOPILKA_SERVICE_TOKEN`): internal services refuse
+    /// calls without it, internal callers attach it. Required by cards, rules, ledger and notify.
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub service_token: Option<SecretString>,
+}
+
+impl ServiceSettings {
+    /// The token to attach to calls to internal services.
+    pub fn outbound_token(&self) -> Result<ServiceToken, TokenError> {
+        ServiceToken::required(self.service_token.as_ref())
+    }
 }
 
 impl ServiceSettings {
@@ -52,6 +63,7 @@ impl ServiceSettings {
             health_interval: Duration::from_secs(5),
             max_concurrent_streams: server::MAX_CONCURRENT_STREAMS,
             request_timeout: server::REQUEST_TIMEOUT,
+            service_token: None,
         }
     }
 }
@@ -63,6 +75,8 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("gRPC server")]
     Serve(#[from] ServeError),
+    #[error("service token")]
+    Token(#[from] TokenError),
 }
 
 /// A started (bound, migrated) service process, ready to run.
@@ -76,11 +90,34 @@ pub struct Host {
 }
 
 impl Host {
-    /// Connects and migrates the database, then binds the listener.
+    /// An internal service: connects and migrates the database, then binds the listener; every
+    /// call but health must carry the service token (without one configured it does not start).
     pub async fn start(
         name: &'static str,
         settings: ServiceSettings,
         migrations: Migrations,
+    ) -> Result<Self, StartError> {
+        let check = ServiceToken::required(settings.service_token.as_ref())?.check();
+        Self::start_with(name, settings, migrations, check, &[]).await
+    }
+
+    /// The public gateway: like [`Host::start`], without the service-token check (its callers
+    /// authenticate with API keys), its reflection listing only the services in `listed`.
+    pub async fn start_public(
+        name: &'static str,
+        settings: ServiceSettings,
+        migrations: Migrations,
+        listed: &[&str],
+    ) -> Result<Self, StartError> {
+        Self::start_with(name, settings, migrations, RequireToken::open(), listed).await
+    }
+
+    async fn start_with(
+        name: &'static str,
+        settings: ServiceSettings,
+        migrations: Migrations,
+        check: RequireToken,
+        listed: &[&str],
     ) -> Result<Self, StartError> {
         let db = Db::connect(
             settings.database_url.expose_secret(),
@@ -89,10 +126,14 @@ impl Host {
         )
         .await?;
         let listener = server::bind(settings.listen_addr).await?;
-        let server = GrpcServer::with_limits(server::Limits {
-            max_concurrent_streams: settings.max_concurrent_streams,
-            request_timeout: settings.request_timeout,
-        })?;
+        let server = GrpcServer::with_limits(
+            server::Limits {
+                max_concurrent_streams: settings.max_concurrent_streams,
+                request_timeout: settings.request_timeout,
+            },
+            check,
+            listed,
+        )?;
         tracing::info!(service = name, backend = ?db.backend(), "database ready");
         Ok(Self {
             name,
@@ -206,6 +247,16 @@ fn serialize_secret<S: serde::Serializer>(secret: &SecretString, s: S) -> Result
     // Serialised only in memory, to layer the defaults under the environment; `Debug` still
     // redacts it, so it never reaches a log line.
     s.serialize_str(secret.expose_secret())
+}
+
+fn serialize_optional_secret<S: serde::Serializer>(
+    secret: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => serialize_secret(secret, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// Durations in configuration are whole or fractional seconds (`KOPILKA_SHUTDOWN_GRACE=5`).

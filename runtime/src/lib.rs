@@ -3,6 +3,7 @@
 //! - [`config`]: typed settings layered from defaults and `KOPILKA_*` environment variables.
 //! - [`telemetry`]: `tracing` set-up, human-readable or JSON.
 //! - [`server`]: a gRPC server with health and reflection that drains gracefully on shutdown.
+//! - [`service_auth`]: the service token internal services demand and internal callers attach.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future a binary hands to its server.
 //! - [`host`]: what every service process does around its own RPCs (DB, port, health, drain).
 //! - [`decimal`]: decimal strings of the contract (money, points, percentages) parsed and formatted exactly.
@@ -20,6 +21,7 @@ pub mod host;
 pub mod outbox;
 pub mod redact;
 pub mod server;
+pub mod service_auth;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

@@ -16,13 +16,13 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::service_auth::{self, ServiceChannel, ServiceToken};
 use chrono::{DateTime, Utc};
 use kopilka_proto::notify::event_service_client::EventServiceClient;
 use kopilka_proto::notify::IngestEventsRequest;
 use kopilka_proto::types::Event;
 use prost::Message;
 use sqlx::QueryBuilder;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::{Db, Timestamp};
 
@@ -88,17 +88,18 @@ pub trait EventSink: Send + Sync + 'static {
 /// notify-svc's `EventService`, over a lazily connected channel.
 #[derive(Debug, Clone)]
 pub struct NotifySink {
-    client: EventServiceClient<Channel>,
+    client: EventServiceClient<ServiceChannel>,
 }
 
 impl NotifySink {
     /// A sink for notify-svc at `url` (`http://host:50055`); nothing is connected until the first
     /// batch, so notify-svc may start later.
-    pub fn connect_lazy(url: &str, rpc_timeout: Duration) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(rpc_timeout)
-            .connect_lazy();
+    pub fn connect_lazy(
+        url: &str,
+        token: ServiceToken,
+        rpc_timeout: Duration,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = service_auth::channel(url, token, Duration::from_secs(2), rpc_timeout)?;
         Ok(Self {
             client: EventServiceClient::new(channel),
         })

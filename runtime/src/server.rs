@@ -8,10 +8,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
+
+use crate::service_auth::RequireToken;
 
 /// The overall status name in `grpc.health.v1` (the empty service name).
 const OVERALL: &str = "";
@@ -48,6 +50,11 @@ impl Default for Limits {
     }
 }
 
+/// The router every service adds its gRPC services to: behind the service-token check.
+pub type Router = tonic::transport::server::Router<
+    tower::layer::util::Stack<RequireToken, tower::layer::util::Identity>,
+>;
+
 /// A router that already serves health and reflection, and the reporter to flip health with.
 pub struct GrpcServer {
     /// Add the service's own gRPC services to this router.
@@ -60,26 +67,36 @@ impl GrpcServer {
     /// A router with health and reflection and the default [`Limits`]; the overall status
     /// starts SERVING.
     pub fn new() -> Result<Self, ServeError> {
-        Self::with_limits(Limits::default())
+        Self::with_limits(Limits::default(), RequireToken::open(), &[])
     }
 
-    /// Like [`GrpcServer::new`], with per-connection stream and per-call time limits.
-    pub fn with_limits(limits: Limits) -> Result<Self, ServeError> {
+    /// Like [`GrpcServer::new`], with per-connection stream and per-call time limits, calls
+    /// refused unless `check` passes them (the service token of internal services), and
+    /// reflection listing only the services named in `listed` (all when empty).
+    pub fn with_limits(
+        limits: Limits,
+        check: RequireToken,
+        listed: &[&str],
+    ) -> Result<Self, ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(kopilka_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(kopilka_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(kopilka_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            for name in listed {
+                builder = builder.with_service_name(*name);
+            }
+            builder
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         let router = Server::builder()
             .max_concurrent_streams(Some(limits.max_concurrent_streams.max(1)))
             .timeout(limits.request_timeout)
             // Dead peers are found and their connections closed.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(check)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
+use crate::Channel;
 use chrono::{DateTime, TimeZone, Utc};
 use kopilka_proto::ledger::ledger_service_client::LedgerServiceClient;
 use ledger_svc::domain::clock::ManualClock;
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::{Backend, TempPostgres};
 
@@ -52,6 +52,7 @@ impl TestLedger {
         config.service.listen_addr = "127.0.0.1:0".parse().unwrap();
         config.service.database_url = SecretString::from(database_url.clone());
         config.service.max_connections = 32;
+        config.service.service_token = Some(crate::service_token());
         // The tests drive due work themselves (ProcessDueLots) with the manual clock.
         config.due_interval = std::time::Duration::from_secs(3600);
         let clock = ManualClock::new(epoch());
@@ -64,9 +65,7 @@ impl TestLedger {
         let task = tokio::spawn(async move {
             let _ = host.run_until(token.cancelled_owned()).await;
         });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
+        let channel = crate::channel(addr);
         TestLedger {
             client: LedgerServiceClient::new(channel),
             clock,

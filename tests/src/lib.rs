@@ -23,6 +23,40 @@ pub use postgres::{PgOptions, TempPostgres};
 pub use redis::TempRedis;
 pub use suite::{Backend, TestSuite};
 
+use std::net::SocketAddr;
+
+use kopilka_runtime::service_auth::{self, ServiceToken};
+use secrecy::SecretString;
+
+/// A channel tests call a service through: it carries the service token (the internal services
+/// demand it; the gateway ignores it).
+pub type Channel = service_auth::ServiceChannel;
+
+/// The service token of every service a test starts (`KOPILKA_SERVICE_TOKEN` of processes).
+pub const SERVICE_TOKEN: &str = "kopilka-tests-service-token";
+
+/// [`SERVICE_TOKEN`] as settings hold it.
+pub fn service_token() -> SecretString {
+    SecretString::from(SERVICE_TOKEN)
+}
+
+/// A lazily connecting channel to `url` (`http://…`) with the test service token.
+pub fn channel_to(url: &str) -> Channel {
+    let token = ServiceToken::new(&service_token()).expect("a valid test token");
+    service_auth::channel(
+        url,
+        token,
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(60),
+    )
+    .expect("a valid URI")
+}
+
+/// [`channel_to`] a local address.
+pub fn channel(addr: SocketAddr) -> Channel {
+    channel_to(&format!("http://{addr}"))
+}
+
 /// Runs each scenario `async fn(TestSuite)` as two tests: on SQLite and on PostgreSQL + Redis.
 #[macro_export]
 macro_rules! on_both_backends {

@@ -16,7 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+use crate::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -127,6 +129,7 @@ impl ServiceProcess {
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
         envs.push(("KOPILKA_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
+        envs.push(("KOPILKA_SERVICE_TOKEN".into(), crate::SERVICE_TOKEN.into()));
         let mut process = ServiceProcess {
             name,
             bin,
@@ -197,9 +200,7 @@ impl ServiceProcess {
 
     /// A lazily connecting channel to the service (survives restarts).
     pub fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.url())
-            .expect("valid URI")
-            .connect_lazy()
+        crate::channel_to(&self.url())
     }
 
     /// Waits until grpc.health.v1 says SERVING; panics with the logs if the process exits or

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::Channel;
 use kopilka_proto::gateway::checkout_service_client::CheckoutServiceClient;
 use kopilka_proto::gateway::customer_service_client::CustomerServiceClient;
 use kopilka_proto::gateway::{self as gw, buyer::Who, Buyer};
@@ -19,7 +20,6 @@ use kopilka_proto::rules::program_service_client::ProgramServiceClient;
 use kopilka_proto::types::{BasketLine, IdentifierInput};
 use kopilka_runtime::status::reason_of;
 use rust_decimal::Decimal;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::gateway::{authed, seed_merchant, SeededMerchant};

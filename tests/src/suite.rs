@@ -2,11 +2,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use crate::Channel;
 use kopilka::{Addrs, Ports, Suite, SuiteConfig};
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::{TempPostgres, TempRedis};
 
@@ -43,6 +43,7 @@ impl TestSuite {
         // The tier-retry test runs the retries by hand (`tier_retry::run_due`); a background
         // pass in between would race it.
         config.gateway.tier_retry_interval_secs = 3600;
+        config.set_service_token(&crate::service_token());
         let (postgres, redis) = match backend {
             Backend::Sqlite => (None, None),
             Backend::PostgresRedis => {
@@ -78,11 +79,9 @@ impl TestSuite {
         }
     }
 
-    /// A channel to one of the services (connects lazily).
+    /// A channel to one of the services (connects lazily), with the service token.
     pub fn channel(&self, addr: SocketAddr) -> Channel {
-        Channel::from_shared(format!("http://{addr}"))
-            .expect("valid URI")
-            .connect_lazy()
+        crate::channel(addr)
     }
 
     /// Triggers a graceful shutdown and waits for every service to finish.

@@ -524,7 +524,7 @@ async fn a_reused_request_id_is_named_and_other_refusals_carry_no_metadata() {
         .await;
     assert_eq!(
         refused(revoked),
-        expect(Code::NotFound, "LINK_NOT_FOUND", &[])
+        expect(Code::NotFound, "LINK_NOT_FOUND", &[("link_id", "nope")])
     );
     let r = pb::AddIdentifierRequest {
         merchant_id: M.to_owned(),
@@ -539,4 +539,304 @@ async fn a_reused_request_id_is_named_and_other_refusals_carry_no_metadata() {
         refused(added),
         expect(Code::NotFound, "CUSTOMER_NOT_FOUND", &[])
     );
+}
+
+/// The field paths of the BadRequest the status of `result`'s error carries.
+fn fields<T: std::fmt::Debug>(result: &Result<T, Error>) -> Vec<String> {
+    match result {
+        Err(Error::Invalid(v)) => v.fields().iter().map(|(f, _)| f.clone()).collect(),
+        other => panic!("not field violations: {other:?}"),
+    }
+}
+
+fn history(customer: &str, page_size: i32, page_token: &str) -> pb::GetTierHistoryRequest {
+    pb::GetTierHistoryRequest {
+        merchant_id: M.to_owned(),
+        customer_id: customer.to_owned(),
+        page_size,
+        page_token: page_token.to_owned(),
+    }
+}
+
+fn list(page_size: i32, page_token: &str) -> pb::ListCustomersRequest {
+    pb::ListCustomersRequest {
+        merchant_id: M.to_owned(),
+        page_size,
+        page_token: page_token.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn limit_exceeded(field: &str, limit: &str) -> (Code, String, HashMap<String, String>) {
+    expect(
+        Code::InvalidArgument,
+        "LIMIT_EXCEEDED",
+        &[("field", field), ("limit", limit)],
+    )
+}
+
+#[tokio::test]
+async fn size_limits_name_the_field_and_the_limit() {
+    let c = cards().await;
+    let customer = create(&c, "r-1", "", &[card("AB1234")]).await.unwrap();
+    let long = "x".repeat(129);
+
+    // Ids: 128 characters.
+    let got = c
+        .get_customer(&pb::GetCustomerRequest {
+            merchant_id: M.to_owned(),
+            customer_id: long.clone(),
+        })
+        .await;
+    assert_eq!(fields(&got), ["customer_id"]);
+    assert_eq!(refused(got), limit_exceeded("customer_id", "128"));
+    let r = pb::AddIdentifierRequest {
+        merchant_id: M.to_owned(),
+        request_id: long.clone(),
+        customer_id: customer.clone(),
+        input: Some(card("CD5678")),
+    };
+    let added: Result<pb::AddIdentifierResponse, _> = c
+        .mutate(M, &r.request_id, &r, Command::AddIdentifier(&r))
+        .await;
+    assert_eq!(refused(added), limit_exceeded("request_id", "128"));
+
+    // Page sizes: 100 for a tier history, 1000 for a customer list; 0 is the default.
+    let page = c.tier_history(&history(&customer, 101, "")).await;
+    assert_eq!(fields(&page), ["page_size"]);
+    assert_eq!(refused(page), limit_exceeded("page_size", "100"));
+    assert!(c.tier_history(&history(&customer, 100, "")).await.is_ok());
+    assert!(c.tier_history(&history(&customer, 0, "")).await.is_ok());
+    assert_eq!(
+        refused(c.list_customers(&list(1001, "")).await),
+        limit_exceeded("page_size", "1000")
+    );
+    assert!(c.list_customers(&list(1000, "")).await.is_ok());
+    // A negative size is no limit, just wrong.
+    assert_eq!(
+        refused(c.tier_history(&history(&customer, -1, "")).await),
+        expect(Code::InvalidArgument, "VALIDATION_FAILED", &[])
+    );
+
+    // Text, counts of a request's entries, raw identifier input.
+    let mut profile = pb::CustomerProfile {
+        first_name: "x".repeat(101),
+        ..Default::default()
+    };
+    let update = |request_id: &str, profile: &pb::CustomerProfile| pb::UpdateCustomerRequest {
+        merchant_id: M.to_owned(),
+        request_id: request_id.to_owned(),
+        customer_id: customer.clone(),
+        profile: Some(profile.clone()),
+        update_mask: Some(FieldMask {
+            paths: vec!["*".to_owned()],
+        }),
+        etag: String::new(),
+        external_id: String::new(),
+    };
+    let r = update("r-2", &profile);
+    let updated: Result<pb::UpdateCustomerResponse, _> = c
+        .mutate(M, &r.request_id, &r, Command::UpdateCustomer(&r))
+        .await;
+    assert_eq!(
+        refused(updated),
+        limit_exceeded("profile.first_name", "100")
+    );
+    profile.first_name.clear();
+    profile.attributes = (0..33).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+    let r = update("r-3", &profile);
+    let updated: Result<pb::UpdateCustomerResponse, _> = c
+        .mutate(M, &r.request_id, &r, Command::UpdateCustomer(&r))
+        .await;
+    assert_eq!(refused(updated), limit_exceeded("profile.attributes", "32"));
+    let eleven: Vec<_> = (0..11).map(|i| card(&format!("NEW{i:04}"))).collect();
+    assert_eq!(
+        refused(create(&c, "r-4", "", &eleven).await),
+        limit_exceeded("identifiers", "10")
+    );
+    assert_eq!(
+        refused(lookup(&c, card(&"1".repeat(257))).await),
+        limit_exceeded("input.raw", "256")
+    );
+    // A registration time beyond the clock skew.
+    let r = pb::CreateCustomerRequest {
+        merchant_id: M.to_owned(),
+        request_id: "r-5".to_owned(),
+        identifiers: vec![card("EF9012")],
+        registered_at: Some(crate::cards::timestamp(
+            chrono::Utc::now() + chrono::Duration::minutes(10),
+        )),
+        ..Default::default()
+    };
+    let created: Result<pb::CreateCustomerResponse, _> = c
+        .mutate(M, &r.request_id, &r, Command::CreateCustomer(&r))
+        .await;
+    assert_eq!(
+        refused(created),
+        expect(
+            Code::InvalidArgument,
+            "TIMESTAMP_IN_FUTURE",
+            &[("field", "registered_at")]
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_page_token_this_service_did_not_issue_is_page_token_invalid() {
+    let c = cards().await;
+    let customer = create(&c, "r-1", "", &[card("AB1234")]).await.unwrap();
+    let invalid = expect(Code::InvalidArgument, "PAGE_TOKEN_INVALID", &[]);
+    for token in ["abc", "-5", "1|2"] {
+        let page = c.tier_history(&history(&customer, 0, token)).await;
+        assert_eq!(fields(&page), ["page_token"], "{token}");
+        assert_eq!(refused(page), invalid, "{token}");
+    }
+    for token in ["abc", "12", "x|id"] {
+        let page = c.list_customers(&list(0, token)).await;
+        assert_eq!(fields(&page), ["page_token"], "{token}");
+        assert_eq!(refused(page), invalid, "{token}");
+    }
+    // The tokens it issues work.
+    let first = c.list_customers(&list(1, "")).await.unwrap();
+    assert!(!first.next_page_token.is_empty());
+    assert!(c
+        .list_customers(&list(1, &first.next_page_token))
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn an_external_id_another_customer_has_is_identifier_taken() {
+    let c = cards().await;
+    let r = pb::CreateCustomerRequest {
+        merchant_id: M.to_owned(),
+        request_id: "r-1".to_owned(),
+        identifiers: vec![card("AB1234")],
+        external_id: "crm-1".to_owned(),
+        ..Default::default()
+    };
+    let owner = c
+        .mutate::<pb::CreateCustomerResponse>(M, &r.request_id, &r, Command::CreateCustomer(&r))
+        .await
+        .unwrap()
+        .customer
+        .unwrap()
+        .customer_id;
+    let taken = expect(
+        Code::AlreadyExists,
+        "IDENTIFIER_TAKEN",
+        &[("field", "external_id"), ("customer_id", owner.as_str())],
+    );
+    let r = pb::CreateCustomerRequest {
+        request_id: "r-2".to_owned(),
+        identifiers: vec![card("CD5678")],
+        ..r
+    };
+    let created: Result<pb::CreateCustomerResponse, _> = c
+        .mutate(M, &r.request_id, &r, Command::CreateCustomer(&r))
+        .await;
+    assert_eq!(refused(created), taken);
+
+    let other = create(&c, "r-3", "", &[card("CD5678")]).await.unwrap();
+    let update = |request_id: &str, customer: &str| pb::UpdateCustomerRequest {
+        merchant_id: M.to_owned(),
+        request_id: request_id.to_owned(),
+        customer_id: customer.to_owned(),
+        external_id: "crm-1".to_owned(),
+        ..Default::default()
+    };
+    let r = update("r-4", &other);
+    let updated: Result<pb::UpdateCustomerResponse, _> = c
+        .mutate(M, &r.request_id, &r, Command::UpdateCustomer(&r))
+        .await;
+    assert_eq!(refused(updated), taken);
+    // The owner setting its own external id again is no conflict.
+    let r = update("r-5", &owner);
+    let updated: Result<pb::UpdateCustomerResponse, _> = c
+        .mutate(M, &r.request_id, &r, Command::UpdateCustomer(&r))
+        .await;
+    assert!(updated.is_ok(), "{updated:?}");
+}
+
+#[tokio::test]
+async fn a_customer_with_20_identifiers_has_reached_the_limit() {
+    let c = cards().await;
+    let first: Vec<_> = (0..10).map(|i| card(&format!("CARD{i:04}"))).collect();
+    let customer = create(&c, "r-0", "", &first).await.unwrap();
+    for i in 10..20 {
+        add(
+            &c,
+            &format!("r-{i}"),
+            &customer,
+            card(&format!("CARD{i:04}")),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        refused(add(&c, "r-20", &customer, card("CARD0020")).await),
+        expect(
+            Code::FailedPrecondition,
+            "LIMIT_EXCEEDED",
+            &[("field", "identifiers"), ("limit", "20")],
+        )
+    );
+    // One it holds already is no addition.
+    assert!(add(&c, "r-21", &customer, card("CARD0003")).await.is_ok());
+}
+
+fn upsert_tier(request_id: &str, code: &str, rank: i32) -> pb::UpsertTierRequest {
+    pb::UpsertTierRequest {
+        merchant_id: M.to_owned(),
+        request_id: request_id.to_owned(),
+        tier: Some(pb::Tier {
+            code: code.to_owned(),
+            name: code.to_owned(),
+            rank,
+            ..Default::default()
+        }),
+    }
+}
+
+async fn upsert(c: &Cards, r: &pb::UpsertTierRequest) -> Result<pb::UpsertTierResponse, Error> {
+    c.mutate(M, &r.request_id, r, Command::UpsertTier(r)).await
+}
+
+#[tokio::test]
+async fn a_taken_rank_names_its_tier() {
+    let c = cards().await;
+    upsert(&c, &upsert_tier("r-1", "GOLD", 2)).await.unwrap();
+    assert_eq!(
+        refused(upsert(&c, &upsert_tier("r-2", "SILVER", 2)).await),
+        expect(
+            Code::FailedPrecondition,
+            "TIER_RANK_TAKEN",
+            &[("rank", "2"), ("tier_code", "GOLD")],
+        )
+    );
+    // A tier keeps its own rank.
+    assert!(upsert(&c, &upsert_tier("r-3", "GOLD", 2)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_merchant_with_50_tiers_has_reached_the_limit() {
+    let c = cards().await;
+    for rank in 1..=50 {
+        upsert(
+            &c,
+            &upsert_tier(&format!("r-{rank}"), &format!("T{rank}"), rank),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        refused(upsert(&c, &upsert_tier("r-51", "T51", 51)).await),
+        expect(
+            Code::FailedPrecondition,
+            "LIMIT_EXCEEDED",
+            &[("field", "tiers"), ("limit", "50")],
+        )
+    );
+    // Replacing one of them is no addition.
+    assert!(upsert(&c, &upsert_tier("r-52", "T7", 70)).await.is_ok());
 }

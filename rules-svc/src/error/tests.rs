@@ -10,8 +10,8 @@ use kopilka_proto::cards::tier_service_client::TierServiceClient;
 use kopilka_proto::rules::evaluation_service_server::EvaluationService;
 use kopilka_proto::rules::{self as pb, program_ref::Source, Program, ProgramRef};
 use kopilka_proto::types::{ActionKind, BasketLine};
+use kopilka_runtime::service_auth::{self, ServiceToken};
 use kopilka_runtime::Db;
-use tonic::transport::Endpoint;
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
@@ -35,7 +35,7 @@ async fn store() -> Store {
 
 fn programs_on(
     store: Store,
-    cards: Option<TierServiceClient<tonic::transport::Channel>>,
+    cards: Option<TierServiceClient<service_auth::ServiceChannel>>,
 ) -> Programs {
     let cache = ProgramCache::new(store.clone(), CacheSettings::default());
     Programs::new(store, cache, cards)
@@ -671,10 +671,15 @@ async fn evaluation_refusals_carry_their_metadata() {
 #[tokio::test]
 async fn unavailable_dependencies_are_named() {
     // cards-svc is not answering (nothing listens on port 1): tier codes cannot be checked.
+    let token = ServiceToken::new(&ServiceToken::generate()).unwrap();
     let cards = TierServiceClient::new(
-        Endpoint::from_static("http://127.0.0.1:1")
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy(),
+        service_auth::channel(
+            "http://127.0.0.1:1",
+            token,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        )
+        .unwrap(),
     );
     let p = programs_on(store().await, Some(cards));
     let validate = p

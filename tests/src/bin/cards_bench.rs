@@ -48,6 +48,7 @@ use kopilka_proto::cards::{
 };
 use kopilka_proto::types::{Date, Gender, IdentifierInput, IdentifierKind};
 use kopilka_proto::wkt::{FieldMask, Timestamp};
+use kopilka_runtime::service_auth::ServiceToken;
 use kopilka_tests::{PgOptions, TempPostgres, TempRedis};
 use prost::Message;
 use rand::rngs::SmallRng;
@@ -55,6 +56,7 @@ use rand::{Rng, SeedableRng};
 use secrecy::SecretString;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 const MERCHANT: &str = "bench";
@@ -254,6 +256,7 @@ impl CardsInstance {
         config.service.listen_addr = "127.0.0.1:0".parse().expect("an address");
         config.service.database_url = SecretString::from(database_url.to_owned());
         config.service.max_connections = pool;
+        config.service.service_token = Some(kopilka_tests::service_token());
         config.tier_cache = redis_url.is_some();
         config.redis_url = redis_url.map(SecretString::from);
         config.tier_cache_ttl_secs = 3600;
@@ -276,7 +279,10 @@ impl CardsInstance {
     }
 
     /// `n` clients, each on its own connection.
-    async fn clients(&self, n: u32) -> anyhow::Result<Vec<IdentifierServiceClient<Channel>>> {
+    async fn clients(
+        &self,
+        n: u32,
+    ) -> anyhow::Result<Vec<IdentifierServiceClient<kopilka_tests::Channel>>> {
         let mut clients = Vec::new();
         for _ in 0..n {
             clients.push(IdentifierServiceClient::new(connect(&self.addr).await?));
@@ -290,11 +296,14 @@ impl CardsInstance {
     }
 }
 
-async fn connect(addr: &SocketAddr) -> anyhow::Result<Channel> {
-    Channel::from_shared(format!("http://{addr}"))?
+/// A connected channel (each client its own connection) carrying the service token.
+async fn connect(addr: &SocketAddr) -> anyhow::Result<kopilka_tests::Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await
-        .context("connect to cards-svc")
+        .context("connect to cards-svc")?;
+    let token = ServiceToken::new(&kopilka_tests::service_token())?;
+    Ok(InterceptedService::new(channel, token))
 }
 
 // ---- the seeded customers -------------------------------------------------------------------
@@ -796,7 +805,7 @@ impl Ctx<'_> {
     /// Looks every working-set customer up once by card on the cache-on instance.
     async fn warm_up(
         &self,
-        clients: &[IdentifierServiceClient<Channel>],
+        clients: &[IdentifierServiceClient<kopilka_tests::Channel>],
     ) -> anyhow::Result<Warmup> {
         eprintln!(
             "warm-up: looking up the {} working-set customers once (fills the tier cache)…",
@@ -858,7 +867,7 @@ impl Ctx<'_> {
     /// `clients` look up random working-set customers by `input` for `seconds`.
     async fn measure(
         &self,
-        clients: &[IdentifierServiceClient<Channel>],
+        clients: &[IdentifierServiceClient<kopilka_tests::Channel>],
         cache: bool,
         input: Input,
         seconds: u64,
@@ -989,7 +998,7 @@ struct Worker {
 impl Worker {
     async fn run(
         self,
-        mut client: IdentifierServiceClient<Channel>,
+        mut client: IdentifierServiceClient<kopilka_tests::Channel>,
         stop: CancellationToken,
     ) -> (Histogram<u64>, HashMap<String, u64>) {
         let mut rng = SmallRng::seed_from_u64(0x006b_6f70_696c_6b61 ^ self.id as u64);

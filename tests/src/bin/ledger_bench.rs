@@ -36,6 +36,7 @@ use rand::{Rng, SeedableRng};
 use secrecy::SecretString;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 const MERCHANT: &str = "bench";
@@ -153,6 +154,8 @@ async fn ledger_phase(
     config.service.listen_addr = "127.0.0.1:0".parse().expect("an address");
     config.service.database_url = SecretString::from(database_url.clone());
     config.service.max_connections = pool;
+    config.service.service_token = Some(kopilka_tests::service_token());
+    let token = config.service.outbound_token()?;
     let host = ledger_svc::build(config)
         .await
         .map_err(|e| anyhow::anyhow!("ledger-svc does not start: {e:?}"))?;
@@ -165,7 +168,10 @@ async fn ledger_phase(
             .connect()
             .await
             .context("connect to ledger-svc")?;
-        clients.push(LedgerServiceClient::new(channel));
+        clients.push(LedgerServiceClient::new(InterceptedService::new(
+            channel,
+            token.clone(),
+        )));
     }
     // A run id keeps ids unique should the same database ever be reused.
     let run_id = format!("{:x}", rand::random::<u32>());
@@ -311,7 +317,7 @@ struct Worker {
 impl Worker {
     async fn run(
         self,
-        mut client: LedgerServiceClient<Channel>,
+        mut client: LedgerServiceClient<kopilka_tests::Channel>,
         stop: CancellationToken,
     ) -> (Histogram<u64>, HashMap<String, u64>) {
         let mut rng = SmallRng::seed_from_u64(0x006b_6f70_696c_6b61 ^ self.id as u64);

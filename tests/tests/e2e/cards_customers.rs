@@ -126,11 +126,39 @@ async fn registration_is_idempotent_and_links_the_referrer(suite: TestSuite) {
         reason(create(&c, unknown).await, Code::NotFound),
         "REFERRER_NOT_FOUND"
     );
+    // The external id is unique per merchant like an identifier: IDENTIFIER_TAKEN naming the
+    // field and the owner.
     let mut dup = new_customer(M, "+7 912 555 55 57", &[]);
     dup.external_id = "crm-1".into();
     assert_eq!(
-        reason(create(&c, dup).await, Code::FailedPrecondition),
-        "VALIDATION_FAILED"
+        refusal(create(&c, dup).await, Code::AlreadyExists),
+        refused_with(
+            "IDENTIFIER_TAKEN",
+            &[
+                ("field", "external_id"),
+                ("customer_id", ivan.customer_id.as_str())
+            ]
+        )
+    );
+    let claimed = update(
+        &c,
+        pb::UpdateCustomerRequest {
+            request_id: rid(),
+            customer_id: friend.customer_id.clone(),
+            external_id: "crm-1".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        refusal(claimed, Code::AlreadyExists),
+        refused_with(
+            "IDENTIFIER_TAKEN",
+            &[
+                ("field", "external_id"),
+                ("customer_id", ivan.customer_id.as_str())
+            ]
+        )
     );
     assert_eq!(
         customers_of(&c, M).await.len(),
@@ -1100,7 +1128,13 @@ async fn bad_input_is_refused_and_changes_nothing(suite: TestSuite) {
             ..Default::default()
         })
         .await;
-    assert_eq!(violations(page), vec!["page_size".to_owned()]);
+    assert_eq!(
+        refusal(page, Code::InvalidArgument),
+        refused_with(
+            "LIMIT_EXCEEDED",
+            &[("field", "page_size"), ("limit", "1000")]
+        )
+    );
     let fields = violations(merge(&c, &rid(), "", "").await);
     assert!(fields.contains(&"surviving_customer_id".to_owned()));
     let no_request_id = create(

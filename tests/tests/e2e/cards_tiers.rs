@@ -368,7 +368,7 @@ async fn tiers_are_assigned_by_hand_and_by_rule_with_history(suite: TestSuite) {
 }
 
 /// Percentages outside 0..100 and bad codes are INVALID_ARGUMENT with the field; a taken rank is
-/// VALIDATION_FAILED; a tier customers hold cannot be deleted (TIER_IN_USE); nothing changes on a
+/// TIER_RANK_TAKEN; a tier customers hold cannot be deleted (TIER_IN_USE); nothing changes on a
 /// refusal. Moving the default tier changes what new customers get.
 async fn tier_definitions_are_validated(suite: TestSuite) {
     let c = Cards::new(&suite);
@@ -408,20 +408,23 @@ async fn tier_definitions_are_validated(suite: TestSuite) {
             "tier.discount_percent".to_owned()
         ]
     );
-    // A rank another tier holds.
+    // A rank another tier holds: TIER_RANK_TAKEN naming the rank and its tier.
     assert_eq!(
-        reason(
+        refusal(
             upsert(&c, tier("DIAMOND", "Diamond", 4, "6", "12", "100", false)).await,
             Code::FailedPrecondition
         ),
-        "VALIDATION_FAILED"
+        refused_with("TIER_RANK_TAKEN", &[("rank", "4"), ("tier_code", "VIP")])
     );
     assert_eq!(
-        reason(
+        refusal(
             upsert(&c, tier("GOLD", "Gold", 3, "3", "7", "40", false)).await,
             Code::FailedPrecondition
         ),
-        "VALIDATION_FAILED"
+        refused_with(
+            "TIER_RANK_TAKEN",
+            &[("rank", "3"), ("tier_code", "PLATINUM")]
+        )
     );
     let after: Vec<_> = list_tiers(&c).await;
     assert_eq!(after, before, "refusals change nothing");

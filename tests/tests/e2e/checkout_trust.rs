@@ -19,9 +19,9 @@ use kopilka_proto::types::BasketLine;
 use kopilka_runtime::status::reason_of;
 use kopilka_tests::authed;
 use kopilka_tests::stack::{dec, one, phone, Stack, Till, PHONE};
+use kopilka_tests::Channel;
 use rust_decimal::Decimal;
 use sqlx::Connection;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 

@@ -15,8 +15,8 @@ use kopilka_proto::rules as rules_pb;
 use kopilka_proto::wkt::FieldMask;
 use kopilka_runtime::status::{field_violations_of, reason_of};
 use kopilka_tests::gateway::{authed, SeededMerchant};
+use kopilka_tests::Channel;
 use kopilka_tests::{on_both_backends, TestSuite};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 on_both_backends!(

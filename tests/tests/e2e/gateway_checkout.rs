@@ -21,9 +21,9 @@ use kopilka_proto::types::{BasketLine, IdentifierInput};
 use kopilka_runtime::status::{field_violations_of, reason_of};
 use kopilka_runtime::timestamps;
 use kopilka_tests::gateway::{authed, SeededMerchant};
+use kopilka_tests::Channel;
 use kopilka_tests::{on_both_backends, TestSuite};
 use rust_decimal::Decimal;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 

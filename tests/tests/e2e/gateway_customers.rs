@@ -20,9 +20,9 @@ use kopilka_proto::types::{BasketLine, IdentifierInput, IdentifierKind};
 use kopilka_runtime::status::{field_violations_of, reason_of};
 use kopilka_runtime::timestamps;
 use kopilka_tests::gateway::{authed, SeededMerchant};
+use kopilka_tests::Channel;
 use kopilka_tests::{on_both_backends, TestSuite};
 use rust_decimal::Decimal;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 on_both_backends!(
@@ -288,13 +288,14 @@ fn gateway_of(suite: &TestSuite) -> gateway::Gateway {
 
 /// Like [`gateway_of`], with rules-svc at `rules_url` (a closed port: rules-svc is down).
 fn gateway_with_rules_at(suite: &TestSuite, rules_url: &str) -> gateway::Gateway {
-    let config = gateway::Config {
+    let mut config = gateway::Config {
         cards_url: format!("http://{}", suite.addrs.cards),
         rules_url: rules_url.to_owned(),
         ledger_url: format!("http://{}", suite.addrs.ledger),
         tier_job: false,
         ..Default::default()
     };
+    config.service.service_token = Some(kopilka_tests::service_token());
     gateway::Gateway::new(config, suite.gateway_db.clone()).expect("a gateway")
 }
 

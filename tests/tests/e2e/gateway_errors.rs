@@ -17,8 +17,8 @@ use kopilka_proto::{cards as cards_pb, rules as rules_pb};
 use kopilka_runtime::status::{field_violations_of, ERROR_DOMAIN};
 use kopilka_runtime::timestamps;
 use kopilka_tests::gateway::{authed, SeededMerchant};
+use kopilka_tests::Channel;
 use kopilka_tests::{on_both_backends, TestSuite};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -108,6 +108,19 @@ const NOT_FROM_THE_GATEWAY: &[(&str, &str)] = &[
     (
         "NEGATIVE_BALANCE_NOT_ALLOWED",
         "needs a merchant's max_negative_balance; no served gateway RPC sets it",
+    ),
+    (
+        "SERVICE_TOKEN_INVALID",
+        "internal services only: internal_access tests it",
+    ),
+    ("LINK_NOT_FOUND", "registration links are unserved"),
+    (
+        "SCALE_LOCKED",
+        "ledger settings are not changed through the gateway",
+    ),
+    (
+        "INSUFFICIENT_STAMPS",
+        "the gateway consumes only the stamps rules-svc counted on the card",
     ),
     (
         "IDENTIFIER_AMBIGUOUS",
@@ -575,7 +588,7 @@ async fn every_error_reason_carries_its_documented_details(suite: TestSuite) {
         &[],
     );
     // Paths inside a program document are the document's, as errors.proto says.
-    assert_eq!(fields(&s), ["rules[1].id"]);
+    assert_eq!(fields(&s), ["rules[1].id"], "{s:?}");
     let applied = w
         .admin
         .apply_program(authed(
@@ -905,6 +918,28 @@ async fn every_error_reason_carries_its_documented_details(suite: TestSuite) {
             .await
             .expect("a tier");
     }
+    let r = w
+        .admin
+        .upsert_tier(authed(
+            gw::UpsertTierRequest {
+                request_id: "tier-GOLD".into(),
+                tier: Some(cards_pb::Tier {
+                    code: "GOLD".into(),
+                    name: "GOLD".into(),
+                    rank: 1,
+                    ..Default::default()
+                }),
+            },
+            &admin,
+        ))
+        .await;
+    w.refused(
+        "a rank another tier has",
+        r,
+        Code::FailedPrecondition,
+        "TIER_RANK_TAKEN",
+        &[("rank", "1"), ("tier_code", "SILVER")],
+    );
     let assign = |rid: &str, code: &str| gw::AssignTierRequest {
         request_id: rid.into(),
         customer_id: bob.clone(),

@@ -207,7 +207,7 @@ async fn stamps_are_counted_and_returned_with_the_receipt(l: TestLedger) {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason_of(&short).as_deref(), Some("VALIDATION_FAILED"));
+    assert_eq!(reason_of(&short).as_deref(), Some("INSUFFICIENT_STAMPS"));
     // Returning the first receipt takes its five stamps back (the card stays at zero).
     let refund = l
         .client()

@@ -16,6 +16,7 @@ use kopilka_tests::ledger::TestLedger;
 use kopilka_tests::Backend;
 use ledger_svc::domain::clock::Clock;
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 const M: &str = "m-api";
 
@@ -1252,13 +1253,19 @@ async fn receipt_sale_time_limits(l: TestLedger) {
         r.occurred_at = Some(ts(t));
         r
     };
+    // Bad input (errors.proto): INVALID_ARGUMENT naming the field in a field violation and in
+    // the ErrorInfo metadata.
+    let ahead = record(&l, &rid(), at("rc-f", now + Duration::minutes(6)))
+        .await
+        .expect_err("a sale six minutes ahead is refused");
+    assert_eq!(ahead.code(), Code::InvalidArgument, "{ahead:?}");
+    let info = ahead.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, "TIMESTAMP_IN_FUTURE");
     assert_eq!(
-        reason(
-            record(&l, &rid(), at("rc-f", now + Duration::minutes(6))).await,
-            Code::FailedPrecondition
-        ),
-        "TIMESTAMP_IN_FUTURE"
+        info.metadata,
+        std::collections::HashMap::from([("field".to_owned(), "receipt.occurred_at".to_owned())])
     );
+    assert_eq!(violations::<()>(Err(ahead)), vec!["receipt.occurred_at"]);
     assert_eq!(
         reason(
             record(&l, &rid(), at("rc-o", now - Duration::days(31))).await,

@@ -744,7 +744,7 @@ impl Sut<'_> {
 
     fn client(
         &self,
-    ) -> kopilka_proto::ledger::ledger_service_client::LedgerServiceClient<tonic::transport::Channel>
+    ) -> kopilka_proto::ledger::ledger_service_client::LedgerServiceClient<kopilka_tests::Channel>
     {
         self.ledger.client()
     }

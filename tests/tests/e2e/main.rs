@@ -17,6 +17,7 @@ mod gateway_customers;
 mod gateway_errors;
 mod gateway_outages;
 mod health;
+mod internal_access;
 mod ledger_accounts;
 mod ledger_api;
 mod ledger_concurrency;

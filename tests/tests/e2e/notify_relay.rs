@@ -18,12 +18,12 @@ use kopilka_proto::notify::event_service_client::EventServiceClient;
 use kopilka_proto::notify::IngestEventsRequest;
 use kopilka_proto::types::{event::Payload, BasketLine, Event};
 use kopilka_runtime::{with_db, Db};
+use kopilka_tests::Channel;
 use kopilka_tests::{free_port, Backend, TempPostgres};
 use prost::Message;
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 const M: &str = "m-relay";
 
@@ -112,9 +112,7 @@ impl Storage {
 }
 
 fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .expect("valid URI")
-        .connect_lazy()
+    kopilka_tests::channel(addr)
 }
 
 fn rid() -> String {
@@ -232,6 +230,7 @@ async fn ledger_and_cards_events_reach_notify(backend: Backend) {
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         Ports::RANDOM,
     );
+    config.set_service_token(&kopilka_tests::service_token());
     if storage.postgres.is_some() {
         config.gateway.service.database_url = SecretString::from(storage.url("gateway").await);
         config.cards.service.database_url = SecretString::from(storage.url("cards").await);
@@ -334,6 +333,7 @@ async fn notify_down_then_up(backend: Backend) {
     let mut running = Running::new();
     let mut config = ledger_svc::Config::default();
     config.service.listen_addr = "127.0.0.1:0".parse().unwrap();
+    config.service.service_token = Some(kopilka_tests::service_token());
     config.service.database_url = SecretString::from(storage.url("ledger").await);
     config.notify_url = Some(format!("http://{notify_addr}"));
     let host = ledger_svc::build(config).await.expect("ledger-svc builds");
@@ -358,6 +358,7 @@ async fn notify_down_then_up(backend: Backend) {
 
     let mut notify_config = notify_svc::Config::default();
     notify_config.service.listen_addr = notify_addr;
+    notify_config.service.service_token = Some(kopilka_tests::service_token());
     notify_config.service.database_url = SecretString::from(storage.url("notify").await);
     let notify = notify_svc::build(notify_config)
         .await

@@ -23,10 +23,10 @@ use kopilka_proto::types::{
 };
 use kopilka_proto::wkt::Timestamp;
 use kopilka_runtime::status::{field_violations_of, reason_of};
+use kopilka_tests::Channel;
 use kopilka_tests::{on_both_backends, TestSuite};
 use rules_svc::document::from_yaml;
 use rust_decimal::Decimal;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 

@@ -14,10 +14,10 @@ use kopilka_proto::rules::{Program, VersionState};
 use kopilka_proto::wkt;
 use kopilka_runtime::host::ServiceSettings;
 use kopilka_runtime::status::{field_violations_of, reason_of};
+use kopilka_tests::Channel;
 use kopilka_tests::{on_both_backends, Backend, TestSuite};
 use rules_svc::document::{self, DEMO_PROGRAM_YAML};
 use secrecy::SecretString;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 on_both_backends!(
@@ -1053,6 +1053,7 @@ async fn a_second_replica_follows_the_change_feed() {
         service: ServiceSettings {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             database_url: SecretString::from(url),
+            service_token: Some(kopilka_tests::service_token()),
             ..ServiceSettings::embedded(0, "unused")
         },
         ..Default::default()
@@ -1064,11 +1065,7 @@ async fn a_second_replica_follows_the_change_feed() {
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(replica.run_until(stop.clone().cancelled_owned()));
     let one = Rules::of(&suite);
-    let two = Rules::at(
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy(),
-    );
+    let two = Rules::at(kopilka_tests::channel(addr));
 
     let m = merchant("chain");
     let v1 = one.published_active(&m).await;

@@ -21,9 +21,9 @@ use kopilka_proto::ledger::ledger_service_client::LedgerServiceClient;
 use kopilka_proto::types::{self, IdentifierInput, IdentifierKind};
 use kopilka_proto::wkt;
 use kopilka_runtime::status::{field_violations_of, reason_of};
+use kopilka_tests::Channel;
 use kopilka_tests::TestSuite;
 use rust_decimal::Decimal;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -316,6 +316,33 @@ pub fn reason<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Stri
     let status = result.expect_err("the call must fail");
     assert_eq!(status.code(), code, "{status:?}");
     reason_of(&status).unwrap_or_else(|| panic!("no ErrorInfo reason in {status:?}"))
+}
+
+/// The ErrorInfo reason and metadata of a failed call with `code`, the metadata sorted by key;
+/// panics on success or another code.
+pub fn refusal<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+) -> (String, Vec<(String, String)>) {
+    let status = result.expect_err("the call must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "kopilka");
+    let mut metadata: Vec<_> = info.metadata.into_iter().collect();
+    metadata.sort();
+    (info.reason, metadata)
+}
+
+/// `(reason, metadata)` as [`refusal`] returns it, from literals.
+pub fn refused_with(reason: &str, metadata: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
+    let mut metadata: Vec<_> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    metadata.sort();
+    (reason.to_owned(), metadata)
 }
 
 /// The field paths of an INVALID_ARGUMENT status.
