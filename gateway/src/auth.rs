@@ -310,6 +310,14 @@ fn wrong_scope(scope: KeyScope, required: KeyScope) -> Error {
     .into()
 }
 
+/// PERMISSION_DENIED_KEY_SCOPE for what a terminal key may not do (`why` says what may).
+pub fn admin_only(why: &str) -> Error {
+    Refusal::new(Code::PermissionDenied, "PERMISSION_DENIED_KEY_SCOPE", why)
+        .with("scope", KeyScope::Terminal.proto_name())
+        .with("required_scope", KeyScope::Admin.proto_name())
+        .into()
+}
+
 fn terminal_disabled(terminal_id: &str) -> Error {
     Refusal::new(
         Code::PermissionDenied,

@@ -36,7 +36,7 @@ use rust_decimal::Decimal;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
-use crate::auth::{Caller, TerminalRef};
+use crate::auth::{self, Caller, TerminalRef};
 use crate::checkout::validate::Violations;
 use crate::deps::{self, Deadline, Retry};
 use crate::error::{Error, Result};
@@ -490,9 +490,17 @@ async fn grant_action(
             deadline,
             Retry::Idempotent,
             ledger.grant_gift(msg)
-        )?;
-        all_before &= granted.already_granted;
-        balance = granted.balance;
+        );
+        match granted {
+            Ok(granted) => {
+                all_before &= granted.already_granted;
+                balance = granted.balance;
+            }
+            // The key is derived from the customer and the grant's once-only key: booked before
+            // with another time or description, so it is granted already.
+            Err(e) if e.reason().as_deref() == Some("IDEMPOTENCY_KEY_REUSED") => balance = None,
+            Err(e) => return Err(e),
+        }
     }
     award.points = total.normalize().to_string();
     Ok((award, balance, all_before))
@@ -667,6 +675,22 @@ fn unimplemented(rpc: &str) -> Status {
 
 fn for_terminal(caller: &Caller) -> bool {
     caller.scope != KeyScope::Admin
+}
+
+/// The actions a register may record: what a cashier witnesses at the till.
+const TILL_ACTIONS: &[ActionKind] = &[
+    ActionKind::Survey,
+    ActionKind::Review,
+    ActionKind::AppInstall,
+    ActionKind::Custom,
+];
+
+/// The occurrence a terminal key's action is rewarded as: one per customer, rule and day (in the
+/// merchant's time zone), whatever `action_ref` the register sends, so a register cannot mint
+/// points by inventing references.
+fn till_action_ref(caller: &Caller) -> String {
+    let tz: chrono_tz::Tz = caller.merchant.time_zone.parse().unwrap_or(chrono_tz::UTC);
+    format!("till {}", Utc::now().with_timezone(&tz).date_naive())
 }
 
 /// Terminal keys see masked phones only, even in identifier records.
@@ -936,7 +960,9 @@ impl CustomerApi {
         request: &Request<pb::ListHistoryRequest>,
     ) -> Result<pb::ListHistoryResponse> {
         let gw = &self.gw;
-        let caller = gw.auth.terminal_or_admin(request).await?;
+        // Where and when a customer shopped across the chain is not a cashier's business: a
+        // register shows the balance (GetBalance) and its own store's receipts (ListPurchases).
+        let caller = gw.auth.admin(request).await?;
         let r = request.get_ref();
         let mut v = Violations::new();
         check_customer_id(&r.customer_id, &mut v);
@@ -1044,6 +1070,18 @@ impl CustomerApi {
             }
         }
         done(v)?;
+        // What a register may record, and how often: see `till_action_ref`.
+        let action_ref = if for_terminal(&caller) {
+            if !TILL_ACTIONS.contains(&action) {
+                return Err(auth::admin_only(
+                    "a register records SURVEY, REVIEW, APP_INSTALL and CUSTOM actions only \
+                     (SUBSCRIPTION comes with SetConsent; the rest are for admin keys)",
+                ));
+            }
+            till_action_ref(&caller)
+        } else {
+            r.action_ref.clone()
+        };
         let deadline = Deadline::of(request);
         let merchant = caller.merchant_id();
         let (identifier, id) = match &r.customer {
@@ -1075,7 +1113,7 @@ impl CustomerApi {
                     context,
                     action,
                     &r.custom_code,
-                    &r.action_ref,
+                    &action_ref,
                     occurred_at,
                     action.as_str_name(),
                 )
@@ -1109,6 +1147,20 @@ impl CustomerApi {
         let merchant = caller.merchant_id();
         gw.requests
             .once(merchant, &r.request_id, "AttachCard", r, || async {
+                if for_terminal(&caller) {
+                    let customer = customer_of(gw, merchant, deadline, &r.customer_id).await?;
+                    let has_card = customer
+                        .identifiers
+                        .iter()
+                        .any(|i| i.kind != IdentifierKind::Phone as i32);
+                    if has_card {
+                        return Err(auth::admin_only(
+                            "a register attaches a card only to a customer without one (the \
+                             first card); more cards are for admin keys, a lost card is \
+                             replaced with ReplaceCard",
+                        ));
+                    }
+                }
                 let msg = cards::AddIdentifierRequest {
                     merchant_id: merchant.to_owned(),
                     request_id: derived_id("attach", &[&r.request_id]),

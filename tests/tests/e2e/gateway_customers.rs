@@ -390,7 +390,7 @@ async fn registration_grants_the_start_bonus_once(suite: TestSuite) {
         "+79123456789"
     );
 
-    // The history shows the one gift.
+    // The history (an admin's view) shows the one gift.
     let history = shop
         .customers
         .clone()
@@ -399,7 +399,7 @@ async fn registration_grants_the_start_bonus_once(suite: TestSuite) {
                 customer_id: id.clone(),
                 ..Default::default()
             },
-            &shop.m.terminal_key,
+            &shop.m.admin_key,
         ))
         .await
         .unwrap()

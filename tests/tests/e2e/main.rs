@@ -26,3 +26,4 @@ mod notify_relay;
 mod rules_evaluation;
 mod rules_programs;
 mod rules_store;
+mod terminal_scope;
