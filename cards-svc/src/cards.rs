@@ -115,36 +115,64 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
-/// A page of an offset-paged list: `page_size` (0 = `default`, above `max` LIMIT_EXCEEDED) and
-/// `page_token`, an offset opaque to clients (PAGE_TOKEN_INVALID when it is not one this
-/// service issued). Returns (limit, offset).
-pub(crate) fn page(
+/// A page of a keyset-paged list: `page_size` (0 = `default`, above `max` LIMIT_EXCEEDED) and
+/// `page_token`, the position after the previous page's last row as [`Cursor`] wrote it
+/// (PAGE_TOKEN_INVALID when it is not one this service issued). A page costs the rows it
+/// returns, however deep it is, and rows inserted meanwhile never shift it. Returns (limit,
+/// cursor).
+pub(crate) fn page<C: Cursor>(
     size: i32,
     token: &str,
     default: u32,
     max: u32,
     v: &mut Violations,
-) -> (i64, i64) {
+) -> (i64, Option<C>) {
     let limit = i64::from(v.page_size("page_size", size, default, max));
-    let offset = if token.is_empty() {
-        0
+    let after = if token.is_empty() {
+        None
     } else {
-        match token.parse::<i64>().ok().filter(|o| *o >= 0) {
-            Some(offset) => offset,
-            None => {
-                v.page_token_invalid("page_token");
-                0
-            }
+        let cursor = C::read(token);
+        if cursor.is_none() {
+            v.page_token_invalid("page_token");
         }
+        cursor
     };
-    (limit, offset)
+    (limit, after)
 }
 
-pub(crate) fn next_token(returned: usize, limit: i64, offset: i64) -> String {
-    if returned as i64 == limit {
-        (offset + limit).to_string()
-    } else {
-        String::new()
+/// The next page's token: the last row's cursor when the page came back full.
+pub(crate) fn next_token<T, C: Cursor>(rows: &[T], limit: i64, cursor: impl Fn(&T) -> C) -> String {
+    match rows.last() {
+        Some(last) if rows.len() as i64 >= limit => cursor(last).write(),
+        _ => String::new(),
+    }
+}
+
+/// A list position written into page tokens.
+pub(crate) trait Cursor: Sized {
+    fn read(token: &str) -> Option<Self>;
+    fn write(&self) -> String;
+}
+
+/// A sequence number (tier history).
+impl Cursor for i64 {
+    fn read(token: &str) -> Option<Self> {
+        token.parse().ok().filter(|n| *n >= 0)
+    }
+    fn write(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// A time and an id (`<unix micros>|<id>`).
+impl Cursor for (DateTime<Utc>, String) {
+    fn read(token: &str) -> Option<Self> {
+        let (at, id) = token.split_once('|')?;
+        let at = DateTime::from_timestamp_micros(at.parse().ok()?)?;
+        (!id.is_empty()).then(|| (at, id.to_owned()))
+    }
+    fn write(&self) -> String {
+        format!("{}|{}", self.0.timestamp_micros(), self.1)
     }
 }
 

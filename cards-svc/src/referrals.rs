@@ -196,7 +196,8 @@ impl Cards {
         if r.level > 10 {
             v.add("level", "must be 0 to 10");
         }
-        let (limit, offset) = page(r.page_size, &r.page_token, 50, 100, &mut v);
+        let (limit, after) =
+            page::<(DateTime<Utc>, String)>(r.page_size, &r.page_token, 50, 100, &mut v);
         v.check()?;
         let level = i64::from(r.level.max(1));
         on_conn!(&self.db, conn => {
@@ -204,9 +205,12 @@ impl Cards {
             if conn.customer(&r.merchant_id, &r.customer_id).await?.is_none() {
                 return Err(Error::customer_not_found(&r.customer_id));
             }
-            let (rows, total) = conn.referrals(&r.merchant_id, &r.customer_id, level, limit, offset).await?;
+            let (rows, total) = conn.referrals(&r.merchant_id, &r.customer_id, level, limit, after.as_ref()).await?;
             Ok(pb::ListReferralsResponse {
-                next_page_token: next_token(rows.len(), limit, offset),
+                next_page_token: next_token(&rows, limit, |row| {
+                    let at = row.referred_at.map_or(DateTime::<Utc>::UNIX_EPOCH, |t| t.0);
+                    (at, row.customer_id.clone())
+                }),
                 referrals: rows
                     .into_iter()
                     .map(|row| pb::ReferralLink {

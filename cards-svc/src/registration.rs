@@ -187,12 +187,13 @@ impl Cards {
     ) -> Result<pb::ListRegistrationLinksResponse, Error> {
         let mut v = Violations::new();
         v.id("merchant_id", &r.merchant_id, MAX_ID, true);
-        let (limit, offset) = page(r.page_size, &r.page_token, 50, 100, &mut v);
+        let (limit, after) =
+            page::<(DateTime<Utc>, String)>(r.page_size, &r.page_token, 50, 100, &mut v);
         v.check()?;
         let s = self.settings_for_read(&r.merchant_id).await?;
         let rows = crate::on_conn!(&self.db, conn => {
             let conn: &mut dyn CardsTx = &mut conn;
-            conn.links(&r.merchant_id, r.include_inactive, Utc::now(), limit, offset).await?
+            conn.links(&r.merchant_id, r.include_inactive, Utc::now(), limit, after.as_ref()).await?
         });
         let mut links = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -201,7 +202,9 @@ impl Cards {
             links.push(link_proto(row, token, &s)?);
         }
         Ok(pb::ListRegistrationLinksResponse {
-            next_page_token: next_token(links.len(), limit, offset),
+            next_page_token: next_token(&rows, limit, |row| {
+                (row.created_at.0, row.link_id.clone())
+            }),
             links,
         })
     }

@@ -184,14 +184,15 @@ pub trait CardsTx: Send {
     ) -> sqlx::Result<Vec<CustomerRow>>;
     /// Points the referrer links of `from`'s referrals at `to` (merge).
     async fn move_referrals(&mut self, merchant: &str, from: &str, to: &str) -> sqlx::Result<u64>;
-    /// Customers referred by `referrer` exactly `level` steps below it, newest link first.
+    /// Customers referred by `referrer` exactly `level` steps below it, newest link first,
+    /// after the (linked at, customer id) position `after`; and how many there are in all.
     async fn referrals(
         &mut self,
         merchant: &str,
         referrer: &str,
         level: i64,
         limit: i64,
-        offset: i64,
+        after: Option<&(DateTime<Utc>, String)>,
     ) -> sqlx::Result<(Vec<ReferralRow>, i64)>;
 
     /// Inserts the identifier unless (kind, value) exists; `false` when it does.
@@ -256,26 +257,26 @@ pub trait CardsTx: Send {
         customer: &str,
         seq: i64,
     ) -> sqlx::Result<Option<Vec<u8>>>;
-    /// Assignments, newest first.
+    /// Assignments with their sequence numbers, newest first, older than `before` (a seq).
     async fn tier_history(
         &mut self,
         merchant: &str,
         customer: &str,
         limit: i64,
-        offset: i64,
-    ) -> sqlx::Result<Vec<Vec<u8>>>;
+        before: Option<i64>,
+    ) -> sqlx::Result<Vec<(i64, Vec<u8>)>>;
 
     async fn insert_link(&mut self, merchant: &str, l: &LinkRow) -> sqlx::Result<()>;
     async fn lock_link(&mut self, merchant: &str, link_id: &str) -> sqlx::Result<Option<LinkRow>>;
     async fn update_link(&mut self, merchant: &str, l: &LinkRow) -> sqlx::Result<()>;
-    /// Links, newest first.
+    /// Links, newest first, after the (created at, link id) position `after`.
     async fn links(
         &mut self,
         merchant: &str,
         include_inactive: bool,
         now: DateTime<Utc>,
         limit: i64,
-        offset: i64,
+        after: Option<&(DateTime<Utc>, String)>,
     ) -> sqlx::Result<Vec<LinkRow>>;
 
     /// Appends encoded `kopilka.type.v1.Event`s to the outbox.
@@ -477,7 +478,7 @@ macro_rules! impl_cards_tx {
                 .execute(&mut **self).await?.rows_affected())
             }
 
-            async fn referrals(&mut self, merchant: &str, referrer: &str, level: i64, limit: i64, offset: i64) -> sqlx::Result<(Vec<ReferralRow>, i64)> {
+            async fn referrals(&mut self, merchant: &str, referrer: &str, level: i64, limit: i64, after: Option<&(DateTime<Utc>, String)>) -> sqlx::Result<(Vec<ReferralRow>, i64)> {
                 // The walk stops at `level`, and a customer is never its own descendant (cycles
                 // are refused on write), so the recursion is bounded.
                 let below = "WITH RECURSIVE below (customer_id, referred_at, level) AS (
@@ -487,11 +488,16 @@ macro_rules! impl_cards_tx {
                           ON c.merchant_id = $1 AND c.referrer_id = b.customer_id AND c.state = 1
                         WHERE b.level < $3
                      )";
+                // Keyset: links without a time sort as the oldest, on both engines.
+                let end_of_time = DateTime::from_timestamp(253_402_300_799, 0).unwrap_or_default();
+                let (at, id) = after.cloned().unwrap_or((end_of_time, String::new()));
                 let rows = sqlx::query_as(&format!(
                     "{below} SELECT customer_id, referred_at FROM below WHERE level = $3
-                     ORDER BY referred_at DESC, customer_id LIMIT $4 OFFSET $5"
+                       AND (COALESCE(referred_at, $6) < $4 OR (COALESCE(referred_at, $6) = $4 AND customer_id > $5))
+                     ORDER BY COALESCE(referred_at, $6) DESC, customer_id LIMIT $7"
                 ))
-                .bind(merchant).bind(referrer).bind(level).bind(limit).bind(offset)
+                .bind(merchant).bind(referrer).bind(level).bind(ts(at)).bind(id)
+                .bind(ts(DateTime::<Utc>::UNIX_EPOCH)).bind(limit)
                 .fetch_all(&mut **self).await?;
                 let total: i64 = sqlx::query_scalar(&format!("{below} SELECT COUNT(*) FROM below WHERE level = $3"))
                     .bind(merchant).bind(referrer).bind(level)
@@ -622,11 +628,12 @@ macro_rules! impl_cards_tx {
                     .bind(merchant).bind(customer).bind(seq).fetch_optional(&mut **self).await
             }
 
-            async fn tier_history(&mut self, merchant: &str, customer: &str, limit: i64, offset: i64) -> sqlx::Result<Vec<Vec<u8>>> {
-                sqlx::query_scalar(
-                    "SELECT assignment FROM tier_history WHERE merchant_id = $1 AND customer_id = $2 ORDER BY seq DESC LIMIT $3 OFFSET $4",
+            async fn tier_history(&mut self, merchant: &str, customer: &str, limit: i64, before: Option<i64>) -> sqlx::Result<Vec<(i64, Vec<u8>)>> {
+                sqlx::query_as(
+                    "SELECT seq, assignment FROM tier_history WHERE merchant_id = $1 AND customer_id = $2 AND seq < $3
+                     ORDER BY seq DESC LIMIT $4",
                 )
-                .bind(merchant).bind(customer).bind(limit).bind(offset).fetch_all(&mut **self).await
+                .bind(merchant).bind(customer).bind(before.unwrap_or(i64::MAX)).bind(limit).fetch_all(&mut **self).await
             }
 
             async fn insert_link(&mut self, merchant: &str, l: &LinkRow) -> sqlx::Result<()> {
@@ -653,7 +660,7 @@ macro_rules! impl_cards_tx {
                     .execute(&mut **self).await.map(|_| ())
             }
 
-            async fn links(&mut self, merchant: &str, include_inactive: bool, now: DateTime<Utc>, limit: i64, offset: i64) -> sqlx::Result<Vec<LinkRow>> {
+            async fn links(&mut self, merchant: &str, include_inactive: bool, now: DateTime<Utc>, limit: i64, after: Option<&(DateTime<Utc>, String)>) -> sqlx::Result<Vec<LinkRow>> {
                 let mut q = QueryBuilder::<$db>::new(
                     "SELECT link_id, link, max_uses, uses, revoked, expires_at, created_at FROM registration_links WHERE merchant_id = ",
                 );
@@ -662,7 +669,12 @@ macro_rules! impl_cards_tx {
                     q.push(" AND revoked = FALSE AND (expires_at IS NULL OR expires_at > ").push_bind(ts(now))
                         .push(") AND (max_uses = 0 OR uses < max_uses)");
                 }
-                q.push(" ORDER BY created_at DESC, link_id DESC LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
+                if let Some((at, id)) = after {
+                    q.push(" AND (created_at < ").push_bind(ts(*at))
+                        .push(" OR (created_at = ").push_bind(ts(*at))
+                        .push(" AND link_id < ").push_bind(id.clone()).push("))");
+                }
+                q.push(" ORDER BY created_at DESC, link_id DESC LIMIT ").push_bind(limit);
                 q.build_query_as().fetch_all(&mut **self).await
             }
 

@@ -478,20 +478,20 @@ impl Cards {
     ) -> Result<pb::GetTierHistoryResponse, Error> {
         check_customer_ref(&r.merchant_id, &r.customer_id)?;
         let mut v = Violations::new();
-        let (limit, offset) = page(r.page_size, &r.page_token, 50, 100, &mut v);
+        let (limit, before) = page::<i64>(r.page_size, &r.page_token, 50, 100, &mut v);
         v.check()?;
         on_conn!(&self.db, conn => {
             let conn: &mut dyn CardsTx = &mut conn;
             if conn.customer(&r.merchant_id, &r.customer_id).await?.is_none() {
                 return Err(Error::customer_not_found(&r.customer_id));
             }
-            let rows = conn.tier_history(&r.merchant_id, &r.customer_id, limit, offset).await?;
+            let rows = conn.tier_history(&r.merchant_id, &r.customer_id, limit, before).await?;
             let assignments = rows
                 .iter()
-                .map(|b| pb::TierAssignment::decode(b.as_slice()))
+                .map(|(_, b)| pb::TierAssignment::decode(b.as_slice()))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(pb::GetTierHistoryResponse {
-                next_page_token: next_token(assignments.len(), limit, offset),
+                next_page_token: next_token(&rows, limit, |(seq, _)| *seq),
                 assignments,
             })
         })

@@ -840,3 +840,68 @@ async fn a_merchant_with_50_tiers_has_reached_the_limit() {
     // Replacing one of them is no addition.
     assert!(upsert(&c, &upsert_tier("r-52", "T7", 70)).await.is_ok());
 }
+
+/// Page tokens are keyset positions: a row written between two pages neither repeats a row on
+/// the next page nor skips one (an offset would shift by the new row).
+#[tokio::test]
+async fn pages_do_not_shift_when_rows_are_added_between_them() {
+    let c = cards().await;
+    let customer = create(&c, "r-1", "", &[card("AB1234")]).await.unwrap();
+    for (rank, code) in [(1, "SILVER"), (2, "GOLD")] {
+        let r = pb::UpsertTierRequest {
+            merchant_id: M.to_owned(),
+            request_id: format!("tier-{code}"),
+            tier: Some(pb::Tier {
+                code: code.to_owned(),
+                name: code.to_owned(),
+                rank,
+                ..Default::default()
+            }),
+        };
+        let _: pb::UpsertTierResponse = c
+            .mutate(M, &r.request_id, &r, Command::UpsertTier(&r))
+            .await
+            .unwrap();
+    }
+    let assign = |n: usize| {
+        let code = if n % 2 == 0 { "SILVER" } else { "GOLD" };
+        pb::AssignTierRequest {
+            merchant_id: M.to_owned(),
+            request_id: format!("assign-{n}"),
+            customer_id: customer.clone(),
+            tier_code: code.to_owned(),
+            source: pb::TierSource::Manual as i32,
+            reason: format!("change {n}"),
+            ..Default::default()
+        }
+    };
+    for n in 0..5 {
+        let r = assign(n);
+        let _: pb::AssignTierResponse = c
+            .mutate(M, &r.request_id, &r, Command::AssignTier(&r))
+            .await
+            .unwrap();
+    }
+    let reasons = |page: &pb::GetTierHistoryResponse| -> Vec<String> {
+        page.assignments.iter().map(|a| a.reason.clone()).collect()
+    };
+    let first = c.tier_history(&history(&customer, 2, "")).await.unwrap();
+    assert_eq!(reasons(&first), ["change 4", "change 3"]);
+    // A newer assignment arrives between the pages.
+    let r = assign(5);
+    let _: pb::AssignTierResponse = c
+        .mutate(M, &r.request_id, &r, Command::AssignTier(&r))
+        .await
+        .unwrap();
+    let second = c
+        .tier_history(&history(&customer, 2, &first.next_page_token))
+        .await
+        .unwrap();
+    assert_eq!(reasons(&second), ["change 2", "change 1"]);
+    let third = c
+        .tier_history(&history(&customer, 2, &second.next_page_token))
+        .await
+        .unwrap();
+    assert_eq!(reasons(&third), ["change 0"]);
+    assert_eq!(third.next_page_token, "");
+}
