@@ -129,7 +129,8 @@ pub async fn register(
         deadline,
         Retry::Idempotent,
         customers.create_customer(create)
-    );
+    )
+    .map_err(|e| e.for_caller(REGISTER_FIELDS));
     match created {
         Ok(created) => {
             let customer = created.customer.unwrap_or_default();
@@ -603,6 +604,23 @@ fn check_identifier(field: &str, input: Option<&IdentifierInput>, v: &mut Violat
         _ => v.add(format!("{field}.raw"), "required"),
     }
 }
+
+/// cards-svc's CreateCustomer fields by their names in RegisterCustomerRequest (the rest the
+/// gateway fills).
+const REGISTER_FIELDS: &[(&str, &str)] = &[
+    ("profile.phone", "phone"),
+    ("profile.first_name", "details.first_name"),
+    ("profile.last_name", "details.last_name"),
+    ("profile.middle_name", "details.middle_name"),
+    ("profile.email", "details.email"),
+    ("profile.birth_date", "details.birth_date"),
+    ("profile.gender", "details.gender"),
+    ("profile.locale", "details.locale"),
+    ("identifiers", "cards"),
+    ("referrer", "details.referrer"),
+    ("consents", "details.consents"),
+    ("external_id", "external_id"),
+];
 
 /// Page sizes of the customer lists: the default and the most.
 const PAGE_SIZE: u32 = 50;

@@ -860,6 +860,30 @@ async fn every_error_reason_carries_its_documented_details(suite: TestSuite) {
         "REFERRER_NOT_FOUND",
         &[],
     );
+    // cards-svc reads the e-mail; its refusal names the register's field, not cards' own.
+    let r = w
+        .customers
+        .register_customer(authed(
+            gw::RegisterCustomerRequest {
+                request_id: "reg-email".into(),
+                phone: "+7 912 300-00-05".into(),
+                details: Some(gw::CustomerDetails {
+                    email: "not an e-mail".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &till,
+        ))
+        .await;
+    let s = w.refused(
+        "a bad e-mail",
+        r,
+        Code::InvalidArgument,
+        "VALIDATION_FAILED",
+        &[],
+    );
+    assert_eq!(fields(&s), ["details.email"]);
     let merge = |rid: &str, surviving: &str, merged: &str| gw::MergeCustomersRequest {
         request_id: rid.into(),
         surviving_customer_id: surviving.into(),
