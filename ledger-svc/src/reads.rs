@@ -43,18 +43,18 @@ fn page(v: &mut Violations, size: i32, default: u32) -> i64 {
     i64::from(v.page_size("page_size", size, default, MAX_PAGE))
 }
 
-/// The offset a `page_token` of an offset-paged list stands for (empty: the first page).
-fn offset_token(v: &mut Violations, token: &str) -> i64 {
+/// The position a `page_token` of a keyset-paged list stands for: the id of the previous page's
+/// last row (empty: the first page). A page costs what it returns however deep it is, and rows
+/// written meanwhile never shift it.
+fn after_token<'a>(v: &mut Violations, token: &'a str) -> Option<&'a str> {
     if token.is_empty() {
-        return 0;
+        return None;
     }
-    match token.parse::<i64>() {
-        Ok(offset) if offset >= 0 => offset,
-        _ => {
-            v.page_token_invalid("page_token");
-            0
-        }
+    if token.len() > MAX_ID || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        v.page_token_invalid("page_token");
+        return None;
     }
+    Some(token)
 }
 
 /// A ListHistory `page_token`: the id of the last transaction of the previous page.
@@ -266,7 +266,7 @@ impl Ledger {
     pub async fn list_lots(&self, r: &pb::ListLotsRequest) -> Result<pb::ListLotsResponse, Error> {
         let mut v = Self::ids(&r.merchant_id, &r.customer_id);
         let limit = page(&mut v, r.page_size, 100);
-        let offset = offset_token(&mut v, &r.page_token);
+        let after = after_token(&mut v, &r.page_token);
         v.check()?;
         let states: Vec<i32> = if r.states.is_empty() {
             vec![lot_state::PENDING, lot_state::ACTIVE]
@@ -276,11 +276,15 @@ impl Ledger {
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
             let s = Self::settings(tx, &r.merchant_id).await?;
-            let lots = tx.lots_in_states(&r.merchant_id, &r.customer_id, &states, limit + 1, offset).await?;
-            let more = lots.len() as i64 > limit;
+            let lots = tx.lots_in_states(&r.merchant_id, &r.customer_id, &states, limit + 1, after).await?;
+            let page = &lots[..lots.len().min(limit as usize)];
+            let next_page_token = match page.last() {
+                Some(last) if lots.len() > page.len() => last.lot_id.clone(),
+                _ => String::new(),
+            };
             Ok(pb::ListLotsResponse {
-                lots: lots.iter().take(limit as usize).map(|l| convert::lot(l, &s)).collect(),
-                next_page_token: if more { (offset + limit).to_string() } else { String::new() },
+                lots: page.iter().map(|l| convert::lot(l, &s)).collect(),
+                next_page_token,
             })
         })
     }
@@ -378,13 +382,17 @@ impl Ledger {
         let mut v = Violations::new();
         v.id("merchant_id", &r.merchant_id, MAX_ID, true);
         let limit = page(&mut v, r.page_size, 100);
-        let offset = offset_token(&mut v, &r.page_token);
+        let after = after_token(&mut v, &r.page_token);
         v.check()?;
         let (from, to) = convert::period_bounds(&r.period, "period")?;
         in_read_tx!(&self.db(), tx => {
             let tx: &mut dyn LedgerTx = &mut tx;
-            let rows = tx.list_receipts(&r.merchant_id, &r.customer_id, &r.store_id, from, to, limit + 1, offset).await?;
+            let rows = tx.list_receipts(&r.merchant_id, &r.customer_id, &r.store_id, from, to, limit + 1, after).await?;
             let more = rows.len() as i64 > limit;
+            let next_page_token = match rows.get(limit as usize - 1) {
+                Some(last) if more => last.receipt_id.clone(),
+                _ => String::new(),
+            };
             let mut receipts = Vec::new();
             for row in rows.iter().take(limit as usize) {
                 let mut receipt = self.receipt_with_refunds(tx, &r.merchant_id, row).await?;
@@ -393,7 +401,7 @@ impl Ledger {
                 }
                 receipts.push(receipt);
             }
-            Ok(pb::ListReceiptsResponse { receipts, next_page_token: if more { (offset + limit).to_string() } else { String::new() } })
+            Ok(pb::ListReceiptsResponse { receipts, next_page_token })
         })
     }
 
@@ -800,14 +808,14 @@ mod tests {
         let none = pb::ActivityFilter::default;
         check_invalid(vec![
             (
-                "receipts: a token that is not an offset",
-                invalid(l.list_receipts(&receipts(0, "zz")).await),
+                "receipts: a token that is no receipt id",
+                invalid(l.list_receipts(&receipts(0, "not a token")).await),
                 token_invalid.clone(),
                 &["page_token"],
             ),
             (
-                "lots: a negative offset",
-                invalid(l.list_lots(&lots("-1")).await),
+                "lots: a token that is no lot id",
+                invalid(l.list_lots(&lots(&"x".repeat(129))).await),
                 token_invalid.clone(),
                 &["page_token"],
             ),
@@ -874,6 +882,77 @@ mod tests {
         );
         let page = l.list_lots(&lots("")).await.unwrap();
         assert!(page.next_page_token.is_empty());
-        l.list_lots(&lots("1")).await.unwrap();
+    }
+
+    /// Page tokens are positions: a row written between two pages in front of the position
+    /// neither repeats a row on the next page nor skips one (an offset would shift by it).
+    #[tokio::test]
+    async fn pages_are_positions_not_offsets() {
+        let (l, clock) = ledger().await;
+        let c = "c-pages";
+        let now = crate::domain::clock::Clock::now(&clock);
+        for (k, id) in ["r-1", "r-2", "r-3"].into_iter().enumerate() {
+            let mut r = receipt(id, c, vec![line("1", "10.00", "1", "0", "1")]);
+            r.occurred_at = Some(ts(now - chrono::Duration::minutes(10 - k as i64)));
+            record(&l, r).await.unwrap();
+        }
+        let list = |page_token: &str| pb::ListReceiptsRequest {
+            merchant_id: M.into(),
+            customer_id: c.into(),
+            page_size: 2,
+            page_token: page_token.into(),
+            ..Default::default()
+        };
+        let ids = |page: &pb::ListReceiptsResponse| -> Vec<String> {
+            page.receipts.iter().map(|r| r.receipt_id.clone()).collect()
+        };
+        let first = l.list_receipts(&list("")).await.unwrap();
+        assert_eq!(ids(&first), ["r-3", "r-2"]);
+        // A newer sale arrives between the pages: it sorts in front of the position.
+        let mut newer = receipt("r-4", c, vec![line("1", "10.00", "1", "0", "1")]);
+        newer.occurred_at = Some(ts(now));
+        record(&l, newer).await.unwrap();
+        let second = l
+            .list_receipts(&list(&first.next_page_token))
+            .await
+            .unwrap();
+        assert_eq!(ids(&second), ["r-1"]);
+        assert_eq!(second.next_page_token, "");
+
+        // Lots: soonest expiry first; one expiring sooner than all arrives between pages.
+        let grant = |amount: &str, days: i64| pb::AccrueRequest {
+            merchant_id: M.into(),
+            request_id: rid(),
+            customer_id: c.into(),
+            grant: Some(types::PointsGrant {
+                amount: amount.into(),
+                kind: LotKind::Purchase as i32,
+                expires_at: Some(ts(now + chrono::Duration::days(days))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for (amount, days) in [("5", 30), ("6", 40)] {
+            l.accrue_points(&grant(amount, days)).await.unwrap();
+        }
+        let lots = |page_token: &str| pb::ListLotsRequest {
+            merchant_id: M.into(),
+            customer_id: c.into(),
+            page_size: 2,
+            page_token: page_token.into(),
+            ..Default::default()
+        };
+        let amounts = |page: &pb::ListLotsResponse| -> Vec<String> {
+            page.lots.iter().map(|l| l.amount.clone()).collect()
+        };
+        let first = l.list_lots(&lots("")).await.unwrap();
+        // The four receipts' 1-point lots never expire: they come last.
+        assert_eq!(amounts(&first), ["5", "6"]);
+        l.accrue_points(&grant("7", 1)).await.unwrap();
+        let second = l.list_lots(&lots(&first.next_page_token)).await.unwrap();
+        assert_eq!(amounts(&second), ["1", "1"]);
+        let third = l.list_lots(&lots(&second.next_page_token)).await.unwrap();
+        assert_eq!(amounts(&third), ["1", "1"]);
+        assert_eq!(third.next_page_token, "");
     }
 }

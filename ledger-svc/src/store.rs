@@ -157,14 +157,15 @@ pub trait LedgerTx: Send {
         customer: &str,
         key: &str,
     ) -> sqlx::Result<Option<Lot>>;
-    /// Lots of the customer in the given states, soonest expiry first.
+    /// Lots of the customer in the given states, soonest expiry first (never-expiring last),
+    /// after the lot `after` of the previous page.
     async fn lots_in_states(
         &mut self,
         merchant: &str,
         customer: &str,
         states: &[i32],
         limit: i64,
-        offset: i64,
+        after: Option<&str>,
     ) -> sqlx::Result<Vec<Lot>>;
 
     /// Persists a write: new lots, changed lots, the account row, the transaction and entries.
@@ -223,7 +224,8 @@ pub trait LedgerTx: Send {
         discount: Decimal,
         lines: &[SoldLine],
     ) -> sqlx::Result<()>;
-    /// Receipts, newest sale first, filtered by customer, store and sale period.
+    /// Receipts, newest sale first, filtered by customer, store and sale period, after the
+    /// receipt `after` of the previous page.
     #[allow(clippy::too_many_arguments)]
     async fn list_receipts(
         &mut self,
@@ -233,7 +235,7 @@ pub trait LedgerTx: Send {
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
         limit: i64,
-        offset: i64,
+        after: Option<&str>,
     ) -> sqlx::Result<Vec<ReceiptRow>>;
     async fn lines_refunded(
         &mut self,
@@ -593,6 +595,11 @@ const TX_COLUMNS: &str = "transaction_id, customer_id, kind, amount, balance_aft
 /// Spending order: soonest expiry first, lots without expiry last.
 const LOT_ORDER: &str =
     "ORDER BY CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END, expires_at, created_at, lot_id";
+
+/// Where never-expiring lots sort in a lot list (after every real expiry).
+fn end_of_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or_default()
+}
 
 fn ts(t: DateTime<Utc>) -> Timestamp {
     Timestamp(t)
@@ -977,14 +984,22 @@ macro_rules! impl_ledger_tx {
                 Ok(row.map(Into::into))
             }
 
-            async fn lots_in_states(&mut self, merchant: &str, customer: &str, states: &[i32], limit: i64, offset: i64) -> sqlx::Result<Vec<Lot>> {
+            async fn lots_in_states(&mut self, merchant: &str, customer: &str, states: &[i32], limit: i64, after: Option<&str>) -> sqlx::Result<Vec<Lot>> {
                 let mut q = QueryBuilder::<$db>::new(format!("SELECT {LOT_COLUMNS} FROM lots WHERE merchant_id = "));
                 q.push_bind(merchant).push(" AND customer_id = ").push_bind(customer).push(" AND state IN (");
                 let mut sep = q.separated(", ");
                 for s in states {
                     sep.push_bind(*s);
                 }
-                q.push(") ").push(LOT_ORDER).push(" LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
+                q.push(")");
+                // Keyset: the position of the previous page's last lot, in the list's order.
+                let never = ts(end_of_time());
+                if let Some(after) = after {
+                    q.push(" AND (COALESCE(expires_at, ").push_bind(never).push("), created_at, lot_id) > (SELECT COALESCE(expires_at, ")
+                        .push_bind(never).push("), created_at, lot_id FROM lots WHERE merchant_id = ").push_bind(merchant)
+                        .push(" AND lot_id = ").push_bind(after.to_owned()).push(")");
+                }
+                q.push(" ORDER BY COALESCE(expires_at, ").push_bind(never).push("), created_at, lot_id LIMIT ").push_bind(limit);
                 let rows: Vec<LotRow> = q.build_query_as().fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
@@ -1072,7 +1087,7 @@ macro_rules! impl_ledger_tx {
                 Ok(())
             }
 
-            async fn list_receipts(&mut self, merchant: &str, customer: &str, store: &str, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, limit: i64, offset: i64) -> sqlx::Result<Vec<ReceiptRow>> {
+            async fn list_receipts(&mut self, merchant: &str, customer: &str, store: &str, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, limit: i64, after: Option<&str>) -> sqlx::Result<Vec<ReceiptRow>> {
                 let mut q = QueryBuilder::<$db>::new(
                     "SELECT receipt_id, customer_id, content_hash, document, refunded_amount, refund_state, transaction_id FROM receipts WHERE merchant_id = ",
                 );
@@ -1089,7 +1104,12 @@ macro_rules! impl_ledger_tx {
                 if let Some(to) = to {
                     q.push(" AND occurred_at < ").push_bind(ts(to));
                 }
-                q.push(" ORDER BY occurred_at DESC, receipt_id DESC LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
+                // Keyset: the position of the previous page's last receipt.
+                if let Some(after) = after {
+                    q.push(" AND (occurred_at, receipt_id) < (SELECT occurred_at, receipt_id FROM receipts WHERE merchant_id = ")
+                        .push_bind(merchant).push(" AND receipt_id = ").push_bind(after.to_owned()).push(")");
+                }
+                q.push(" ORDER BY occurred_at DESC, receipt_id DESC LIMIT ").push_bind(limit);
                 let rows: Vec<(String, String, Vec<u8>, Vec<u8>, Amount, i32, String)> = q.build_query_as().fetch_all(self.conn().await?).await?;
                 Ok(rows.into_iter().map(|(receipt_id, customer_id, content_hash, document, refunded, refund_state, transaction_id)| ReceiptRow {
                     receipt_id, customer_id, content_hash, document, refunded_amount: refunded.0, refund_state, transaction_id,

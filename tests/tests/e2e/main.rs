@@ -22,6 +22,7 @@ mod ledger_accounts;
 mod ledger_api;
 mod ledger_concurrency;
 mod ledger_model;
+mod ledger_pages;
 mod notify_relay;
 mod rules_evaluation;
 mod rules_programs;
