@@ -89,10 +89,7 @@ pub(crate) fn check_len(field: &str, value: &str, max: usize, v: &mut Violations
 }
 
 pub(crate) fn timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    kopilka_runtime::timestamps::to_proto(t)
 }
 
 /// A request timestamp as an instant (microsecond precision, as stored); `None` with a

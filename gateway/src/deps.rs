@@ -15,6 +15,7 @@ use kopilka_proto::ledger::ledger_service_client::LedgerServiceClient;
 use kopilka_proto::rules::catalog_service_client::CatalogServiceClient;
 use kopilka_proto::rules::evaluation_service_client::EvaluationServiceClient;
 use kopilka_proto::rules::program_service_client::ProgramServiceClient;
+use kopilka_runtime::backoff::Backoff;
 use kopilka_runtime::service_auth::{ServiceChannel, ServiceToken};
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
@@ -163,7 +164,7 @@ impl Deps {
             Retry::Idempotent => self.retries + 1,
             Retry::Once => 1,
         };
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
         let mut last = String::new();
         for attempt in 0..attempts {
             let Some(budget) = deadline.budget(self.hop_timeout) else {
@@ -188,8 +189,7 @@ impl Deps {
                 }
             }
             if attempt + 1 < attempts {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                tokio::time::sleep(backoff.failed()).await;
             }
         }
         Err(Error::Dependency {

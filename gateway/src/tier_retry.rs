@@ -123,8 +123,7 @@ pub fn is_transient(error: &Error) -> bool {
 /// The wait after a failed attempt, given how many failed before it: 30 s, doubling, at most
 /// an hour.
 pub fn backoff(attempts: u32) -> Duration {
-    let secs = 30u64.saturating_mul(1u64 << attempts.min(16));
-    Duration::from_secs(secs).min(MAX_BACKOFF)
+    kopilka_runtime::backoff::Backoff::nth(Duration::from_secs(30), MAX_BACKOFF, attempts)
 }
 
 /// Stores a pending decision, due at $6 (inside `Checkouts::commit`'s transaction).

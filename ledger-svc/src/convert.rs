@@ -11,10 +11,7 @@ use crate::settings::Settings;
 use crate::store::HoldRow;
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    kopilka_runtime::timestamps::to_proto(t)
 }
 
 pub fn opt_timestamp(t: Option<DateTime<Utc>>) -> Option<Timestamp> {
@@ -24,9 +21,8 @@ pub fn opt_timestamp(t: Option<DateTime<Utc>>) -> Option<Timestamp> {
 /// A proto timestamp as a UTC instant, truncated to microseconds; an impossible one is a field
 /// violation.
 pub fn instant(t: &Timestamp, field: &str) -> Result<DateTime<Utc>, Error> {
-    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-        .and_then(|d| DateTime::from_timestamp_micros(d.timestamp_micros()))
-        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
+    kopilka_runtime::timestamps::from_proto_micros(t)
+        .ok_or_else(|| Error::invalid(field, "not a valid timestamp"))
 }
 
 pub fn opt_instant(t: &Option<Timestamp>, field: &str) -> Result<Option<DateTime<Utc>>, Error> {

@@ -1,5 +1,6 @@
 //! Cross-cutting runtime shared by the five Kopilka services. Business logic never lives here.
 //!
+//! - [`backoff`]: the one exponential back-off every retry waits by.
 //! - [`config`]: typed settings layered from defaults and `KOPILKA_*` environment variables.
 //! - [`telemetry`]: `tracing` set-up, human-readable or JSON.
 //! - [`server`]: a gRPC server with health and reflection that drains gracefully on shutdown.
@@ -14,6 +15,7 @@
 //! - [`outbox`]: the relay of outbox events to notify-svc, at least once, with back-off.
 //! - [`redact`]: masking phone numbers, e-mails and keys before they reach a log line.
 
+pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod decimal;

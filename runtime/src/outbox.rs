@@ -16,6 +16,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::service_auth::{self, ServiceChannel, ServiceToken};
 use chrono::{DateTime, Utc};
 use kopilka_proto::notify::event_service_client::EventServiceClient;
@@ -154,36 +155,6 @@ pub enum RelayError {
     Store(#[from] sqlx::Error),
     #[error("delivery to notify-svc failed: {0}")]
     Deliver(tonic::Status),
-}
-
-/// Exponential back-off: `initial`, doubling, at most `max`; reset on success.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial.min(max),
-        }
-    }
-
-    /// The pause after one more failure.
-    pub fn failed(&mut self) -> Duration {
-        let pause = self.next;
-        self.next = (self.next * 2).min(self.max);
-        pause
-    }
-
-    /// After a success the next failure starts from `initial` again.
-    pub fn reset(&mut self) {
-        self.next = self.initial.min(self.max);
-    }
 }
 
 /// One pass: claims a batch, delivers it, marks it relayed. Returns how many rows it relayed
@@ -476,15 +447,6 @@ mod tests {
             max_backoff: Duration::from_millis(10),
             lease: Duration::from_secs(30),
         }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let pauses: Vec<u64> = (0..9).map(|_| b.failed().as_millis() as u64).collect();
-        assert_eq!(pauses, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
-        b.reset();
-        assert_eq!(b.failed(), Duration::from_millis(100));
     }
 
     #[tokio::test]

@@ -18,6 +18,12 @@ pub fn from_proto(t: &Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.seconds, nanos)
 }
 
+/// Like [`from_proto`], truncated to microseconds: what both databases keep, so an instant read
+/// from a request compares equal to the same instant read back from storage.
+pub fn from_proto_micros(t: &Timestamp) -> Option<DateTime<Utc>> {
+    from_proto(t).map(|d| DateTime::from_timestamp_micros(d.timestamp_micros()).unwrap_or(d))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
