@@ -105,6 +105,9 @@ impl From<Error> for Status {
                 format!("{dependency} is unavailable; retry with the same request_id"),
                 HashMap::from([("dependency".to_owned(), dependency.to_owned())]),
             ),
+            Error::Db(ref e) if kopilka_runtime::db::is_unavailable(e) => {
+                kopilka_runtime::db::unavailable_status()
+            }
             e @ (Error::Db(_) | Error::Decode(_)) => status::internal(&e),
         }
     }

@@ -252,6 +252,63 @@ fn program_invalid(violations: &[rules::Violation]) -> Status {
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+/// The merchant's points scale is the ledger's (LedgerSettings.points_scale): the ledger refuses
+/// amounts with more decimals, so a program on another scale would promise points that Confirm
+/// then cannot book. rules-svc cannot read the ledger, so the gateway checks it on every path
+/// that makes a program publishable (ValidateProgram, ApplyProgram, PublishProgram) and reports
+/// it as a violation of `settings.points_scale` (INVALID_ARGUMENT PROGRAM_INVALID on a write).
+impl AdminApi {
+    async fn points_scale_violation(
+        &self,
+        merchant_id: &str,
+        deadline: Deadline,
+        program: Option<&rules::Program>,
+    ) -> Result<Option<rules::Violation>> {
+        let wanted = program
+            .and_then(|p| p.settings.as_ref())
+            .map_or(0, |s| s.points_scale);
+        let answer = crate::dep_call!(
+            self.gw,
+            deps::LEDGER,
+            deadline,
+            Retry::Idempotent,
+            ledger.get_ledger_settings(ledger::GetLedgerSettingsRequest {
+                merchant_id: merchant_id.to_owned(),
+            })
+        )?;
+        let scale = answer.settings.unwrap_or_default().points_scale;
+        Ok((wanted != scale).then(|| rules::Violation {
+            field: "settings.points_scale".to_owned(),
+            code: "OUT_OF_RANGE".to_owned(),
+            description: format!(
+                "is {wanted}, but the merchant's points have {scale} decimal place(s) \
+                 (ledger points_scale); the program must use the merchant's points scale"
+            ),
+            severity: rules::ViolationSeverity::Error as i32,
+        }))
+    }
+
+    /// The document of the merchant's version `version`.
+    async fn version_program(
+        &self,
+        merchant_id: &str,
+        deadline: Deadline,
+        version: u64,
+    ) -> Result<Option<rules::Program>> {
+        let answer = crate::dep_call!(
+            self.gw,
+            deps::RULES,
+            deadline,
+            Retry::Idempotent,
+            programs.get_version(rules::GetVersionRequest {
+                merchant_id: merchant_id.to_owned(),
+                version,
+            })
+        )?;
+        Ok(answer.version.and_then(|v| v.program))
+    }
+}
+
 // ---- the handlers -------------------------------------------------------------------------
 
 impl AdminApi {
@@ -809,6 +866,14 @@ impl AdminApi {
                             },
                         )
                         .await?;
+                    let mut validated = validated;
+                    if let Some(v) = self
+                        .points_scale_violation(merchant_id, deadline, req.program.as_ref())
+                        .await?
+                    {
+                        validated.valid = false;
+                        validated.violations.push(v);
+                    }
                     if !validated.valid {
                         return Err(Error::Downstream(program_invalid(&validated.violations)));
                     }
@@ -902,7 +967,7 @@ impl AdminApi {
 
     /// The evaluation input of an anonymous preview: lines, promo codes, time, store.
     /// Completes the evaluation input of an anonymous preview (lines, promo codes, time,
-    /// store, points to pay with): checked, with the store's or the merchant's time zone.
+    /// store, points to pay with): checked, with the store's time zone or else the program's.
     async fn preview_input(
         &self,
         caller: &Caller,
@@ -923,12 +988,11 @@ impl AdminApi {
             from_proto_time("occurred_at", t, &mut check);
         }
         check.check()?;
-        input.time_zone = caller.merchant.time_zone.clone();
+        // As at the checkout (TerminalRef.time_zone): the store's zone when it has one, else
+        // empty = the program's settings.time_zone.
+        input.time_zone = String::new();
         if !input.store_id.is_empty() {
-            let store = self.store_of(caller, &input.store_id).await?;
-            if !store.time_zone.is_empty() {
-                input.time_zone = store.time_zone;
-            }
+            input.time_zone = self.store_of(caller, &input.store_id).await?.time_zone;
         }
         input
             .occurred_at
@@ -1248,6 +1312,25 @@ impl AdminService for AdminApi {
                 tier_codes: Vec::new(),
             }
         )?;
+        let mut out = out;
+        let deadline = Deadline::of(&request);
+        let program = match &request.get_ref().source {
+            Some(In::Program(p)) => Some(p.clone()),
+            Some(In::Version(v)) => {
+                self.version_program(caller.merchant_id(), deadline, *v)
+                    .await?
+            }
+            None => None,
+        };
+        if program.is_some() {
+            if let Some(v) = self
+                .points_scale_violation(caller.merchant_id(), deadline, program.as_ref())
+                .await?
+            {
+                out.valid = false;
+                out.violations.push(v);
+            }
+        }
         Ok(Response::new(pb::ValidateProgramResponse {
             valid: out.valid,
             violations: out.violations,
@@ -1261,6 +1344,18 @@ impl AdminService for AdminApi {
         let caller = self.gw.auth.admin(&request).await?;
         check_request_id("request_id", &request.get_ref().request_id)?;
         let req = request.get_ref().clone();
+        let deadline = Deadline::of(&request);
+        let program = self
+            .version_program(caller.merchant_id(), deadline, req.version)
+            .await?;
+        if program.is_some() {
+            if let Some(v) = self
+                .points_scale_violation(caller.merchant_id(), deadline, program.as_ref())
+                .await?
+            {
+                return Err(Error::Downstream(program_invalid(&[v])).into());
+            }
+        }
         let out = forward!(
             self,
             request,

@@ -20,7 +20,7 @@ use tonic::{Code, Request};
 
 use crate::error::{Error, Result};
 use crate::keys::{KeyScope, PresentedKey};
-use crate::tenancy::{Merchant, Tenancy};
+use crate::tenancy::{Merchant, Tenancy, Terminal};
 
 /// The authenticated caller of one request.
 #[derive(Debug, Clone)]
@@ -39,6 +39,10 @@ pub struct Caller {
 pub struct TerminalRef {
     pub terminal_id: String,
     pub store_id: String,
+    /// The store's own IANA time zone (Store.time_zone), read with the terminal; empty = the
+    /// store has none and the program's settings.time_zone applies. It is the evaluation's
+    /// EvaluationInput.time_zone, so a change is seen once the cached key expires.
+    pub time_zone: String,
 }
 
 impl Caller {
@@ -228,9 +232,11 @@ impl Auth {
                 if terminal.disabled_at.is_some() {
                     return Err(terminal_disabled(requested));
                 }
+                let time_zone = store_time_zone(&self.tenancy, &terminal).await?;
                 Ok(TerminalRef {
                     terminal_id: terminal.terminal_id,
                     store_id: terminal.store_id,
+                    time_zone,
                 })
             }
         }
@@ -334,6 +340,15 @@ fn bearer<T>(request: &Request<T>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The time zone of `terminal`'s store; empty when the store names none.
+async fn store_time_zone(tenancy: &Tenancy, terminal: &Terminal) -> Result<String, sqlx::Error> {
+    Ok(tenancy
+        .store(&terminal.merchant_id, &terminal.store_id)
+        .await?
+        .map(|store| store.time_zone)
+        .unwrap_or_default())
+}
+
 /// Reads a key with its merchant and terminal; `None` when unknown.
 async fn load(tenancy: &Tenancy, key_id: &str) -> Result<Option<VerifiedKey>, sqlx::Error> {
     let Some(record) = tenancy.key(key_id).await? else {
@@ -350,9 +365,11 @@ async fn load(tenancy: &Tenancy, key_id: &str) -> Result<Option<VerifiedKey>, sq
         (Some(id), KeyScope::Terminal) => match tenancy.terminal(&record.merchant_id, id).await? {
             Some(t) => {
                 terminal_disabled = t.disabled_at.is_some();
+                let time_zone = store_time_zone(tenancy, &t).await?;
                 Some(TerminalRef {
                     terminal_id: t.terminal_id,
                     store_id: t.store_id,
+                    time_zone,
                 })
             }
             None => return Ok(None),

@@ -170,17 +170,10 @@ impl From<Error> for Status {
                 )
             }
             Error::Downstream(status) => status,
-            Error::Db(error) => match error {
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                    status::with_reason_and_metadata(
-                        Code::Unavailable,
-                        "DEPENDENCY_UNAVAILABLE",
-                        "the gateway database is unavailable; retry the same call",
-                        HashMap::from([("dependency".to_owned(), "database".to_owned())]),
-                    )
-                }
-                other => status::internal(&other),
-            },
+            Error::Db(error) if kopilka_runtime::db::is_unavailable(&error) => {
+                kopilka_runtime::db::unavailable_status()
+            }
+            Error::Db(error) => status::internal(&error),
             Error::Decode(error) => status::internal(&error),
             e @ Error::Internal(_) => status::internal(&e),
         }

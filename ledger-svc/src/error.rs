@@ -4,7 +4,7 @@
 use kopilka_runtime::status::{self, Refusal};
 use kopilka_runtime::validate::Violations;
 use rust_decimal::Decimal;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::settings::Settings;
 
@@ -75,13 +75,9 @@ impl From<Error> for Status {
         match error {
             Error::Invalid(violations) => Status::from(violations),
             Error::Refused(refusal) => refusal.into(),
-            Error::Db(sqlx::Error::PoolTimedOut) => Refusal::new(
-                Code::Unavailable,
-                "DEPENDENCY_UNAVAILABLE",
-                "the database is not answering",
-            )
-            .with("dependency", "database")
-            .into(),
+            Error::Db(ref e) if kopilka_runtime::db::is_unavailable(e) => {
+                kopilka_runtime::db::unavailable_status()
+            }
             ref other => status::internal(other),
         }
     }
@@ -93,8 +89,8 @@ mod tests {
 
     use kopilka_proto::ledger as pb;
     use kopilka_runtime::Db;
+    use tonic::Code;
 
-    use super::*;
     use crate::testing::*;
 
     /// A database that does not hand out a connection in time is DEPENDENCY_UNAVAILABLE.

@@ -11,7 +11,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use crate::convert::{self, opt_instant, timestamp};
 use crate::domain::amounts::Sign;
 use crate::domain::book::{Account, NewLot};
-use crate::domain::split::proportional;
+use crate::domain::split::{cumulative, proportional};
 use crate::error::Error;
 use crate::ledger::{
     book_error, day_of, digest, hold_exceeded, hold_finalized, hold_not_found, hold_state, new_id,
@@ -224,11 +224,17 @@ impl Ledger {
                 s.points_scale,
                 &mut v,
             );
-            let redeem_money = if l.redeem_money.is_empty() {
-                redeem
-            } else {
-                opt_amount(&f("redeem_money"), &l.redeem_money, s.money_scale, &mut v)
-            };
+            // The money a line's points paid is the caller's (rules-svc knows the point
+            // value, the ledger does not): a redeeming line without it is refused, never
+            // guessed.
+            if l.redeem_money.is_empty() && redeem > Decimal::ZERO {
+                v.add(
+                    f("redeem_money"),
+                    "is required when the line redeems points",
+                );
+            }
+            let redeem_money =
+                opt_amount(&f("redeem_money"), &l.redeem_money, s.money_scale, &mut v);
             if redeem_money > gross - discount {
                 v.add(
                     f("redeem_money"),
@@ -807,17 +813,21 @@ impl Ledger {
         }
         Self::lock_in_order(tx, merchant, customers, now).await?;
         let mut refunded = tx.lines_refunded(merchant, &r.receipt_id).await?;
-        let sold: Vec<(String, Decimal, Decimal, Decimal, Decimal)> = receipt
+        // Per line: id, quantity, net amount, accrual, redemption, and the money paid (net
+        // minus what the points paid), all as recorded.
+        let sold: Vec<(String, Decimal, Decimal, Decimal, Decimal, Decimal)> = receipt
             .lines
             .iter()
             .map(|l| {
                 let b = l.line.clone().unwrap_or_default();
+                let net = amount_of(&l.gross_amount) - amount_of(&l.discount);
                 (
                     b.line_id,
                     amount_of(&b.quantity),
-                    amount_of(&l.gross_amount) - amount_of(&l.discount),
+                    net,
                     amount_of(&l.accrual_points),
                     amount_of(&l.redeem_points),
+                    (net - amount_of(&l.redeem_money)).max(Decimal::ZERO),
                 )
             })
             .collect();
@@ -852,10 +862,10 @@ impl Ledger {
                 .collect()
         };
         let mut out_lines = Vec::new();
-        let (mut amount, mut reversed, mut restored) =
-            (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+        let (mut amount, mut cash, mut reversed, mut restored) =
+            (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
         for (i, (line_id, qty)) in wanted.iter().enumerate() {
-            let Some((_, sold_qty, net, accrual, redeem)) =
+            let Some((_, sold_qty, net, accrual, redeem, paid)) =
                 sold.iter().find(|(id, ..)| id == line_id)
             else {
                 return Err(Refusal::not_found(
@@ -896,6 +906,17 @@ impl Ledger {
                 *qty,
                 s.money_scale,
             );
+            // The cash to hand back: the same cumulative share of the money actually paid.
+            // Earlier refunds of the line (under this rule) paid out exactly its cumulative
+            // share of what they returned.
+            let c = proportional(
+                *paid,
+                cumulative(*paid, *sold_qty, state.quantity, s.money_scale),
+                *sold_qty,
+                state.quantity,
+                *qty,
+                s.money_scale,
+            );
             let rv = proportional(
                 *accrual,
                 state.points_reversed,
@@ -917,12 +938,14 @@ impl Ledger {
             state.points_reversed += rv;
             state.points_restored += rs;
             amount += a;
+            cash += c;
             reversed += rv;
             restored += rs;
             out_lines.push(pb::RefundedLine {
                 line_id: line_id.clone(),
                 quantity: qty.normalize().to_string(),
                 amount: s.money(a),
+                cash_amount: s.money(c),
                 points_reversed: s.points(rv),
                 points_restored: s.points(rs),
             });
@@ -939,6 +962,7 @@ impl Ledger {
             receipt_id: r.receipt_id.clone(),
             lines: out_lines,
             amount: s.money(amount),
+            cash_amount: s.money(cash),
             points_reversed: s.points(reversed),
             points_restored: s.points(restored),
             shortfall: s.points(Decimal::ZERO),
@@ -1161,6 +1185,123 @@ mod tests {
         ] {
             assert_eq!(iso_duration(d(ms)), iso);
         }
+    }
+
+    /// A redeemed line says what its points paid: the ledger does not know the point value
+    /// and never books points as money 1:1.
+    #[tokio::test]
+    async fn a_redeeming_line_without_its_money_is_refused() {
+        let (l, _) = ledger().await;
+        accrue(&l, M, "c-1", "50").await;
+        let mut two = receipt(
+            "r-1",
+            "c-1",
+            vec![
+                line("1", "100.00", "1", "0", "0"),
+                line("2", "100.00", "1", "5", "0"),
+            ],
+        );
+        // No money for either line: only the redeeming one is wrong.
+        two.lines[0].redeem_money.clear();
+        two.lines[1].redeem_money.clear();
+        check_invalid(vec![(
+            "redeem_points without redeem_money",
+            invalid(record(&l, two.clone()).await),
+            answer(Code::InvalidArgument, "VALIDATION_FAILED", &[]),
+            &["receipt.lines[1].redeem_money"],
+        )]);
+        // With it, the summary books exactly that money, whatever the point value.
+        two.lines[1].redeem_money = "2.50".into();
+        let r = record(&l, two).await.unwrap().receipt.unwrap();
+        let summary = r.summary.unwrap();
+        assert_eq!(
+            (summary.redeem_money.as_str(), summary.paid_money.as_str()),
+            ("2.50", "197.50")
+        );
+    }
+
+    /// Two lattes at 250 paid with 19 points (19.00 ₽): returning one pays back the cash
+    /// share of what was paid, 481.00 / 2 = 240.50, and 9 of the points; the second closes
+    /// the line exactly (240.50 and 10 points).
+    #[tokio::test]
+    async fn a_refund_pays_back_the_cash_share() {
+        let (l, _) = ledger().await;
+        accrue(&l, M, "c-1", "19").await;
+        let mut lattes = line("1", "250.00", "2", "19", "0");
+        lattes.redeem_money = "19.00".into();
+        record(&l, receipt("r-1", "c-1", vec![lattes]))
+            .await
+            .unwrap();
+        let figures = |f: &pb::Refund| {
+            let line = &f.lines[0];
+            (
+                f.amount.clone(),
+                f.cash_amount.clone(),
+                f.points_restored.clone(),
+                line.cash_amount.clone(),
+                line.points_restored.clone(),
+            )
+        };
+        let first = refund(&l, &rid(), "r-1", "rf-1", &[("1", "1")])
+            .await
+            .unwrap()
+            .refund
+            .unwrap();
+        let s = |v: &str| v.to_owned();
+        assert_eq!(
+            figures(&first),
+            (s("250.00"), s("240.50"), s("9"), s("240.50"), s("9"))
+        );
+        let second = refund(&l, &rid(), "r-1", "rf-2", &[]).await.unwrap();
+        assert_eq!(
+            figures(second.refund.as_ref().unwrap()),
+            (s("250.00"), s("240.50"), s("10"), s("240.50"), s("10"))
+        );
+        assert_eq!(second.balance.unwrap().available, "19");
+    }
+
+    /// 20 units returned one at a time: every 4th gives back one of the line's 5 points
+    /// (each refund rounding on its own would keep 5 points until the last), and the money
+    /// (192.99 paid, 9.6495 a unit) never runs more than a cent behind.
+    #[tokio::test]
+    async fn partial_refunds_keep_pace_with_the_line() {
+        let (l, _) = ledger().await;
+        accrue(&l, M, "c-1", "7").await;
+        let mut units = line("1", "10.00", "20", "7", "5");
+        units.redeem_money = "7.01".into();
+        record(&l, receipt("r-1", "c-1", vec![units]))
+            .await
+            .unwrap();
+        let d = |v: &str| v.parse::<Decimal>().unwrap();
+        let (mut cash, mut reversed, mut restored) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+        for k in 1..=20 {
+            let f = refund(&l, &rid(), "r-1", &format!("rf-{k}"), &[("1", "1")])
+                .await
+                .unwrap()
+                .refund
+                .unwrap();
+            cash += d(&f.cash_amount);
+            reversed += d(&f.points_reversed);
+            restored += d(&f.points_restored);
+            let k = Decimal::from(k);
+            assert_eq!(
+                reversed,
+                (d("5") * k / d("20")).floor(),
+                "reversed after {k}"
+            );
+            assert_eq!(
+                restored,
+                (d("7") * k / d("20")).floor(),
+                "restored after {k}"
+            );
+            let exact = d("192.99") * k / d("20");
+            assert!(
+                cash <= exact && exact - cash < d("0.01"),
+                "{cash} after {k}"
+            );
+            assert_eq!(d(&f.cash_amount), d(&f.lines[0].cash_amount));
+        }
+        assert_eq!((cash, reversed, restored), (d("192.99"), d("5"), d("7")));
     }
 
     /// Every refusal of receipts and refunds, with the exact metadata errors.proto documents

@@ -185,6 +185,7 @@ fn op(customer: usize, k: usize) -> Op {
                         ..Default::default()
                     }),
                     redeem_points: "1".into(),
+                    redeem_money: "1".into(),
                     accrual_points: "3".into(),
                     ..Default::default()
                 }],

@@ -116,8 +116,8 @@ impl From<Error> for Status {
             Error::Unavailable(dependency) => {
                 unavailable(dependency, &format!("{dependency} is not answering"))
             }
-            Error::Db(sqlx::Error::PoolTimedOut) => {
-                unavailable("database", "the database is not answering")
+            Error::Db(ref e) if kopilka_runtime::db::is_unavailable(e) => {
+                kopilka_runtime::db::unavailable_status()
             }
             ref other => status::internal(other),
         }

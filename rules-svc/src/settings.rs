@@ -36,14 +36,11 @@ pub struct Settings {
     pub locale: String,
 }
 
-/// Decimal places of a currency's minor unit (ISO 4217); 2 unless listed.
-pub fn currency_scale(code: &str) -> u32 {
-    match code {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        _ => 2,
-    }
+/// Decimal places of a currency's minor unit: the one ISO 4217 table of the suite
+/// ([`kopilka_runtime::currency::minor_units`]); `None` for a code that is not an ISO 4217
+/// currency with a minor unit (validation refuses such a program).
+pub fn currency_scale(code: &str) -> Option<u32> {
+    kopilka_runtime::currency::minor_units(code)
 }
 
 fn decimal_or(value: &str, default: Decimal) -> Option<Decimal> {
@@ -61,6 +58,7 @@ impl Settings {
         let default = ProgramSettings::default();
         let s = s.unwrap_or(&default);
         let time_zone = Tz::from_str(&s.time_zone).ok()?;
+        let money_scale = currency_scale(&s.currency)?;
         if s.points_scale > 4 {
             return None;
         }
@@ -76,7 +74,7 @@ impl Settings {
         }
         Some(Settings {
             currency: s.currency.clone(),
-            money_scale: currency_scale(&s.currency),
+            money_scale,
             time_zone,
             money_rounding: Rounding::from_proto(s.money_rounding, Rounding::HalfUp),
             points_rounding: Rounding::from_proto(s.points_rounding, Rounding::Down),
@@ -158,6 +156,35 @@ mod tests {
             ..Default::default()
         }))
         .is_none());
+    }
+
+    #[test]
+    fn money_scale_is_the_iso_minor_unit_and_unknown_currencies_do_not_convert() {
+        let with = |currency: &str| {
+            Settings::from_proto(Some(&ProgramSettings {
+                currency: currency.into(),
+                time_zone: "UTC".into(),
+                ..Default::default()
+            }))
+            .map(|s| s.money_scale)
+        };
+        for (code, scale) in [
+            ("XPF", 0),
+            ("BIF", 0),
+            ("RWF", 0),
+            ("VUV", 0),
+            ("JPY", 0),
+            ("KRW", 0),
+            ("RUB", 2),
+            ("BHD", 3),
+            ("KWD", 3),
+            ("CLF", 4),
+            ("UYW", 4),
+        ] {
+            assert_eq!(with(code), Some(scale), "{code}");
+        }
+        assert_eq!(with("ABC"), None);
+        assert_eq!(with("XAU"), None);
     }
 
     #[test]

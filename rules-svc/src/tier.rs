@@ -66,12 +66,16 @@ pub fn decide(
         response.reason = format!("tier {} is locked by hand", shown(current_code));
         return Ok(response);
     }
-    let scale = currency_scale(
-        program
-            .settings
-            .as_ref()
-            .map_or("", |s| s.currency.as_str()),
-    );
+    let currency = program
+        .settings
+        .as_ref()
+        .map_or("", |s| s.currency.as_str());
+    let scale = currency_scale(currency).ok_or_else(|| {
+        Error::invalid(
+            "settings.currency",
+            format!("`{currency}` is not an ISO 4217 currency; validate the program"),
+        )
+    })?;
     let levels = progression
         .levels
         .iter()

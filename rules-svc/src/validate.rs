@@ -117,7 +117,9 @@ pub fn validate(program: &Program, known: &Known) -> Report {
         catalog,
         violations: Vec::new(),
         needs: EvaluationNeeds::default(),
-        money_scale: currency_scale(&settings.currency),
+        // An unknown currency is reported in settings; checking against the largest scale
+        // avoids noise.
+        money_scale: currency_scale(&settings.currency).unwrap_or(4),
         // A bad scale is reported in settings; checking against the largest avoids noise.
         points_scale: settings.points_scale.min(4),
         reading: true,
@@ -470,6 +472,15 @@ impl Checker<'_> {
                 OUT_OF_RANGE,
                 format!(
                     "`{}` is not an ISO 4217 code of 3 upper-case letters",
+                    s.currency
+                ),
+            );
+        } else if currency_scale(&s.currency).is_none() {
+            self.error(
+                "settings.currency",
+                OUT_OF_RANGE,
+                format!(
+                    "`{}` is not an ISO 4217 currency with a minor unit (e.g. RUB, KZT, XPF)",
                     s.currency
                 ),
             );
@@ -1551,6 +1562,8 @@ mod tests {
         ("rules:\n  - {id: a, name: A, action_reward: {action: ACTION_KIND_REGISTRATION, points: \"0\", referrer_rewards: [{level: 1, percent: \"5\"}]}}\n", "rules[0].action_reward.referrer_rewards[0].percent", OUT_OF_RANGE),
         ("rules:\n  - {id: a, name: A, points_terms: {valid_days: 5000}, accrue_percent: {percent: \"5\"}}\n", "rules[0].points_terms.valid_days", OUT_OF_RANGE),
         ("settings: {currency: rub, time_zone: Europe/Moscow}\n", "settings.currency", OUT_OF_RANGE),
+        ("settings: {currency: ABC, time_zone: Europe/Moscow}\n", "settings.currency", OUT_OF_RANGE),
+        ("settings: {currency: XAU, time_zone: Europe/Moscow}\n", "settings.currency", OUT_OF_RANGE),
         ("tier_progression: {levels: [{tier_code: NEW}, {tier_code: GOLD, cumulative_turnover_at_least: \"30000\"}, {tier_code: VIP, cumulative_turnover_at_least: \"10000\"}]}\n", "tier_progression.levels[2].cumulative_turnover_at_least", TIER_ORDER),
         ("tier_progression: {levels: [{tier_code: NEW}, {tier_code: NEW, single_purchase_at_least: \"5000\"}]}\n", "tier_progression.levels[1].tier_code", DUPLICATE_ID),
         ("tier_progression: {levels: [{tier_code: NEW}, {tier_code: PLATINUM, cumulative_turnover_at_least: \"5000\"}]}\n", "tier_progression.levels[1].tier_code", UNKNOWN_TIER),

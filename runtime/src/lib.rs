@@ -7,6 +7,7 @@
 //! - [`service_auth`]: the service token internal services demand and internal callers attach.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future a binary hands to its server.
 //! - [`host`]: what every service process does around its own RPCs (DB, port, health, drain).
+//! - [`currency`]: ISO 4217 minor units of a currency code, one table for every service.
 //! - [`decimal`]: decimal strings of the contract (money, points, percentages) parsed and formatted exactly.
 //! - [`db`]: one handle over PostgreSQL or SQLite, chosen by URL, with each service's migrations.
 //! - [`status`]: building gRPC statuses with `google.rpc` details (field violations, stable reasons).
@@ -17,6 +18,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod currency;
 pub mod db;
 pub mod decimal;
 pub mod host;

@@ -1,7 +1,8 @@
 //! The end-to-end test harness: real servers on free ports, never ones left running.
 //!
-//! - [`TempPostgres`]: a throw-away PostgreSQL cluster (initdb in a temp dir, free port).
-//! - [`TempRedis`]: a throw-away `redis-server` on a free port.
+//! - [`TempPostgres`]: a throw-away PostgreSQL cluster (initdb in a temp dir, free port, another
+//!   when that one is taken first).
+//! - [`TempRedis`]: a throw-away `redis-server` on a free port (likewise).
 //! - [`TestSuite`]: the five Kopilka services on random ports, on SQLite or on PostgreSQL + Redis.
 //! - [`stack::Stack`]: the services as separate processes, with gateway replicas.
 //! - [`TestSuite::seed_merchant`] and [`authed`]: gateway tenants and keys for gateway tests.
@@ -74,7 +75,11 @@ macro_rules! on_both_backends {
     };
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now — and nothing keeps it so: another test may bind it the
+/// next moment. For a dependency that is down (an address where nothing listens yet), and for
+/// servers started on it that retry on another port when they find it taken
+/// ([`processes::ServiceProcess::launch`], [`TempPostgres`], [`TempRedis`]). In-process
+/// servers bind port 0 themselves instead.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

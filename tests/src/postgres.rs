@@ -1,6 +1,7 @@
 //! A throw-away PostgreSQL cluster: initdb into a temp dir, postmaster on a free port with its
-//! socket in that dir, stopped and deleted on drop. Runs as the `postgres` user when the tests
-//! run as root (PostgreSQL refuses root).
+//! socket in that dir (started again on another port when that one was taken before the
+//! postmaster could bind it), stopped and deleted on drop. Runs as the `postgres` user when the
+//! tests run as root (PostgreSQL refuses root).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::process::Command;
 
 use sqlx::Connection;
 
+use crate::processes::{port_taken, BIND_ATTEMPTS};
 use crate::{free_port, install};
 
 const PG_DIRS: &[&str] = &["/usr/lib/postgresql/*/bin"];
@@ -80,32 +82,68 @@ impl TempPostgres {
         } else {
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         };
-        let mut options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 {durability} -c max_connections=300",
-            pg.port,
-            pg.dir.path().display()
-        );
-        for setting in &opts.settings {
-            options.push_str(" -c ");
-            options.push_str(setting);
-        }
         let log = pg.dir.path().join("server.log");
-        pg.run(
+        let mut pg = pg;
+        let mut attempt = 1;
+        loop {
+            let mut options = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 {durability} -c max_connections=300",
+                pg.port,
+                pg.dir.path().display()
+            );
+            for setting in &opts.settings {
+                options.push_str(" -c ");
+                options.push_str(setting);
+            }
+            let started = pg.try_run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-l",
+                    log.to_str().unwrap(),
+                    "-o",
+                    &options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            );
+            match started {
+                Ok(()) => return pg,
+                // Another test bound the port between free_port and the postmaster.
+                Err(why) if attempt < BIND_ATTEMPTS && port_taken(&why) => {
+                    eprintln!("PostgreSQL could not bind port {}; trying another", pg.port);
+                    pg.port = free_port();
+                    attempt += 1;
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+    }
+
+    /// Restarts the server (`pg_ctl restart -m fast`: open connections are cut, in-flight
+    /// transactions roll back) on the same port and data directory, and waits until it accepts
+    /// connections again. For tests of every client reconnecting by itself.
+    pub fn restart(&self) {
+        let data = self.data_dir();
+        let log = self.dir.path().join("server.log");
+        self.run(
             "pg_ctl",
             &[
                 "-D",
                 data.to_str().unwrap(),
                 "-l",
                 log.to_str().unwrap(),
-                "-o",
-                &options,
+                "-m",
+                "fast",
                 "-w",
                 "-t",
                 "60",
-                "start",
+                "restart",
             ],
         );
-        pg
     }
 
     /// The directory of the cluster's binaries (`initdb`, `pg_ctl`, and usually `pgbench`).
@@ -176,20 +214,27 @@ impl TempPostgres {
     }
 
     fn run(&self, program: &str, args: &[&str]) {
+        if let Err(why) = self.try_run(program, args) {
+            panic!("{why}");
+        }
+    }
+
+    /// Runs `program`; on failure, what it and the server log said.
+    fn try_run(&self, program: &str, args: &[&str]) -> Result<(), String> {
         let out = self
             .command(program)
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-        if !out.status.success() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-            panic!(
-                "{program} failed: {}\n{}\n{log}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if out.status.success() {
+            return Ok(());
         }
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        Err(format!(
+            "{program} failed: {}\n{}\n{log}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 

@@ -1,8 +1,10 @@
 //! Service binaries as separate OS processes, for tests of a dependency dying (SIGKILL) and
-//! coming back: [`ServiceProcess::spawn`] starts one on a fixed port with `KOPILKA_*` settings,
-//! [`ServiceProcess::wait_ready`] polls its gRPC health, [`ServiceProcess::kill`] sends SIGKILL,
-//! [`ServiceProcess::restart`] starts it again on the same port and database. Dropping a
-//! process kills it.
+//! coming back: [`ServiceProcess::launch`] starts one on a free port with `KOPILKA_*` settings
+//! and waits until it serves, starting it again on another port when the one it was given was
+//! taken meanwhile (bounded: [`BIND_ATTEMPTS`]); [`ServiceProcess::spawn`] starts one on a
+//! fixed port, [`ServiceProcess::wait_ready`] polls its gRPC health, [`ServiceProcess::kill`]
+//! sends SIGKILL, [`ServiceProcess::restart`] starts it again on the same port and database.
+//! Dropping a process kills it.
 //!
 //! The binaries are the workspace's own (`cards-svc`, `rules-svc`, `ledger-svc`, `gateway`,
 //! …), looked up next to the test executable in the cargo target dir and built once per test
@@ -25,6 +27,10 @@ use tonic_health::pb::HealthCheckRequest;
 
 /// How long a service may take to migrate its database and start serving.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many ports [`ServiceProcess::launch`] tries before it gives up: a port is picked free,
+/// but another test may bind it before the service does.
+pub const BIND_ATTEMPTS: u32 = 5;
 
 /// Binaries this test process has already built (or found fresh).
 static BUILT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
@@ -69,19 +75,35 @@ pub fn binaries(wanted: &[(&str, &str)]) -> Vec<PathBuf> {
         if let Some(root) = workspace_root() {
             cmd.current_dir(root);
         }
-        let status = cmd
-            .status()
+        let output = cmd
+            .stdin(Stdio::null())
+            .output()
             .unwrap_or_else(|e| panic!("cannot run cargo build: {e}"));
-        // A failed build (someone mid-edit) still leaves a usable older binary, if there is one.
-        for (package, bin) in &stale {
-            assert!(
-                status.success() || dir.join(bin).exists(),
-                "cargo build -p {package} --bin {bin} failed: {status}"
-            );
+        let what: Vec<String> = stale
+            .iter()
+            .map(|(package, bin)| format!("-p {package} --bin {bin}"))
+            .collect();
+        // Never an older binary instead: a test of code that does not build tells nothing.
+        if let Err(failure) = build_outcome(&output, &what.join(" ")) {
+            panic!("{failure}");
         }
     }
     built.extend(wanted.iter().map(|(_, bin)| (*bin).to_owned()));
     wanted.iter().map(|(_, bin)| dir.join(bin)).collect()
+}
+
+/// `Ok` when `cargo build <what>` succeeded; otherwise why it failed, with everything cargo
+/// wrote, so the test fails with the compiler's errors instead of running an older binary.
+pub fn build_outcome(output: &std::process::Output, what: &str) -> Result<(), String> {
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "cargo build {what} failed ({}); no older binary is used instead:\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    ))
 }
 
 fn needs_build(path: &Path) -> bool {
@@ -146,6 +168,28 @@ impl ServiceProcess {
         process
     }
 
+    /// Starts `bin` on a free port with `envs` and waits until it serves. When the port was
+    /// taken before the service could bind it (another test got it first), starts it again on
+    /// another, at most [`BIND_ATTEMPTS`] times; any other failure to start panics with the logs.
+    pub async fn launch(bin: impl Into<PathBuf>, envs: &[(&str, String)]) -> Self {
+        let bin = bin.into();
+        let mut attempt = 1;
+        loop {
+            let mut process = Self::spawn(&bin, crate::free_port(), envs);
+            match process.try_ready().await {
+                Ok(()) => return process,
+                Err(NotReady::PortTaken(why)) if attempt < BIND_ATTEMPTS => {
+                    eprintln!(
+                        "{} could not bind port {} (attempt {attempt}), trying another: {why}",
+                        process.name, process.port
+                    );
+                    attempt += 1;
+                }
+                Err(NotReady::PortTaken(why) | NotReady::Failed(why)) => panic!("{why}"),
+            }
+        }
+    }
+
     fn start(&mut self) {
         assert!(self.child.is_none(), "{} is running already", self.name);
         self.starts += 1;
@@ -206,6 +250,12 @@ impl ServiceProcess {
     /// Waits until grpc.health.v1 says SERVING; panics with the logs if the process exits or
     /// does not get there within a minute.
     pub async fn wait_ready(&mut self) {
+        if let Err(NotReady::PortTaken(why) | NotReady::Failed(why)) = self.try_ready().await {
+            panic!("{why}");
+        }
+    }
+
+    async fn try_ready(&mut self) -> Result<(), NotReady> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self
@@ -213,13 +263,21 @@ impl ServiceProcess {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "{} exited while starting ({status}):\n{}",
-                    self.name,
-                    self.logs()
+                let logs = self.logs();
+                let why = format!(
+                    "{} exited while starting on port {} ({status}):\n{logs}",
+                    self.name, self.port
                 );
+                self.child = None;
+                return Err(if port_taken(&logs) {
+                    NotReady::PortTaken(why)
+                } else {
+                    NotReady::Failed(why)
+                });
             }
-            assert!(self.child.is_some(), "{} is not running", self.name);
+            if self.child.is_none() {
+                return Err(NotReady::Failed(format!("{} is not running", self.name)));
+            }
             let endpoint = Endpoint::from_shared(self.url())
                 .expect("valid URI")
                 .connect_timeout(Duration::from_millis(500))
@@ -228,17 +286,22 @@ impl ServiceProcess {
                 let reply = HealthClient::new(channel)
                     .check(HealthCheckRequest::default())
                     .await;
-                if reply.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
-                    return;
+                // SERVING from a process that then turns out to have exited was somebody
+                // else's server on the port: the next round reports the exit.
+                if reply.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
+                    && self.is_running()
+                {
+                    return Ok(());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not become SERVING on port {}:\n{}",
-                self.name,
-                self.port,
-                self.logs()
-            );
+            if Instant::now() >= deadline {
+                return Err(NotReady::Failed(format!(
+                    "{} did not become SERVING on port {}:\n{}",
+                    self.name,
+                    self.port,
+                    self.logs()
+                )));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -260,7 +323,8 @@ impl ServiceProcess {
     }
 
     /// Starts the service again with the same port, settings and database, and waits until it
-    /// serves. Kills it first if it still runs.
+    /// serves. Kills it first if it still runs. (Other services know it by this port, so it
+    /// cannot move: if another test bound the port in between, this panics with the logs.)
     pub async fn restart(&mut self) {
         self.kill();
         self.start();
@@ -268,8 +332,76 @@ impl ServiceProcess {
     }
 }
 
+/// Why a service did not start.
+enum NotReady {
+    /// Its port was bound by someone else first: worth another port.
+    PortTaken(String),
+    Failed(String),
+}
+
+/// Whether a server's output says it could not bind its port because it is in use.
+pub fn port_taken(output: &str) -> bool {
+    output.contains("Address already in use") || output.contains("os error 98")
+}
+
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{ExitStatus, Output};
+
+    use super::build_outcome;
+
+    fn output(raw_status: i32, stderr: &str) -> Output {
+        Output {
+            status: ExitStatus::from_raw(raw_status),
+            stdout: Vec::new(),
+            stderr: stderr.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_successful_build_is_ok() {
+        assert_eq!(
+            build_outcome(&output(0, ""), "-p gateway --bin gateway"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_failed_build_is_an_error_with_cargo_output() {
+        // Exit code 101 (wait status 101 << 8), as cargo exits on a compile error.
+        let failure = build_outcome(
+            &output(
+                101 << 8,
+                "error[E0425]: cannot find value `x` in this scope",
+            ),
+            "-p gateway --bin gateway",
+        )
+        .expect_err("a failed build");
+        assert!(failure.contains("-p gateway --bin gateway"), "{failure}");
+        assert!(failure.contains("error[E0425]"), "{failure}");
+        assert!(failure.contains("no older binary"), "{failure}");
+    }
+
+    #[test]
+    fn a_port_in_use_is_recognised() {
+        assert!(super::port_taken(
+            "Error: cannot bind 127.0.0.1:4000\n\nCaused by:\n    Address already in use (os error 98)"
+        ));
+        assert!(!super::port_taken(
+            "Error: database \"cards\" does not exist"
+        ));
+    }
+
+    #[test]
+    fn a_build_killed_by_a_signal_is_an_error() {
+        // SIGKILL (9) as a raw wait status: no exit code at all.
+        assert!(build_outcome(&output(9, ""), "-p cards-svc --bin cards-svc").is_err());
     }
 }

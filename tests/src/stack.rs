@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 
 use crate::gateway::{authed, seed_merchant, SeededMerchant};
 use crate::processes::{binaries, ServiceProcess};
-use crate::{free_port, TempPostgres, TempRedis};
+use crate::{TempPostgres, TempRedis};
 
 /// The gateway's budget per dependency call (KOPILKA_DEPENDENCY_TIMEOUT_MS).
 pub const DEPENDENCY_TIMEOUT_MS: u64 = 1000;
@@ -74,9 +74,6 @@ impl Stack {
         let [cards_bin, rules_bin, ledger_bin, gateway_bin] = bins.await.expect("binaries");
         let pg = pg.await.expect("start PostgreSQL");
         let redis = redis.await.expect("start Redis");
-        let (cards_port, rules_port, ledger_port, gateway_port) =
-            (free_port(), free_port(), free_port(), free_port());
-        let url = |port: u16| format!("http://127.0.0.1:{port}");
         let common = |db: String| {
             vec![
                 ("KOPILKA_DATABASE_URL", db),
@@ -84,24 +81,29 @@ impl Stack {
                 ("KOPILKA_SHUTDOWN_GRACE", "0".to_owned()),
             ]
         };
-
-        let mut env = common(pg.create_database("cards").await);
-        env.push(("KOPILKA_REDIS_URL", redis.url()));
-        env.push(("KOPILKA_LEDGER_URL", url(ledger_port)));
-        let cards = ServiceProcess::spawn(cards_bin, cards_port, &env);
-        let mut env = common(pg.create_database("rules").await);
-        env.push(("KOPILKA_CARDS_URL", url(cards_port)));
-        env.push(("KOPILKA_RULES_CHANGE_POLL_MS", "200".to_owned()));
-        let rules = ServiceProcess::spawn(rules_bin, rules_port, &env);
-        let ledger = ServiceProcess::spawn(
-            ledger_bin,
-            ledger_port,
-            &common(pg.create_database("ledger").await),
+        let (cards_db, rules_db, ledger_db, gateway_db) = (
+            pg.create_database("cards").await,
+            pg.create_database("rules").await,
+            pg.create_database("ledger").await,
+            pg.create_database("gateway").await,
         );
-        let mut env = common(pg.create_database("gateway").await);
-        env.push(("KOPILKA_CARDS_URL", url(cards_port)));
-        env.push(("KOPILKA_RULES_URL", url(rules_port)));
-        env.push(("KOPILKA_LEDGER_URL", url(ledger_port)));
+
+        // One after another, each on a port it has bound (ServiceProcess::launch retries on
+        // another when a port is taken first), in the order they name each other: ledger-svc,
+        // cards-svc (names ledger-svc), rules-svc (cards-svc), the gateways (all three).
+        let ledger = ServiceProcess::launch(ledger_bin, &common(ledger_db)).await;
+        let mut env = common(cards_db);
+        env.push(("KOPILKA_REDIS_URL", redis.url()));
+        env.push(("KOPILKA_LEDGER_URL", ledger.url()));
+        let cards = ServiceProcess::launch(cards_bin, &env).await;
+        let mut env = common(rules_db);
+        env.push(("KOPILKA_CARDS_URL", cards.url()));
+        env.push(("KOPILKA_RULES_CHANGE_POLL_MS", "200".to_owned()));
+        let rules = ServiceProcess::launch(rules_bin, &env).await;
+        let mut env = common(gateway_db);
+        env.push(("KOPILKA_CARDS_URL", cards.url()));
+        env.push(("KOPILKA_RULES_URL", rules.url()));
+        env.push(("KOPILKA_LEDGER_URL", ledger.url()));
         env.push((
             "KOPILKA_DEPENDENCY_TIMEOUT_MS",
             DEPENDENCY_TIMEOUT_MS.to_string(),
@@ -109,28 +111,21 @@ impl Stack {
         env.push(("KOPILKA_TIER_JOB", "false".to_owned()));
         // Scenarios ring up receipts faster than a cashier; rate limiting has its own test.
         env.push(("KOPILKA_TERMINAL_RATE_LIMIT", "500".to_owned()));
-        let gateway = ServiceProcess::spawn(&gateway_bin, gateway_port, &env);
-        let replicas = (0..replicas)
-            .map(|_| ServiceProcess::spawn(&gateway_bin, free_port(), &env))
-            .collect();
+        let gateway = ServiceProcess::launch(&gateway_bin, &env).await;
+        let mut more = Vec::with_capacity(replicas);
+        for _ in 0..replicas {
+            more.push(ServiceProcess::launch(&gateway_bin, &env).await);
+        }
 
-        let mut stack = Stack {
+        Stack {
             cards,
             rules,
             ledger,
             gateway,
-            replicas,
+            replicas: more,
             redis,
             pg,
-        };
-        stack.cards.wait_ready().await;
-        stack.rules.wait_ready().await;
-        stack.ledger.wait_ready().await;
-        stack.gateway.wait_ready().await;
-        for replica in &mut stack.replicas {
-            replica.wait_ready().await;
         }
-        stack
     }
 
     /// The gateway replicas' database.

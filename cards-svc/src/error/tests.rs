@@ -864,7 +864,11 @@ async fn pages_do_not_shift_when_rows_are_added_between_them() {
             .unwrap();
     }
     let assign = |n: usize| {
-        let code = if n % 2 == 0 { "SILVER" } else { "GOLD" };
+        let code = if n.is_multiple_of(2) {
+            "SILVER"
+        } else {
+            "GOLD"
+        };
         pb::AssignTierRequest {
             merchant_id: M.to_owned(),
             request_id: format!("assign-{n}"),

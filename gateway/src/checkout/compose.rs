@@ -274,7 +274,7 @@ impl Composer<'_> {
                         customer: context.clone(),
                         promo_codes: receipt.promo_codes.to_vec(),
                         occurred_at: receipt.occurred_at,
-                        time_zone: String::new(),
+                        time_zone: self.terminal.time_zone.clone(),
                         store_id: self.terminal.store_id.clone(),
                         terminal_id: self.terminal.terminal_id.clone(),
                         redeem_points: receipt.redeem_points.to_owned(),

@@ -109,9 +109,11 @@ pub fn print_lines(
     lines
 }
 
-/// Lines for the return slip.
+/// Lines for the return slip. "Возврат" is the money the register pays out (`cash_amount`:
+/// the cash share of what was paid), never the goods' value before points — the points part
+/// goes back to the account ("Возвращено на счёт").
 pub fn refund_lines(refund: &Refund, currency: &str, balance: Option<&Balance>) -> Vec<String> {
-    let mut lines = vec![format!("Возврат: {}", money(&refund.amount, currency))];
+    let mut lines = vec![format!("Возврат: {}", money(&refund.cash_amount, currency))];
     if dec(&refund.points_reversed) > Decimal::ZERO {
         lines.push(format!(
             "Списано начисленных: {}",
@@ -158,6 +160,24 @@ mod tests {
         assert_eq!(money("1250.50", "RUB"), "1\u{a0}250,50 ₽");
         assert_eq!(money("120.00", "RUB"), "120,00 ₽");
         assert_eq!(money("1000000", "USD"), "1\u{a0}000\u{a0}000 $");
+    }
+
+    /// Two lattes at 250 paid with 19 points: returning one hands back 240,50 ₽ in cash and
+    /// 9 points, not the latte's 250,00 ₽.
+    #[test]
+    fn the_return_slip_pays_out_the_cash_share() {
+        let refund = Refund {
+            amount: "250.00".into(),
+            cash_amount: "240.50".into(),
+            points_reversed: "0".into(),
+            points_restored: "9".into(),
+            shortfall: "0".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            refund_lines(&refund, "RUB", None),
+            ["Возврат: 240,50 ₽", "Возвращено на счёт: 9 баллов"]
+        );
     }
 
     #[test]

@@ -46,13 +46,11 @@ pub fn points(v: &mut Violations, field: &str, value: &str, positive: bool) -> O
     v.decimal(field, value, MAX_POINTS_SCALE, sign, positive)
 }
 
-/// Decimals of a currency's minor unit (ISO 4217); 2 unless listed.
-pub fn currency_scale(currency: &str) -> u32 {
-    match currency {
-        "JPY" | "KRW" | "VND" | "CLP" | "ISK" | "UGX" | "XAF" | "XOF" | "PYG" => 0,
-        "BHD" | "KWD" | "OMR" | "JOD" | "TND" | "LYD" | "IQD" => 3,
-        _ => 2,
-    }
+/// Decimals of a currency's minor unit: the suite's one ISO 4217 table
+/// ([`kopilka_runtime::currency::minor_units`]); `None` for a code that is not an ISO 4217
+/// currency with a minor unit.
+pub fn currency_scale(currency: &str) -> Option<u32> {
+    kopilka_runtime::currency::minor_units(currency)
 }
 
 /// Checks the receipt lines; `prefix` is the field name ("lines").
@@ -65,7 +63,16 @@ pub fn lines(v: &mut Violations, prefix: &str, lines: &[BasketLine], currency: &
         v.limit(prefix, MAX_LINES, "lines per receipt");
         return;
     }
-    let scale = currency_scale(currency);
+    // Prices are checked on the currency's own scale, never on an assumed one: a merchant
+    // whose currency is not in ISO 4217 (which rules-svc refuses in a program, so it has no
+    // program to calculate with either) cannot take receipts.
+    let Some(scale) = currency_scale(currency) else {
+        v.add(
+            prefix,
+            format!("the merchant's currency `{currency}` is not an ISO 4217 currency"),
+        );
+        return;
+    };
     let max_money = Decimal::from(MAX_MONEY);
     let mut seen = HashSet::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
@@ -261,6 +268,39 @@ mod tests {
         let mut v = Violations::default();
         lines(&mut v, "lines", &[line("1", "100.5", "1")], "JPY");
         assert_eq!(fields(v), ["lines[0].unit_price"]);
+    }
+
+    #[test]
+    fn prices_are_checked_on_the_iso_minor_unit() {
+        for (currency, good, bad) in [
+            ("XPF", "100", "100.5"),
+            ("BIF", "100", "100.5"),
+            ("RWF", "100", "100.5"),
+            ("VUV", "100", "100.5"),
+            ("KMF", "100", "100.5"),
+            ("DJF", "100", "100.5"),
+            ("GNF", "100", "100.5"),
+            ("UYI", "100", "100.5"),
+            ("KRW", "100", "100.5"),
+            ("RUB", "100.55", "100.555"),
+            ("BHD", "1.555", "1.5555"),
+            ("KWD", "1.555", "1.5555"),
+            ("CLF", "1.5555", "1.55555"),
+            ("UYW", "1.5555", "1.55555"),
+        ] {
+            let mut v = Violations::default();
+            lines(&mut v, "lines", &[line("1", good, "1")], currency);
+            assert!(v.is_empty(), "{currency} {good}: {v:?}");
+            lines(&mut v, "lines", &[line("1", bad, "1")], currency);
+            assert_eq!(fields(v), ["lines[0].unit_price"], "{currency} {bad}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_currency_is_refused_not_assumed() {
+        let mut v = Violations::default();
+        lines(&mut v, "lines", &[line("1", "100.50", "1")], "ABC");
+        assert_eq!(fields(v), ["lines"]);
     }
 
     #[test]

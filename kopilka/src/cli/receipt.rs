@@ -513,6 +513,7 @@ fn print_refund(refund: &ledger_pb::Refund) {
         "line",
         "qty",
         "amount",
+        "cash back",
         "points reversed",
         "points restored",
     ]);
@@ -521,6 +522,7 @@ fn print_refund(refund: &ledger_pb::Refund) {
             l.line_id.clone(),
             l.quantity.clone(),
             l.amount.clone(),
+            l.cash_amount.clone(),
             l.points_reversed.clone(),
             l.points_restored.clone(),
         ]);
@@ -528,7 +530,8 @@ fn print_refund(refund: &ledger_pb::Refund) {
     if !table.is_empty() {
         print!("{}", table.render(2));
     }
-    println!("  money refunded   {}", or_dash(&refund.amount));
+    println!("  goods returned   {}", or_dash(&refund.amount));
+    println!("  cash to hand back {}", or_dash(&refund.cash_amount));
     println!("  points reversed  {}", or_dash(&refund.points_reversed));
     println!("  points restored  {}", or_dash(&refund.points_restored));
     if !refund.shortfall.is_empty() && refund.shortfall != "0" {

@@ -292,8 +292,15 @@ impl<'a> Receipt<'a> {
                 64,
             );
             if !c.available_points.is_empty() {
-                available =
-                    money::parse(&c.available_points, 4, Sign::NonNegative).unwrap_or_else(|e| {
+                // A negative balance is a debt left by a refund (ALLOW_NEGATIVE): the customer
+                // is still served; nothing is redeemable until the debt is paid.
+                let (negative, magnitude) = match c.available_points.strip_prefix('-') {
+                    Some(rest) => (true, rest),
+                    None => (false, c.available_points.as_str()),
+                };
+                available = money::parse(magnitude, 4, Sign::NonNegative)
+                    .map(|d| if negative { -d } else { d })
+                    .unwrap_or_else(|e| {
                         p.add("input.customer.available_points", e);
                         Decimal::ZERO
                     });

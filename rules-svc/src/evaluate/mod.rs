@@ -883,8 +883,12 @@ impl<'p, 'r> Evaluation<'p, 'r> {
         let by_money = to_points((net_total - s.min_money_payment).max(Decimal::ZERO));
         let by_limits: Decimal = caps.iter().sum();
         let limit = by_limits.min(by_money);
-        // The balance may have more decimals than the points scale; those cannot pay.
-        let available = crate::money::Rounding::Down.round(self.r.available, s.points_scale);
+        // The balance may have more decimals than the points scale; those cannot pay. A
+        // negative balance (a debt after a refund) pays nothing: nothing is redeemable, and a
+        // redemption is INSUFFICIENT_POINTS with the real (negative) balance as `available`.
+        let available = crate::money::Rounding::Down
+            .round(self.r.available, s.points_scale)
+            .max(Decimal::ZERO);
         let total = limit.min(available);
         let maxima = allocate_capped(total, &caps, &caps, s.points_scale);
         self.total_max_redeem = total;

@@ -1526,3 +1526,37 @@ fn a_balance_beyond_the_points_scale_is_not_redeemable() {
     assert_eq!(totals(&r).max_redeem_points, "100");
     assert_eq!(r.lines[0].max_redeem_points, "100");
 }
+
+#[test]
+fn a_customer_in_debt_accrues_but_redeems_nothing() {
+    // -5 available (a refund took back points already spent): served, not refused as input.
+    let p = plan("  - id: pts\n    name: 5 %\n    accrue_percent: {percent: \"5\"}\n");
+    let mut c = customer();
+    c.available_points = "-5".into();
+    let r = run(&p, &input(one("1000"), Some(c.clone()), monday_10()));
+    assert_eq!(totals(&r).max_redeem_points, "0");
+    assert_eq!(r.lines[0].max_redeem_points, "0");
+    assert_eq!(totals(&r).points_accrued, "50");
+    // Redeeming meanwhile is INSUFFICIENT_POINTS with the real balance.
+    let mut i = input(one("1000"), Some(c.clone()), monday_10());
+    i.redeem_points = "1".into();
+    let err = evaluate(&p, &i, &Catalog::default(), monday_10()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Refused(r) if r.reason == "INSUFFICIENT_POINTS"
+            && r.get("available") == Some("-5") && r.get("requested") == Some("1")),
+        "{err:?}"
+    );
+    // A malformed balance is still refused.
+    c.available_points = "--5".into();
+    let err = evaluate(
+        &p,
+        &input(one("1000"), Some(c), monday_10()),
+        &Catalog::default(),
+        monday_10(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("input.customer.available_points"),
+        "{err:?}"
+    );
+}

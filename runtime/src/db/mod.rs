@@ -12,6 +12,30 @@ mod timestamp;
 pub use amount::Amount;
 pub use timestamp::Timestamp;
 
+/// Whether `error` says the database cannot be reached right now (a pool timeout, a broken or
+/// closed connection, PostgreSQL shutting down or restarting: SQLSTATE classes 08 and 57P), so
+/// the call may be retried as it is: UNAVAILABLE DEPENDENCY_UNAVAILABLE "database", never
+/// INTERNAL.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// UNAVAILABLE DEPENDENCY_UNAVAILABLE with `dependency` = "database".
+pub fn unavailable_status() -> tonic::Status {
+    crate::status::with_reason_and_metadata(
+        tonic::Code::Unavailable,
+        "DEPENDENCY_UNAVAILABLE",
+        "the database is not answering; retry the same call",
+        std::collections::HashMap::from([("dependency".to_owned(), "database".to_owned())]),
+    )
+}
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;

@@ -379,6 +379,12 @@ impl Worker {
                     } else {
                         String::new()
                     },
+                    // A point pays 1 money unit in the bench's program.
+                    redeem_money: if i == 0 && redeem > 0 {
+                        redeem.to_string()
+                    } else {
+                        String::new()
+                    },
                     ..Default::default()
                 }
             })

@@ -346,7 +346,7 @@ async fn admin_and_receipts_over_the_gateway() {
         refund.stdout
     );
     assert!(
-        refund.stdout.contains("money refunded"),
+        refund.stdout.contains("cash to hand back"),
         "{}",
         refund.stdout
     );
@@ -422,7 +422,10 @@ async fn a_short_load_run_reports_json() {
     ])
     .await
     .ok("program apply");
-    // Gentle enough for the default 20 requests/s per terminal key.
+    // Gentle enough for the default 20 requests/s per terminal key. Open loop: checkout i is
+    // scheduled at i / rate from the start, and every one scheduled within the measured
+    // duration is counted however late it runs, so the run makes exactly rate × duration
+    // checkouts — 4/s × 2 s = 8, each a Calculate and a Confirm — whatever the machine's speed.
     let run = cli
         .run(&[
             "load",
@@ -453,7 +456,7 @@ async fn a_short_load_run_reports_json() {
             .collect();
         assert_eq!(row.len(), 9, "{row:?}");
         let ok: u64 = row[1].parse().unwrap();
-        assert!(ok >= 6, "{name}: {row:?}\n{}", run.stderr);
+        assert_eq!(ok, 8, "{name}: {row:?}\n{}", run.stderr);
         assert_eq!(row[8], "0", "{name} errors:\n{}", run.stdout);
         let p99: f64 = row[5].parse().unwrap();
         assert!(p99 > 0.0, "{row:?}");
@@ -489,5 +492,14 @@ async fn a_short_load_run_reports_json() {
     let out = json.stdout.trim();
     assert!(out.starts_with('{') && out.ends_with('}'), "{out}");
     assert!(out.contains("\"call\": \"calculate\""), "{out}");
+    // 2/s × 1 s: exactly 2 of each call, none failed.
+    for call in ["calculate", "confirm", "checkout"] {
+        let at = out
+            .find(&format!("\"call\": \"{call}\""))
+            .unwrap_or_else(|| panic!("no {call} in {out}"));
+        let entry = &out[at..at + out[at..].find('}').expect("the entry ends")];
+        assert!(entry.contains("\"count\": 2,"), "{call}: {entry}");
+        assert!(entry.contains("\"errors\": 0"), "{call}: {entry}");
+    }
     assert!(out.contains("\"p99_ms\""), "{out}");
 }

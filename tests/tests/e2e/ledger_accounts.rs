@@ -20,6 +20,7 @@ fn line(id: &str, product: &str, price: &str, accrual: &str, redeem: &str) -> pb
         }),
         accrual_points: accrual.into(),
         redeem_points: redeem.into(),
+        redeem_money: redeem.into(),
         ..Default::default()
     }
 }

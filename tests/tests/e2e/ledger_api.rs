@@ -267,6 +267,8 @@ fn line(
             ..Default::default()
         }),
         redeem_points: redeem.into(),
+        // A point pays 1 ₽ in these tests.
+        redeem_money: redeem.into(),
         accrual_points: accrual.into(),
         ..Default::default()
     }

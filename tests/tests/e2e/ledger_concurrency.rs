@@ -205,6 +205,7 @@ fn receipt_redeeming(
                     ..Default::default()
                 }),
                 redeem_points: if i == 1 { redeem.into() } else { "0".into() },
+                redeem_money: if i == 1 { redeem.into() } else { "0".into() },
                 accrual_points: accrual.into(),
                 ..Default::default()
             })

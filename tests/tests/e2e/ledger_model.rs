@@ -15,9 +15,10 @@
 //!   the lot's expiry has passed; restored points already past their expiry expire at once too
 //!   (both are what `GetBalance` shows; the journal catches up at the next write or pass);
 //! - a refund reverses accrual and restores redemption per line in proportion to the refunded
-//!   quantity (rounded down, the last refund of a line takes what is left); it takes accrued
-//!   points back from the receipt's own lots first (pending, then free), then from other free
-//!   points, and the rest becomes a debt (ALLOW_NEGATIVE); restored points form a new lot with the
+//!   quantity, cumulatively (each refund takes the rounded-down share of all that is refunded so
+//!   far minus what earlier refunds took; the last refund of a line takes what is left); it takes
+//!   accrued points back from the receipt's own lots first (pending, then free), then from other
+//!   free points, and the rest becomes a debt (ALLOW_NEGATIVE); restored points form a new lot with the
 //!   earliest expiry of the lots the receipt redeemed from, but not earlier than the expiry
 //!   notice period (7 days) after the refund; new free points pay a debt first.
 //!
@@ -152,14 +153,15 @@ struct Model {
     receipts: Vec<Receipt>,
 }
 
-/// The share of `total` that `part` of `whole` units is, rounded down; the part that completes
-/// the whole takes what is left.
+/// This refund's share of `total` when `part` more of `whole` units go back after `part_done`:
+/// the cumulative share of `part_done + part` units (rounded down) minus what earlier refunds
+/// took (`done`); the part that completes the whole takes what is left.
 fn share(total: i64, done: i64, whole: i64, part_done: i64, part: i64) -> i64 {
     let rest = (total - done).max(0);
     if part_done + part >= whole {
         rest
     } else {
-        (total * part / whole).min(rest)
+        (total * (part_done + part) / whole - done).clamp(0, rest)
     }
 }
 
@@ -1015,6 +1017,7 @@ async fn step(sut: &mut Sut<'_>, model: &mut Model, op: &Op, n: usize) -> Result
                             ..Default::default()
                         }),
                         redeem_points: redeem.to_string(),
+                        redeem_money: redeem.to_string(),
                         accrual_points: accrual.to_string(),
                         ..Default::default()
                     })
@@ -1300,4 +1303,15 @@ fn proportional_shares_add_up() {
         (3, 3, 4)
     );
     assert_eq!(share(7, 0, 2, 0, 2), 7);
+    // Cumulative: 5 over 20 units one at a time gives 1 on every 4th unit, not 5 at the end.
+    let mut done = 0;
+    let steps: Vec<i64> = (0..20)
+        .map(|k| {
+            let s = share(5, done, 20, k, 1);
+            done += s;
+            s
+        })
+        .collect();
+    assert_eq!(steps.iter().sum::<i64>(), 5);
+    assert_eq!(&steps[..4], &[0, 0, 0, 1]);
 }
