@@ -16,7 +16,7 @@ pub enum Error {
     /// VALIDATION_FAILED or a more specific reason (LIMIT_EXCEEDED with `field` and `limit`,
     /// TIMESTAMP_IN_FUTURE, PAGE_TOKEN_INVALID). Nothing changed.
     #[error("invalid argument: {0}")]
-    Invalid(Violations),
+    Invalid(#[from] Violations),
     /// An identifier could not be read: INVALID_ARGUMENT with reason INVALID_CHECKSUM or
     /// INVALID_IDENTIFIER, the field it came from and the kind it was read as.
     #[error("{field}: {error}")]
@@ -24,7 +24,7 @@ pub enum Error {
     /// Refused with a stable reason and the metadata errors.proto documents for it (NOT_FOUND,
     /// ALREADY_EXISTS, FAILED_PRECONDITION, ABORTED).
     #[error("{0}")]
-    Refused(Refusal),
+    Refused(#[from] Refusal),
     /// A service this call needs is down: UNAVAILABLE DEPENDENCY_UNAVAILABLE; retry later.
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
@@ -34,18 +34,6 @@ pub enum Error {
     /// A stored document could not be decoded.
     #[error("stored data is corrupt")]
     Decode(#[from] prost::DecodeError),
-}
-
-impl From<Refusal> for Error {
-    fn from(r: Refusal) -> Self {
-        Error::Refused(r)
-    }
-}
-
-impl From<Violations> for Error {
-    fn from(v: Violations) -> Self {
-        Error::Invalid(v)
-    }
 }
 
 impl Error {

@@ -15,7 +15,7 @@ pub enum Error {
     /// Bad input: field violations naming the caller's fields, under VALIDATION_FAILED or a
     /// more specific reason (LIMIT_EXCEEDED …). Nothing changed.
     #[error("invalid argument: {0}")]
-    Invalid(Violations),
+    Invalid(#[from] Violations),
     /// No key, or a key that is malformed, unknown or revoked: UNAUTHENTICATED API_KEY_INVALID.
     #[error("a valid API key is required")]
     Unauthenticated,
@@ -23,7 +23,7 @@ pub enum Error {
     /// may not do this (PERMISSION_DENIED), something named does not exist for this merchant
     /// (NOT_FOUND), the request cannot be applied in the current state (FAILED_PRECONDITION).
     #[error("{0}")]
-    Refused(Refusal),
+    Refused(#[from] Refusal),
     /// A concurrent call changed what this one read, more often than it re-read:
     /// ABORTED CONCURRENT_MODIFICATION. Nothing of this call is kept; retrying is safe.
     #[error("{0}")]
@@ -177,18 +177,6 @@ impl From<Error> for Status {
             Error::Decode(error) => status::internal(&error),
             e @ Error::Internal(_) => status::internal(&e),
         }
-    }
-}
-
-impl From<Violations> for Error {
-    fn from(violations: Violations) -> Self {
-        Error::Invalid(violations)
-    }
-}
-
-impl From<Refusal> for Error {
-    fn from(refusal: Refusal) -> Self {
-        Error::Refused(refusal)
     }
 }
 

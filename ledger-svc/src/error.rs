@@ -14,29 +14,17 @@ pub enum Error {
     /// Bad input: field violations under VALIDATION_FAILED or a more specific reason
     /// (LIMIT_EXCEEDED, TIMESTAMP_IN_FUTURE, PAGE_TOKEN_INVALID). Nothing changed.
     #[error("invalid argument: {0}")]
-    Invalid(Violations),
+    Invalid(#[from] Violations),
     /// Refused with a stable reason and the metadata errors.proto documents for it: NOT_FOUND
     /// (HOLD_NOT_FOUND …) or FAILED_PRECONDITION (INSUFFICIENT_POINTS, HOLD_EXPIRED …).
     #[error("{0}")]
-    Refused(Refusal),
+    Refused(#[from] Refusal),
     /// The database failed.
     #[error("database error")]
     Db(#[from] sqlx::Error),
     /// A stored document could not be decoded.
     #[error("stored data is corrupt")]
     Decode(#[from] prost::DecodeError),
-}
-
-impl From<Refusal> for Error {
-    fn from(r: Refusal) -> Self {
-        Error::Refused(r)
-    }
-}
-
-impl From<Violations> for Error {
-    fn from(v: Violations) -> Self {
-        Error::Invalid(v)
-    }
 }
 
 impl Error {

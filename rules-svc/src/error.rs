@@ -16,7 +16,7 @@ pub enum Error {
     /// (LIMIT_EXCEEDED, TIMESTAMP_IN_FUTURE, PAGE_TOKEN_INVALID, BASKET_INVALID …). Nothing
     /// changed.
     #[error("invalid argument: {0}")]
-    Invalid(Violations),
+    Invalid(#[from] Violations),
     /// A program with ERROR violations: INVALID_ARGUMENT PROGRAM_INVALID, one field violation
     /// per finding (path of the bad field, `CODE: description`).
     #[error("the program is invalid")]
@@ -25,7 +25,7 @@ pub enum Error {
     /// named does not exist for this merchant (NOT_FOUND), or the request cannot be applied in
     /// the current state (FAILED_PRECONDITION).
     #[error("{0}")]
-    Refused(Refusal),
+    Refused(#[from] Refusal),
     /// A service this call needs is not answering: UNAVAILABLE DEPENDENCY_UNAVAILABLE with
     /// metadata `dependency` ("cards").
     #[error("{0} is unavailable")]
@@ -36,18 +36,6 @@ pub enum Error {
     /// A stored document could not be decoded.
     #[error("stored data is corrupt")]
     Decode(#[from] prost::DecodeError),
-}
-
-impl From<Refusal> for Error {
-    fn from(r: Refusal) -> Self {
-        Error::Refused(r)
-    }
-}
-
-impl From<Violations> for Error {
-    fn from(v: Violations) -> Self {
-        Error::Invalid(v)
-    }
 }
 
 impl Error {

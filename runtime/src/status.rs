@@ -126,6 +126,8 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+impl std::error::Error for Refusal {}
+
 impl From<Refusal> for Status {
     fn from(r: Refusal) -> Self {
         let metadata = r

@@ -246,6 +246,8 @@ impl Display for Violations {
     }
 }
 
+impl std::error::Error for Violations {}
+
 impl From<Violations> for Status {
     fn from(v: Violations) -> Self {
         let (reason, metadata) = v.reason.unwrap_or((VALIDATION_FAILED, Vec::new()));

@@ -16,6 +16,7 @@ mod gateway_checkout;
 mod gateway_customers;
 mod gateway_errors;
 mod gateway_outages;
+mod gateway_support;
 mod health;
 mod internal_access;
 mod ledger_accounts;

@@ -3,6 +3,7 @@
 //! alike), and a program whose points scale is not the merchant's ledger's is refused before it
 //! can promise points that Confirm cannot book.
 
+use crate::gateway_support::till_in_new_store;
 use chrono::{Duration, Timelike, Utc};
 use kopilka_proto::gateway::admin_service_client::AdminServiceClient;
 use kopilka_proto::gateway::checkout_service_client::CheckoutServiceClient;
@@ -83,54 +84,8 @@ async fn a_stores_time_zone_wins_over_the_programs(suite: TestSuite) {
         ))
         .await
         .expect("the program applied");
-    let moscow = admin
-        .create_store(authed(
-            gw::CreateStoreRequest {
-                request_id: "store".into(),
-                store: Some(gw::Store {
-                    name: "Moscow".into(),
-                    address: "1 Tverskaya".into(),
-                    time_zone: "Europe/Moscow".into(),
-                    ..Default::default()
-                }),
-            },
-            &boss,
-        ))
-        .await
-        .expect("CreateStore")
-        .into_inner()
-        .store
-        .unwrap();
-    let till = admin
-        .create_terminal(authed(
-            gw::CreateTerminalRequest {
-                request_id: "till".into(),
-                store_id: moscow.store_id.clone(),
-                name: "Moscow till".into(),
-                external_id: "msk-1".into(),
-            },
-            &boss,
-        ))
-        .await
-        .expect("CreateTerminal")
-        .into_inner()
-        .terminal
-        .unwrap();
-    let key = admin
-        .issue_api_key(authed(
-            gw::IssueApiKeyRequest {
-                request_id: "key".into(),
-                scope: gw::KeyScope::Terminal as i32,
-                terminal_id: till.terminal_id.clone(),
-                name: "Moscow till key".into(),
-                expires_at: None,
-            },
-            &boss,
-        ))
-        .await
-        .expect("IssueApiKey")
-        .into_inner()
-        .secret;
+    let moscow = till_in_new_store(&mut admin, &boss, "msk", "Moscow", "Europe/Moscow").await;
+    let key = moscow.key.clone();
 
     // Discounts are for members: a registered customer buys.
     let ivan = customers

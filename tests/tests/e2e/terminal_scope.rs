@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::cards_support::with_ean13;
+use crate::gateway_support::till_in_new_store;
 
 on_both_backends!(a_terminal_key_does_what_a_cashier_does);
 
@@ -178,53 +179,9 @@ async fn a_terminal_key_does_what_a_cashier_does(suite: TestSuite) {
     assert_eq!(entries.len(), 2, "two survey awards: {entries:?}");
 
     // A receipt at the first store is not shown to a till of another store.
-    let other_store = admin
-        .create_store(authed(
-            gw::CreateStoreRequest {
-                request_id: "store-2".into(),
-                store: Some(gw::Store {
-                    name: "Second".into(),
-                    time_zone: "Europe/Moscow".into(),
-                    ..Default::default()
-                }),
-            },
-            &boss,
-        ))
+    let other_till = till_in_new_store(&mut admin, &boss, "second", "Second", "Europe/Moscow")
         .await
-        .expect("a store")
-        .into_inner()
-        .store
-        .unwrap();
-    let other_terminal = admin
-        .create_terminal(authed(
-            gw::CreateTerminalRequest {
-                request_id: "terminal-2".into(),
-                store_id: other_store.store_id,
-                name: "till 2".into(),
-                ..Default::default()
-            },
-            &boss,
-        ))
-        .await
-        .expect("a terminal")
-        .into_inner()
-        .terminal
-        .unwrap();
-    let other_till = admin
-        .issue_api_key(authed(
-            gw::IssueApiKeyRequest {
-                request_id: "key-2".into(),
-                scope: gw::KeyScope::Terminal as i32,
-                terminal_id: other_terminal.terminal_id,
-                name: "till 2".into(),
-                ..Default::default()
-            },
-            &boss,
-        ))
-        .await
-        .expect("a key")
-        .into_inner()
-        .secret;
+        .key;
     checkout
         .confirm(authed(
             gw::ConfirmRequest {
