@@ -275,6 +275,17 @@ impl Cards {
         let c = storage_form(input, &s.formats, "input")?;
         let customer = self.active_customer(tx, merchant, &r.customer_id).await?;
         let held = tx.identifiers_of(merchant, &customer.customer_id).await?;
+        let same = |i: &&IdentifierRow| i.kind == c.kind as i32 && i.value == c.value;
+        let has_card = held
+            .iter()
+            .any(|i| i.state == ID_ACTIVE && i.kind != IdentifierKind::Phone as i32 && !same(&i));
+        if r.first_card_only && has_card {
+            return Err(Error::collection_full(
+                "cards",
+                1,
+                "the customer has a card already; only a first card may be attached this way",
+            ));
+        }
         if held.len() >= MAX_IDENTIFIERS
             && !held
                 .iter()

@@ -244,6 +244,7 @@ async fn existing(
                     request_id: derived_id("register-card", &[request_id, &i.to_string()]),
                     customer_id: customer.customer_id.clone(),
                     input: Some(card.clone()),
+                    first_card_only: false,
                 };
                 dep_call!(
                     gw,
@@ -693,6 +694,13 @@ fn unimplemented(rpc: &str) -> Status {
 
 fn for_terminal(caller: &Caller) -> bool {
     caller.scope != KeyScope::Admin
+}
+
+/// cards-svc's refusal of a `first_card_only` attach: the customer has a card.
+fn is_cards_limit(s: &Status) -> bool {
+    s.get_details_error_info().is_some_and(|i| {
+        i.reason == "LIMIT_EXCEEDED" && i.metadata.get("field").map(String::as_str) == Some("cards")
+    })
 }
 
 /// The actions a register may record: what a cashier witnesses at the till.
@@ -1165,25 +1173,15 @@ impl CustomerApi {
         let merchant = caller.merchant_id();
         gw.requests
             .once(merchant, &r.request_id, "AttachCard", r, || async {
-                if for_terminal(&caller) {
-                    let customer = customer_of(gw, merchant, deadline, &r.customer_id).await?;
-                    let has_card = customer
-                        .identifiers
-                        .iter()
-                        .any(|i| i.kind != IdentifierKind::Phone as i32);
-                    if has_card {
-                        return Err(auth::admin_only(
-                            "a register attaches a card only to a customer without one (the \
-                             first card); more cards are for admin keys, a lost card is \
-                             replaced with ReplaceCard",
-                        ));
-                    }
-                }
+                // cards-svc checks "no card yet" under the customer's row lock, so two
+                // concurrent first cards from registers cannot both be attached.
+                let first_card_only = for_terminal(&caller);
                 let msg = cards::AddIdentifierRequest {
                     merchant_id: merchant.to_owned(),
                     request_id: derived_id("attach", &[&r.request_id]),
                     customer_id: r.customer_id.clone(),
                     input: r.card.clone(),
+                    first_card_only,
                 };
                 let added = dep_call!(
                     gw,
@@ -1191,7 +1189,17 @@ impl CustomerApi {
                     deadline,
                     Retry::Idempotent,
                     identifiers.add_identifier(msg)
-                )?;
+                )
+                .map_err(|e| match &e {
+                    Error::Downstream(s) if first_card_only && is_cards_limit(s) => {
+                        auth::admin_only(
+                            "a register attaches a card only to a customer without one (the \
+                             first card); more cards are for admin keys, a lost card is \
+                             replaced with ReplaceCard",
+                        )
+                    }
+                    _ => e,
+                })?;
                 Ok(pb::AttachCardResponse {
                     record: added.record.map(|rec| mask_record(rec, &caller)),
                 })

@@ -101,6 +101,7 @@ async fn add(
         request_id: request_id.to_owned(),
         customer_id: customer.to_owned(),
         input: Some(input),
+        first_card_only: false,
     };
     c.mutate(M, &r.request_id, &r, Command::AddIdentifier(&r))
         .await
@@ -531,6 +532,7 @@ async fn a_reused_request_id_is_named_and_other_refusals_carry_no_metadata() {
         request_id: "r-5".to_owned(),
         customer_id: "nobody".to_owned(),
         input: Some(card("CD5678")),
+        first_card_only: false,
     };
     let added: Result<pb::AddIdentifierResponse, _> = c
         .mutate(M, &r.request_id, &r, Command::AddIdentifier(&r))
@@ -595,6 +597,7 @@ async fn size_limits_name_the_field_and_the_limit() {
         request_id: long.clone(),
         customer_id: customer.clone(),
         input: Some(card("CD5678")),
+        first_card_only: false,
     };
     let added: Result<pb::AddIdentifierResponse, _> = c
         .mutate(M, &r.request_id, &r, Command::AddIdentifier(&r))
@@ -908,4 +911,37 @@ async fn pages_do_not_shift_when_rows_are_added_between_them() {
         .unwrap();
     assert_eq!(reasons(&third), ["change 0"]);
     assert_eq!(third.next_page_token, "");
+}
+
+/// `first_card_only` attaches a first card (and the same card again) but not a second one.
+#[tokio::test]
+async fn a_first_card_only_attach_refuses_a_second_card() {
+    let c = cards().await;
+    let customer = create(&c, "r-1", "+79123450001", &[]).await.unwrap();
+    let attach = |request_id: &str, raw: &str| pb::AddIdentifierRequest {
+        merchant_id: M.to_owned(),
+        request_id: request_id.to_owned(),
+        customer_id: customer.clone(),
+        input: Some(card(raw)),
+        first_card_only: true,
+    };
+    for (rid, raw) in [("a-1", "AB1111"), ("a-2", "AB1111")] {
+        let r = attach(rid, raw);
+        let _: pb::AddIdentifierResponse = c
+            .mutate(M, &r.request_id, &r, Command::AddIdentifier(&r))
+            .await
+            .unwrap_or_else(|e| panic!("{rid}: {e:?}"));
+    }
+    let r = attach("a-3", "AB2222");
+    let second: Result<pb::AddIdentifierResponse, _> = c
+        .mutate(M, &r.request_id, &r, Command::AddIdentifier(&r))
+        .await;
+    assert_eq!(
+        refused(second),
+        expect(
+            Code::FailedPrecondition,
+            "LIMIT_EXCEEDED",
+            &[("field", "cards"), ("limit", "1")],
+        )
+    );
 }

@@ -160,6 +160,41 @@ async fn a_terminal_key_does_what_a_cashier_does(suite: TestSuite) {
         .attach_card(authed(attach("card-2-office", &second_card), &boss))
         .await
         .expect("a second card from the office");
+    // Two registers issuing a first card to one customer at once: exactly one is attached.
+    let petr = customers
+        .register_customer(authed(
+            gw::RegisterCustomerRequest {
+                request_id: "reg-petr".into(),
+                phone: "+7 912 500-00-02".into(),
+                ..Default::default()
+            },
+            &till,
+        ))
+        .await
+        .expect("registered")
+        .into_inner()
+        .customer
+        .unwrap()
+        .customer_id;
+    let mut racers = tokio::task::JoinSet::new();
+    for (rid, card) in [("race-1", "460000000203"), ("race-2", "460000000204")] {
+        let mut customers = customers.clone();
+        let request = authed(
+            gw::AttachCardRequest {
+                request_id: rid.into(),
+                customer_id: petr.clone(),
+                card: Some(ean(&with_ean13(card))),
+            },
+            &till,
+        );
+        racers.spawn(async move { customers.attach_card(request).await });
+    }
+    let results = racers.join_all().await;
+    let attached = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(attached, 1, "{results:?}");
+    for refused in results.into_iter().filter(|r| r.is_err()) {
+        scope_denied("the other first card", refused);
+    }
 
     // ---- reading -------------------------------------------------------------------------------
     let history = || gw::ListHistoryRequest {

@@ -263,6 +263,7 @@ pub async fn add_identifier(
             request_id: rid(),
             customer_id: customer.into(),
             input: Some(input),
+            first_card_only: false,
         })
         .await
         .map(|r| r.into_inner().record.expect("record"))
