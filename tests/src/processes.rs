@@ -8,7 +8,7 @@
 //!
 //! The binaries are the workspace's own (`cards-svc`, `rules-svc`, `ledger-svc`, `gateway`,
 //! …), looked up next to the test executable in the cargo target dir and built once per test
-//! process with `cargo build` when missing or older than the test executable.
+//! process with `cargo build` (cargo decides what is stale; a build that fails fails the test).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -47,8 +47,8 @@ pub fn binary_dir() -> PathBuf {
     }
 }
 
-/// The path of workspace binary `bin` of package `package`, built first if it is missing or
-/// older than the test executable (once per test process; concurrent callers wait).
+/// The path of workspace binary `bin` of package `package`, built first by `cargo build` (once
+/// per test process, so it is never older than the sources; concurrent callers wait).
 pub fn binary(package: &str, bin: &str) -> PathBuf {
     binaries(&[(package, bin)]).remove(0)
 }
@@ -60,7 +60,9 @@ pub fn binaries(wanted: &[(&str, &str)]) -> Vec<PathBuf> {
     let built = built.get_or_insert_with(HashSet::new);
     let stale: Vec<&(&str, &str)> = wanted
         .iter()
-        .filter(|(_, bin)| !built.contains(*bin) && needs_build(&dir.join(bin)))
+        // cargo decides what is stale (a file's time says nothing about what it was built
+        // from); a fresh build is a no-op of a second.
+        .filter(|(_, bin)| !built.contains(*bin))
         .collect();
     if !stale.is_empty() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
@@ -104,18 +106,6 @@ pub fn build_outcome(output: &std::process::Output, what: &str) -> Result<(), St
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     ))
-}
-
-fn needs_build(path: &Path) -> bool {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    match (
-        modified(path),
-        std::env::current_exe().ok().and_then(|e| modified(&e)),
-    ) {
-        (None, _) => true,
-        (Some(bin), Some(test)) => bin < test,
-        (Some(_), None) => false,
-    }
 }
 
 fn workspace_root() -> Option<PathBuf> {
