@@ -11,7 +11,7 @@ use kopilka_proto::types;
 use kopilka_proto::wkt::Timestamp;
 use kopilka_runtime::service_auth::ServiceChannel;
 use kopilka_runtime::status::Refusal;
-use kopilka_runtime::validate::Violations;
+use kopilka_runtime::validate::{Violations, MAX_CLOCK_SKEW};
 use kopilka_runtime::Db;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -24,8 +24,6 @@ use crate::{in_write_tx, on_conn};
 
 /// Longest id accepted (request, customer, link, store …).
 pub const MAX_ID: usize = 128;
-/// How far ahead of the server's clock a request timestamp may be.
-pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// How long a merchant's settings are reused before being read again.
 const SETTINGS_TTL: Duration = Duration::from_secs(5);
 
@@ -98,14 +96,15 @@ pub(crate) fn instant(field: &str, t: &Timestamp, v: &mut Violations) -> Option<
     v.timestamp(field, t).map(micros)
 }
 
-/// Like [`instant`], and at most [`CLOCK_SKEW`] after `now` (TIMESTAMP_IN_FUTURE beyond).
+/// Like [`instant`], and at most [`MAX_CLOCK_SKEW`] after `now` (TIMESTAMP_IN_FUTURE beyond).
 pub(crate) fn not_future(
     field: &str,
     t: &Timestamp,
     now: DateTime<Utc>,
     v: &mut Violations,
 ) -> Option<DateTime<Utc>> {
-    v.not_future(field, Some(t), now, CLOCK_SKEW).map(micros)
+    v.not_future(field, Some(t), now, MAX_CLOCK_SKEW)
+        .map(micros)
 }
 
 fn micros(t: DateTime<Utc>) -> DateTime<Utc> {

@@ -286,11 +286,7 @@ impl Cards {
                 "the customer has a card already; only a first card may be attached this way",
             ));
         }
-        if held.len() >= MAX_IDENTIFIERS
-            && !held
-                .iter()
-                .any(|i| i.kind == c.kind as i32 && i.value == c.value)
-        {
+        if held.len() >= MAX_IDENTIFIERS && !held.iter().any(|i| same(&i)) {
             return Err(Error::collection_full(
                 "identifiers",
                 MAX_IDENTIFIERS,

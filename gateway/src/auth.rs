@@ -209,14 +209,9 @@ impl Auth {
     pub async fn terminal_for(&self, caller: &Caller, requested: &str) -> Result<TerminalRef> {
         match &caller.terminal {
             Some(own) if requested.is_empty() || requested == own.terminal_id => Ok(own.clone()),
-            Some(_) => Err(Refusal::new(
-                Code::PermissionDenied,
-                "PERMISSION_DENIED_KEY_SCOPE",
+            Some(_) => Err(admin_only(
                 "a terminal key acts for its own terminal only; leave terminal_id empty",
-            )
-            .with("scope", KeyScope::Terminal.proto_name())
-            .with("required_scope", KeyScope::Admin.proto_name())
-            .into()),
+            )),
             None if requested.is_empty() => Err(Error::invalid(
                 "terminal_id",
                 "required with an admin key: name the terminal the receipt is rung up at",
@@ -284,6 +279,13 @@ impl Auth {
                     retry_after: *retry_after,
                     limit: LOOKUPS_PER_SECOND,
                 }),
+                // Shared by every caller that waited on this load: an outage stays an outage.
+                Lookup::Db(error) if kopilka_runtime::db::is_unavailable(error) => {
+                    Err(Error::Dependency {
+                        dependency: "database",
+                        detail: error.to_string(),
+                    })
+                }
                 Lookup::Db(error) => Err(Error::Db(sqlx::Error::Protocol(error.to_string()))),
             },
         }

@@ -117,7 +117,11 @@ impl Error {
             }
         }
         if renamed.is_empty() {
-            return self;
+            // Refused without naming any field: nothing of the caller's to point at.
+            return Error::Internal(format!(
+                "a dependency refused a request the gateway built: {}",
+                status.message()
+            ));
         }
         Error::Invalid(renamed)
     }

@@ -50,8 +50,7 @@ pub(crate) const MAX_ID: usize = 128;
 pub(crate) const MAX_TEXT: usize = 500;
 /// Most lines per receipt.
 pub(crate) const MAX_LINES: usize = 500;
-/// How far in the future a sale time may be (register clocks drift).
-pub(crate) const FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+pub(crate) use kopilka_runtime::validate::MAX_CLOCK_SKEW;
 
 /// How long a replica trusts its cached copy of a merchant's settings. Scales never change
 /// once a merchant has entries; a policy change reaches other replicas within this time.

@@ -15,7 +15,7 @@ use crate::domain::split::{cumulative, proportional};
 use crate::error::Error;
 use crate::ledger::{
     book_error, day_of, digest, hold_exceeded, hold_finalized, hold_not_found, hold_state, new_id,
-    parse_into, tx_kind, Ledger, FUTURE_SKEW, MAX_ID, MAX_LINES, MAX_TEXT,
+    parse_into, tx_kind, Ledger, MAX_CLOCK_SKEW, MAX_ID, MAX_LINES, MAX_TEXT,
 };
 use crate::settings::Settings;
 use crate::store::{LedgerTx, LineRefunded, ReceiptRow, SoldLine};
@@ -77,15 +77,15 @@ fn opt_amount(field: &str, value: &str, scale: u32, v: &mut Violations) -> Decim
         .unwrap_or(Decimal::ZERO)
 }
 
-/// TIMESTAMP_IN_FUTURE when `at` is more than [`FUTURE_SKEW`] ahead of `now` (the ledger's
+/// TIMESTAMP_IN_FUTURE when `at` is more than [`MAX_CLOCK_SKEW`] ahead of `now` (the ledger's
 /// clock).
 fn not_future(v: &mut Violations, field: &str, at: DateTime<Utc>, now: DateTime<Utc>) {
-    if at > now + Duration::from_std(FUTURE_SKEW).unwrap_or(Duration::minutes(5)) {
+    if at > now + Duration::from_std(MAX_CLOCK_SKEW).unwrap_or(Duration::minutes(5)) {
         v.add_with_reason(
             field,
             format!(
                 "more than {} minutes in the future (check the clock)",
-                FUTURE_SKEW.as_secs() / 60
+                MAX_CLOCK_SKEW.as_secs() / 60
             ),
             "TIMESTAMP_IN_FUTURE",
             vec![("field", field.to_owned())],

@@ -1,7 +1,9 @@
-//! A tonic server with the furniture every Kopilka service carries: `grpc.health.v1` and
-//! reflection (v1 and v1alpha) over the whole Kopilka contract, and a graceful shutdown that
-//! flips health to NOT_SERVING first, waits a grace period so load balancers and probes react,
-//! then stops accepting and lets in-flight calls finish.
+//! A tonic server with the furniture every Kopilka service carries: `grpc.health.v1`,
+//! reflection (v1 and v1alpha) over the Kopilka contract (or only the services a public server
+//! names), the service-token check of internal services, per-connection stream and per-call time
+//! limits, HTTP/2 keep-alive, and a graceful shutdown that flips health to NOT_SERVING first,
+//! waits a grace period so load balancers and probes react, then stops accepting and lets
+//! in-flight calls finish.
 
 use std::future::Future;
 use std::net::SocketAddr;

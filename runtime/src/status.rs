@@ -35,20 +35,6 @@ pub fn invalid_field_with_metadata(
     bad_request([(field, description)], reason, metadata)
 }
 
-/// INVALID_ARGUMENT LIMIT_EXCEEDED: `field` holds more than `limit` (lines, characters, page
-/// size …). The metadata names both, as errors.proto documents.
-pub fn limit_exceeded(field: &str, limit: impl std::fmt::Display) -> Status {
-    let limit = limit.to_string();
-    bad_request(
-        [(field.to_owned(), format!("must be at most {limit}"))],
-        "LIMIT_EXCEEDED",
-        HashMap::from([
-            ("field".to_owned(), field.to_owned()),
-            ("limit".to_owned(), limit),
-        ]),
-    )
-}
-
 /// INVALID_ARGUMENT with `BadRequest` violations beside an `ErrorInfo` (every Kopilka error
 /// carries one).
 pub(crate) fn bad_request<F, D>(
@@ -204,19 +190,6 @@ mod tests {
                 "lines[0].quantity".to_owned(),
                 "must be positive".to_owned()
             )]
-        );
-    }
-
-    #[test]
-    fn limit_exceeded_names_the_field_and_the_limit() {
-        let status = limit_exceeded("lines", 500);
-        let info = status.get_details_error_info().unwrap();
-        assert_eq!(info.reason, "LIMIT_EXCEEDED");
-        assert_eq!(info.metadata["field"], "lines");
-        assert_eq!(info.metadata["limit"], "500");
-        assert_eq!(
-            field_violations_of(&status),
-            vec![("lines".to_owned(), "must be at most 500".to_owned())]
         );
     }
 

@@ -17,6 +17,10 @@ use tonic::Status;
 
 use crate::decimal::{self, Sign};
 
+/// How far in the future a request's timestamp may be (register and server clocks drift): the
+/// one skew of every service's TIMESTAMP_IN_FUTURE.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
 /// The reason of a request with violations and none more specific.
 pub const VALIDATION_FAILED: &str = "VALIDATION_FAILED";
 

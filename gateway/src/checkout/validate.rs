@@ -3,7 +3,6 @@
 //! request with any violation changes nothing.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use kopilka_proto::gateway::Buyer;
 use kopilka_proto::types::{BasketLine, IdentifierKind};
@@ -31,8 +30,7 @@ pub const QUANTITY_SCALE: u32 = 3;
 pub const MAX_MONEY: i64 = 1_000_000_000;
 /// Most decimals of points the gateway accepts (the merchant's own scale is checked by rules).
 pub const MAX_POINTS_SCALE: u32 = 4;
-/// How far in the future a timestamp may be (register clocks drift).
-pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+pub use kopilka_runtime::validate::MAX_CLOCK_SKEW;
 /// Longest raw identifier input.
 pub const MAX_IDENTIFIER: usize = 256;
 
